@@ -1,0 +1,116 @@
+"""IPO on RewardBench: the model judges each response by P(Yes); a pair is right if chosen scores higher.
+
+This is upstream's Preference_Comparison/Reward_Bench/ours.py (the paper's RewardBench table), on the
+shared `ipo` judge. The paper's command still works (the key and user are now optional):
+
+    python Preference_Comparison/Reward_Bench/ours.py --hf_key K --hf_user U --model_name Qwen/Qwen2.5-7B-Instruct
+
+Offline, on the embedded SmolLM2-135M-Instruct and the project's sample pairs:
+
+    python Preference_Comparison/Reward_Bench/ours.py \
+        --model_name "$(python -m ipo.assets smollm2)" --dataset data/demo_rewardbench.jsonl
+
+Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json, results.md,
+subset_accuracy.png and upstream's accuracy_reward-bench_yesno_<model>.json. Re-running the same
+command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ipo import cli, hub, rewardbench
+from ipo.data import limit_per_group
+from ipo.judge import YesNoJudge, YesNoScorer
+from ipo.modeling import load_model_and_tokenizer
+from ipo.prompts import REWARDBENCH_LAYOUT
+from ipo.report import write_rewardbench_outputs
+from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+
+logger = cli.logger
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_model_args(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=rewardbench.HUB_ID,
+                      help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
+    data.add_argument("--split", default="raw", choices=list(rewardbench.SPLITS),
+                      help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
+                           "filtered: the 2,985 pairs of the official leaderboard")  # fmt: skip
+    data.add_argument("--prompt_table", default="paper", choices=list(rewardbench.PROMPT_TABLES),
+                      help="paper: the per-subset judge questions; shuffled / same: upstream's "
+                           "ours_prompt_shuffle.py / ours_same_prompt.py ablations")  # fmt: skip
+    cli.add_judge_args(parser)
+    cli.add_output_args(parser)
+    cli.add_hub_args(parser)
+    args = parser.parse_args(argv)
+    cli.check_positive(parser, args, "batch_size", "max_batch_tokens", "max_length", "limit")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    cli.consume_secrets(args)
+    seed_everything(args.seed)
+    model_short = cli.model_short_name(args.model_name)
+
+    ###############
+    # Data
+    ###############
+    examples = rewardbench.load_rewardbench(args.dataset, args.split)
+    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
+    table = rewardbench.PROMPT_TABLES[args.prompt_table]
+    unknown = sorted({e.subset for e in examples if e.subset not in table})
+    if unknown:
+        logger.warning("subsets without a judge question, scored with the %r one: %s",
+                       rewardbench.REWARDBENCH_FALLBACK_SUBSET, ", ".join(unknown))  # fmt: skip
+    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
+
+    ###############
+    # Run folder, model, judge
+    ###############
+    suffix = "" if args.prompt_table == "paper" else f"-{args.prompt_table}"
+    run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-{args.scoring}{suffix}",
+                 overwrite=args.overwrite)  # fmt: skip
+    run.check(cli.public_args(args))
+    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
+    judge = YesNoJudge(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
+                       batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                       prefix_sharing=args.prefix_sharing)  # fmt: skip
+    run.start(cli.public_args(args), resolved={
+        "device": device, "dtype": str(dtype), "yes_no_tokens": judge.tokens.as_dict(), "n_pairs": len(examples),
+    })  # fmt: skip
+    logger.info("Yes ids %s %s, No ids %s %s", judge.tokens.yes_ids, judge.tokens.yes_tokens,
+                judge.tokens.no_ids, judge.tokens.no_tokens)  # fmt: skip
+
+    ###############
+    # Score (appends to predictions.jsonl batch by batch; resumes what is missing)
+    ###############
+    log = RecordLog(run.file("predictions.jsonl"))
+    scorer = YesNoScorer(judge, REWARDBENCH_LAYOUT, lambda e: rewardbench.judge_template(e.subset, table)[0])
+
+    def make_record(example, p_yes, extra):
+        return {**rewardbench.pair_record(example, p_yes[0], p_yes[1]), **extra}
+
+    score_into_log(scorer, examples, log, make_record, unit="pair", desc="RewardBench")
+
+    ###############
+    # Metrics and outputs
+    ###############
+    records = log.ordered(e.id for e in examples)
+    metrics, markdown = write_rewardbench_outputs(
+        run, records, title=f"IPO judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
+    )  # fmt: skip
+    print(markdown)
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-yes-no"), split_by="subset")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,24 @@
+"""Core of the reference implementation of "IPO: Your Language Model is Secretly a Preference Classifier"
+(Garg, Singh, Singh, Chopra; arXiv 2502.16182; ACL 2025).
+
+"IPO" here is the paper's *Implicit* Preference Optimization: an instruction-tuned LLM judges a
+(prompt, response) pair by P(Yes) / (P(Yes) + P(No)) at its next token. It is not TRL's
+``loss_type="ipo"`` (Identity-PO, Azar et al.); the paper's self-improvement step trains with plain
+DPO (the sigmoid loss).
+
+Modules (scripts in DPO/ and Preference_Comparison/ are thin wrappers around these):
+    prompts      every upstream prompt and wrapper, as data
+    judge        the batched Yes/No scorer (the paper's primitive)
+    data         loaders for local files and Hub datasets, with clear errors
+    rewardbench  RewardBench tables and metrics
+    runs         run folders: config, resumable predictions, atomic outputs
+    modeling     model/tokenizer loading (Hub id, folder or .gguf; 4-bit)
+    report       results tables and plots
+    cli          argument groups shared by the scripts, one-line errors
+"""
+
+__version__ = "0.1.0"
+
+
+class IpoError(Exception):
+    """A problem with the user's input or environment. Scripts print it as one line and exit 1."""

@@ -1,0 +1,201 @@
+"""What every script shares on the command line: one-line errors, flag groups, secrets, logging.
+
+Flag groups live here so that a flag is spelled, defaulted and documented once for all scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from ipo import IpoError
+
+logger = logging.getLogger("ipo")
+
+# Arguments that may carry a secret: accepted for upstream's commands, never saved anywhere.
+SECRET_ARGS = frozenset({"hf_key", "hf_api", "api_key", "openai_key"})
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `prog: error: message` on stderr, exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Call a script's ``main(argv)``; report an IpoError as one line (exit 1), Ctrl-C as exit 130."""
+    try:
+        return main(argv) or 0
+    except IpoError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: re-run the same command to resume where it stopped\n")
+        return 130
+
+
+def setup_logging(level: str = "info") -> None:
+    """Timestamped `ipo` logs on stderr; silence the libraries' progress bars and chatter."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Flag groups
+# ---------------------------------------------------------------------------------------------------
+def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model_name",
+        "--model_name_or_path",
+        dest="model_name",
+        required=default_model is None,
+        default=default_model,
+        help="Hub id, local folder, or local .gguf file of the model",
+    )
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype; auto = bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU "
+        "(upstream used fp16); scores are always normalised in fp32",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument(
+        "--quantized",
+        action="store_true",
+        help="load the model in 4-bit NF4 through bitsandbytes (upstream's --quantized)",
+    )
+    group.add_argument("--trust_remote_code", action="store_true", help="allow model code from the Hub")
+
+
+def add_hub_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
+    group.add_argument(
+        "--hf_key",
+        default=None,
+        help="DEPRECATED, accepted for the paper's commands: a Hub token on the command line leaks into "
+        "shell history. Use the HF_TOKEN environment variable or `hf auth login`. Never saved.",
+    )
+    group.add_argument("--hf_user", default=None, help="Hub namespace for --push_to_hub")
+    group.add_argument(
+        "--push_to_hub", action="store_true", help="upload the predictions as a Hub dataset (opt-in)"
+    )
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("outputs")
+    group.add_argument("--output_dir", default="outputs", help="parent folder of run folders")
+    group.add_argument(
+        "--run_name",
+        default=None,
+        help="run folder name under --output_dir; the default is derived from the settings, so "
+        "re-running the same command resumes the same run",
+    )
+    group.add_argument(
+        "--overwrite", action="store_true", help="discard an existing run folder instead of resuming it"
+    )
+    group.add_argument("--seed", type=int, default=42, help="random seed (the paper's value)")
+    group.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def add_judge_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Yes/No judge")
+    group.add_argument(
+        "--scoring",
+        default="upstream",
+        choices=["upstream", "chat"],
+        help="upstream: the paper's raw-text prompts, ' Yes'/' No' ids summed, right truncation "
+        "(reproduces its numbers); chat: the model's chat template, single-token Yes/No variants, "
+        "truncation that keeps the question and the judge instruction",
+    )
+    group.add_argument(
+        "--max_length", type=int, default=1024, help="max judge prompt tokens (upstream: 1024)"
+    )
+    add_batch_args(parser)
+
+
+def add_batch_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("batching")
+    group.add_argument(
+        "--batch_size",
+        type=int,
+        default=8,
+        help="max sequences per forward pass; the responses of one prompt always share a batch",
+    )
+    group.add_argument(
+        "--max_batch_tokens",
+        type=int,
+        default=8192,
+        help="max padded tokens per forward pass (keeps memory flat across short and long inputs)",
+    )
+    group.add_argument(
+        "--no_prefix_sharing",
+        dest="prefix_sharing",
+        action="store_false",
+        help="run every sequence in full instead of computing a prompt's shared token prefix once",
+    )
+    group.add_argument(
+        "--limit", type=int, default=None, help="score at most N examples per subset (smoke runs)"
+    )
+
+
+def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            parser.error(f"--{name} must be positive, got {value}")
+
+
+def consume_secrets(args: argparse.Namespace) -> None:
+    """Move a token given on the command line into the process environment and forget it.
+
+    Upstream required ``--hf_key``; we still accept it so the paper's commands run, but warn, export it
+    as HF_TOKEN for this process only, and blank it so it can never reach config.json or a log.
+    """
+    key = getattr(args, "hf_key", None)
+    if key:
+        logger.warning(
+            "--hf_key puts your token in shell history and `ps`; prefer `export HF_TOKEN=...` or "
+            "`hf auth login`. The key is used for this process only and is not saved."
+        )
+        os.environ["HF_TOKEN"] = key
+    for name in SECRET_ARGS:
+        if hasattr(args, name):
+            setattr(args, name, None)
+
+
+def public_args(args: argparse.Namespace) -> dict:
+    """The arguments as a dict, without anything that may hold a secret."""
+    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
+
+
+def model_short_name(model_name: str) -> str:
+    """Upstream's `model_name.split('/')[-1]`, also dropping a .gguf suffix and trailing slashes."""
+    name = model_name.rstrip("/").split("/")[-1]
+    return name[: -len(".gguf")] if name.endswith(".gguf") else name

@@ -1,0 +1,49 @@
+"""Opt-in uploads to the Hugging Face Hub. Nothing here runs unless a script got --push_to_hub.
+
+The token comes from the environment (HF_TOKEN) or the `hf auth login` cache; it is never a
+function argument, never logged and never saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from ipo import IpoError
+
+logger = logging.getLogger("ipo")
+
+
+def repo_id(hf_user: str | None, name: str) -> str:
+    """``<user>/<name>``; the user defaults to the logged-in account."""
+    if not hf_user:
+        try:
+            from huggingface_hub import whoami
+
+            hf_user = whoami()["name"]
+        except Exception as err:
+            raise IpoError(f"--push_to_hub needs --hf_user or a Hub login (HF_TOKEN / `hf auth login`): {err}")
+    return f"{hf_user}/{name}"
+
+
+def sanitize_split(name: str) -> str:
+    """Upstream's split names: non-word characters to '_' (alpacaeval-easy -> alpacaeval_easy)."""
+    return re.sub(r"\W+", "_", name)
+
+
+def push_records(records: list[dict], repo: str, split_by: str | None = None, private: bool = True) -> None:
+    """Upload prediction records as a dataset, one split per value of ``split_by`` (e.g. subset)."""
+    import datasets
+
+    if split_by:
+        groups: dict[str, list[dict]] = {}
+        for record in records:
+            groups.setdefault(sanitize_split(str(record[split_by])), []).append(record)
+        data = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in groups.items()})
+    else:
+        data = datasets.Dataset.from_list(records)
+    try:
+        data.push_to_hub(repo, private=private)
+    except Exception as err:
+        raise IpoError(f"upload to {repo} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    logger.info("pushed %d records to https://huggingface.co/datasets/%s", len(records), repo)

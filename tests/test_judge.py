@@ -1,0 +1,227 @@
+"""The Yes/No judge: the score formula, token ids per mode, batching invariance, truncation."""
+
+import math
+
+import pytest
+import torch
+
+from ipo import IpoError
+from ipo.data import Example
+from ipo.judge import (
+    YesNoJudge,
+    YesNoScorer,
+    common_prefix_length,
+    left_pad,
+    p_yes_from_logits,
+    plan_batches,
+    resolve_yes_no_tokens,
+    yes_no_mass,
+)
+from ipo.modeling import load_model, load_tokenizer
+from ipo.prompts import REWARDBENCH_LAYOUT, RMBENCH_LAYOUT, render_upstream
+
+
+def naive_upstream_p_yes(model, tokenizer, text, max_length=1024):
+    """Upstream's generate_yes_no_probability, one sequence at a time (spec §2), in float32."""
+    input_ids = tokenizer.encode(text, return_tensors="pt", max_length=max_length, truncation=True)
+    with torch.no_grad():
+        logits = model(input_ids).logits[:, -1, :]
+    probs = torch.softmax(logits.float(), dim=-1)[0]
+    yes = sum(probs[t].item() for t in tokenizer.encode(" Yes", add_special_tokens=False))
+    no = sum(probs[t].item() for t in tokenizer.encode(" No", add_special_tokens=False))
+    return yes / (yes + no)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The formula
+# ---------------------------------------------------------------------------------------------------
+def test_p_yes_on_hand_set_logits():
+    logits = torch.tensor([[0.0, math.log(3.0), 0.0, 5.0], [1.0, 1.0, 1.0, -2.0]])
+    p = p_yes_from_logits(logits, torch.tensor([1]), torch.tensor([2]))
+    assert p.dtype == torch.float32
+    assert p.tolist() == pytest.approx([0.75, 0.5], abs=1e-7)
+
+
+def test_p_yes_sums_variants_and_counts_shared_ids_twice_like_upstream():
+    logits = torch.tensor([[0.3, -1.2, 2.0, 0.7, 4.0]], dtype=torch.float64)
+    probs = torch.softmax(logits, -1)[0]
+    yes_ids, no_ids = [0, 1], [0, 2]  # id 0 plays the lone '▁' piece shared by both encodings
+    expected = (probs[0] + probs[1]) / (probs[0] + probs[1] + probs[0] + probs[2])
+    assert p_yes_from_logits(logits, torch.tensor(yes_ids), torch.tensor(no_ids)).item() == pytest.approx(expected.item(), abs=1e-6)
+    mass = yes_no_mass(logits, torch.tensor(yes_ids), torch.tensor(no_ids)).item()
+    assert mass == pytest.approx((2 * probs[0] + probs[1] + probs[2]).item(), abs=1e-6)
+
+
+def test_p_yes_is_monotone_in_the_yes_logit_and_stable_in_half_precision():
+    base = torch.zeros(1, 6, dtype=torch.float16)
+    scores = []
+    for value in (-30.0, 0.0, 30.0):
+        logits = base.clone()
+        logits[0, 1] = value
+        scores.append(p_yes_from_logits(logits, torch.tensor([1]), torch.tensor([2])).item())
+    assert scores[0] < scores[1] < scores[2] and 0.0 < scores[0] and scores[2] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Token ids
+# ---------------------------------------------------------------------------------------------------
+def test_upstream_ids_are_encode_of_space_yes(tiny_model):
+    _, tokenizer = tiny_model
+    tokens = resolve_yes_no_tokens(tokenizer, "upstream")
+    assert list(tokens.yes_ids) == tokenizer.encode(" Yes", add_special_tokens=False)
+    assert list(tokens.no_ids) == tokenizer.encode(" No", add_special_tokens=False)
+    assert tokens.yes_strings == (" Yes",) and tokens.no_strings == (" No",)
+
+
+def test_chat_ids_are_single_token_variants_deduplicated(tiny_model):
+    _, tokenizer = tiny_model
+    tokens = resolve_yes_no_tokens(tokenizer, "chat")
+    assert len(set(tokens.yes_ids)) == len(tokens.yes_ids) >= 2
+    for token_id, text in zip(tokens.yes_ids, tokens.yes_strings):
+        assert tokenizer.encode(text, add_special_tokens=False) == [token_id]
+        assert text.strip().lower() == "yes"
+    assert "Yes" in tokens.yes_strings and " No" in tokens.no_strings
+
+
+def test_split_yes_tokenizer(tiny_model_split_yes_dir):
+    tokenizer = load_tokenizer(str(tiny_model_split_yes_dir))
+    upstream = resolve_yes_no_tokens(tokenizer, "upstream")
+    assert len(upstream.yes_ids) > 1  # several pieces, all summed as upstream did
+    with pytest.raises(IpoError, match="single tokens"):
+        resolve_yes_no_tokens(tokenizer, "chat")
+
+
+def test_chat_mode_needs_a_chat_template(tiny_model_no_template_dir):
+    model, _, _ = load_model(str(tiny_model_no_template_dir), dtype="float32", device="cpu")
+    tokenizer = load_tokenizer(str(tiny_model_no_template_dir))
+    with pytest.raises(IpoError, match="no chat template"):
+        YesNoJudge(model, tokenizer, scoring="chat")
+    YesNoJudge(model, tokenizer, scoring="upstream")  # fine without a template
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batching helpers
+# ---------------------------------------------------------------------------------------------------
+def test_plan_batches_longest_first_and_never_splits_a_group():
+    assert plan_batches([[5, 5], [10, 10], [3]], batch_size=4, max_batch_tokens=1000) == [[1, 0], [2]]
+    # token budget: two rows of 10 = 20 fit, a third row would make 30 > 25
+    assert plan_batches([[10], [10], [10]], batch_size=8, max_batch_tokens=25) == [[0, 1], [2]]
+    # a group bigger than the batch size still gets a batch of its own
+    assert plan_batches([[4] * 6, [2]], batch_size=4, max_batch_tokens=1000) == [[0], [1]]
+
+
+def test_common_prefix_and_left_pad():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4, 5]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2]]) == 1  # every member keeps one token
+    assert common_prefix_length([[7, 8, 9]]) == 2
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batched == one at a time
+# ---------------------------------------------------------------------------------------------------
+def make_examples(n=10):
+    examples = []
+    for i in range(n):
+        prompt = f"What is {i} plus {i}?" + " Explain." * (i % 4)
+        responses = [f"It is {2 * i}." + " Yes indeed" * (i % 5), f"It is {i}." + " Hello there" * (i % 3)]
+        examples.append(Example(id=i, prompt=prompt, responses=responses, subset="alpacaeval-easy"))
+    return examples
+
+
+def score_all(judge, examples, layout=REWARDBENCH_LAYOUT):
+    scorer = YesNoScorer(judge, layout, lambda e: "Is the response correct? Answer Yes/No.")
+    out = {}
+    for batch in scorer.score(examples):
+        for example, scores, _ in batch:
+            out[example.id] = scores
+    return out
+
+
+@pytest.mark.parametrize("scoring", ["upstream", "chat"])
+@pytest.mark.parametrize("layout", [REWARDBENCH_LAYOUT, RMBENCH_LAYOUT])
+def test_batched_scores_equal_single_scores(tiny_model, scoring, layout):
+    model, tokenizer = tiny_model
+    examples = make_examples()
+    single = score_all(YesNoJudge(model, tokenizer, scoring, batch_size=1, prefix_sharing=False), examples, layout)
+    batched = YesNoJudge(model, tokenizer, scoring, batch_size=8, max_batch_tokens=4096, prefix_sharing=False)
+    shared = YesNoJudge(model, tokenizer, scoring, batch_size=8, max_batch_tokens=4096, prefix_sharing=True)
+    for judge in (batched, shared):
+        scores = score_all(judge, examples, layout)
+        for key in single:
+            assert scores[key] == pytest.approx(single[key], abs=1e-4)
+    assert shared.stats["shared_prefix_batches"] > 0  # the shared-prefix path really ran
+    assert shared.stats["forward_tokens"] < batched.stats["forward_tokens"]
+
+
+def test_upstream_mode_matches_upstreams_loop(tiny_model):
+    model, tokenizer = tiny_model
+    judge = YesNoJudge(model, tokenizer, "upstream", batch_size=8)
+    examples = make_examples(6)
+    scores = score_all(judge, examples)
+    template = "Is the response correct? Answer Yes/No."
+    for example in examples:
+        for response, score in zip(example.responses, scores[example.id]):
+            text = render_upstream(REWARDBENCH_LAYOUT, template, example.prompt, response)
+            assert score == pytest.approx(naive_upstream_p_yes(model, tokenizer, text), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Truncation
+# ---------------------------------------------------------------------------------------------------
+def test_upstream_truncation_cuts_the_end_at_max_length(tiny_model):
+    model, tokenizer = tiny_model
+    judge = YesNoJudge(model, tokenizer, "upstream", max_length=40)
+    long_response = "The sky is blue and the answer is 42. " * 20
+    encoded = judge.encode(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", long_response)
+    full = tokenizer(render_upstream(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", long_response)).input_ids
+    assert encoded.truncated and encoded.ids == full[:40]
+    short = judge.encode(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", "Fine.")
+    assert not short.truncated and short.ids == tokenizer(render_upstream(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", "Fine.")).input_ids
+
+
+def test_chat_truncation_keeps_the_question_and_the_judge_instruction(tiny_model):
+    model, tokenizer = tiny_model
+    judge = YesNoJudge(model, tokenizer, "chat", max_length=80)
+    template = "Answer with just Yes/No"
+    encoded = judge.encode(REWARDBENCH_LAYOUT, template, "What is the capital of France?", "Paris is nice. " * 100)
+    assert encoded.truncated and len(encoded.ids) <= 80
+    text = tokenizer.decode(encoded.ids)
+    assert text.startswith("<|im_start|>user\nAnswer with just Yes/No\n\nQuestion:\nWhat is the capital of France?")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "Paris is nice." in text
+    # A long question is cut from its start once the response is gone; the instruction stays.
+    encoded = judge.encode(REWARDBENCH_LAYOUT, template, "Tell me more. " * 100 + "Final ask?", "Paris.")
+    text = tokenizer.decode(encoded.ids)
+    assert len(encoded.ids) <= 80 and "Answer with just Yes/No" in text and "Final ask?" in text
+
+
+def test_chat_encoding_is_the_rendered_template(tiny_model):
+    model, tokenizer = tiny_model
+    judge = YesNoJudge(model, tokenizer, "chat")
+    encoded = judge.encode(REWARDBENCH_LAYOUT, "T?", "Q", "R")
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "T?\n\nQuestion:\nQ\n\nResponse:\nR"}], tokenize=False, add_generation_prompt=True
+    )
+    assert encoded.ids == tokenizer(rendered, add_special_tokens=False).input_ids and not encoded.truncated
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real model
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.smollm2
+def test_smollm2_batched_equals_upstream_loop(smollm2):
+    model, tokenizer = smollm2
+    tokens = resolve_yes_no_tokens(tokenizer, "upstream")
+    assert tokens.yes_ids == (9230,) and tokens.no_ids == (2838,)  # ' Yes' / ' No' in SmolLM2's vocabulary
+    examples = make_examples(4)
+    scores = score_all(YesNoJudge(model, tokenizer, "upstream", batch_size=8), examples)
+    for example in examples:
+        for response, score in zip(example.responses, scores[example.id]):
+            text = render_upstream(REWARDBENCH_LAYOUT, "Is the response correct? Answer Yes/No.", example.prompt, response)
+            assert score == pytest.approx(naive_upstream_p_yes(model, tokenizer, text), abs=1e-4)
+    chat = score_all(YesNoJudge(model, tokenizer, "chat", batch_size=8), examples)
+    single = score_all(YesNoJudge(model, tokenizer, "chat", batch_size=1, prefix_sharing=False), examples)
+    for key in chat:
+        assert chat[key] == pytest.approx(single[key], abs=1e-4)
