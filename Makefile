@@ -31,7 +31,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not smollm2" tests
 
-demo: install demo-rewardbench
+demo: install demo-rewardbench demo-dpo
 
 # The paper's judge on the project's 32 sample pairs, in both scoring modes.
 demo-rewardbench:
@@ -41,8 +41,17 @@ demo-rewardbench:
 			|| exit 1; \
 	done
 
+# The self-improvement loop on the 12 demo prompts: sample 4 responses each, judge them with the same
+# model, build pairs, two DPO steps with a small LoRA, merge, and the judge's score before/after.
+demo-dpo:
+	$(PY) DPO/ours.py --model_id "$$($(PY) -m ipo.assets smollm2)" --dataset_name data/demo_prompts.jsonl \
+		--prompt_format chat --max_new_tokens 48 --test_fraction 0.25 \
+		--max_steps 2 --per_device_train_batch_size 3 --lora_r 16 --lora_alpha 32 --warmup_ratio 0 --logging_steps 1 \
+		--merge_adapters --judge_after --output_dir outputs/demo --run_name dpo-smollm2-chat --overwrite
+
 bench: install
 	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_sampling.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

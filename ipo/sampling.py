@@ -152,12 +152,24 @@ def encode_prompt(tokenizer, instruction: str, prompt_format: str) -> list[int]:
     raise ValueError(f"unknown prompt format {prompt_format!r}")
 
 
-def gumbel_noise(generators, vocab_size: int, device):
-    """(R, V) float32 standard Gumbel noise, row r drawn from ``generators[r]``."""
+def gumbel_perturb(scores, generators):
+    """``scores`` (R, V) plus standard Gumbel noise on every finite entry; row r's noise comes from
+    ``generators[r]``, one uniform per finite entry in token-id order.
+
+    After top-k filtering only ~k entries per row are finite, so only those draw noise (a full-vocabulary
+    draw per row and step would cost more than the model's decode step on a CPU). How many numbers a row
+    draws depends only on its own logits, so its stream stays independent of the rest of the batch.
+    """
     import torch
 
-    uniform = torch.stack([torch.rand(vocab_size, generator=g, device=device) for g in generators])
-    return -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+    rows, cols = (scores > -torch.inf).nonzero(as_tuple=True)  # row-major: row 0's tokens first, by id
+    counts = torch.bincount(rows, minlength=scores.shape[0]).tolist()
+    uniform = torch.cat([torch.rand(c, generator=g, device=scores.device, dtype=torch.float32)
+                         for g, c in zip(generators, counts)])  # fmt: skip
+    gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+    out = torch.full_like(scores, -torch.inf)
+    out[rows, cols] = scores[rows, cols] + gumbel.to(scores.dtype)
+    return out
 
 
 class GumbelMaxSampling:
@@ -175,7 +187,7 @@ class GumbelMaxSampling:
     def __call__(self, input_ids, scores):
         if scores.shape[0] != len(self.generators):
             raise RuntimeError(f"{scores.shape[0]} rows but {len(self.generators)} random streams")
-        return scores + gumbel_noise(self.generators, scores.shape[-1], scores.device).to(scores.dtype)
+        return gumbel_perturb(scores, self.generators)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -36,12 +36,13 @@ from ipo import IpoError
 from ipo.data import Example, read_records, require_columns, require_text, row_ids
 from ipo.prompts import DPO_CATEGORY_PROMPTS, DPO_FALLBACK_CATEGORY, UPSTREAM_END_MARKER, UPSTREAM_INST_PROMPT
 from ipo.runs import RecordLog, atomic_write_json, atomic_write_jsonl, read_jsonl, score_into_log
+from ipo.training import ADAPTER_DIR
 
 logger = logging.getLogger("ipo")
 
 DEFAULT_PROMPTS = "Ayush-Singh/UltraFeedback-1k-Each"  # the paper's prompt pool (4 categories)
 DEFAULT_SPLIT = "split_1"
-STAGES = ("sample", "score", "pairs", "train", "merge", "after")
+STAGES = ("sample", "score", "pairs", "train", "merge")  # --stop_after choices; "after" always runs last
 
 # chat mode: the prompt pool's four categories, compared lower-case, mapped to upstream's judge keys.
 CHAT_CATEGORY_KEYS = {"chat": "chat", "code": "General", "math": "Math", "safety": "Safety"}
@@ -251,16 +252,18 @@ class RoundDir:
 
     def __init__(self, path: Path, index: int):
         self.path, self.index = Path(path), index
+        self.responses = self.path / "responses.jsonl"
+        self.scored = self.path / "scored.jsonl"
+        self.pairs = self.path / "pairs.jsonl"
+        self.adapter = self.path / ADAPTER_DIR  # written by ipo.training.train_dpo
+        self.merged = self.path / "merged"
+        self.after_responses = self.path / "after_responses.jsonl"
+        self.after_scored = self.path / "after_scored.jsonl"
+        self.metrics = self.path / "metrics.json"
 
-    def __getattr__(self, name):
-        files = {"responses": "responses.jsonl", "scored": "scored.jsonl", "pairs": "pairs.jsonl",
-                 "after_responses": "after_responses.jsonl", "after_scored": "after_scored.jsonl",
-                 "metrics": "metrics.json", "adapter": "adapter", "merged": "merged"}  # fmt: skip
-        if name in files:
-            return self.path / files[name]
-        raise AttributeError(name)
-
-    def complete(self, log_path: Path, prompts: Sequence[Prompt]) -> bool:
+    @staticmethod
+    def complete(log_path: Path, prompts: Sequence[Prompt]) -> bool:
+        """Whether a record log holds every prompt."""
         return log_path.is_file() and all(p.id in RecordLog(log_path) for p in prompts)
 
 
@@ -460,11 +463,11 @@ def run_loop(run_path: Path, prompts: Sequence[Prompt], s: LoopSettings, judge: 
             score_responses_into_log(scorer, responses, RecordLog(rd.scored), judge.score_field,
                                      desc=f"round {k}: judging")  # fmt: skip
             metrics["judge_settings"] = {"name": judge.name, **judge.resolved}
-            if on_resolved and k == 1:
-                on_resolved({"sampling": metrics["sampling"], "judge": metrics["judge_settings"]})
             del model, scorer, sampler
             free_memory()
             save()
+        if on_resolved and k == 1 and "judge_settings" in metrics:  # also when resuming a finished stage
+            on_resolved({"sampling": metrics["sampling"], "judge": metrics["judge_settings"]})
         if s.stop_after in ("sample", "score"):
             return stop(s.stop_after)
         scored = RecordLog(rd.scored).ordered(order)
@@ -473,7 +476,7 @@ def run_loop(run_path: Path, prompts: Sequence[Prompt], s: LoopSettings, judge: 
         ###############
         # Pairs
         ###############
-        if not rd.pairs.is_file():
+        if not rd.pairs.is_file() or "pairs" not in metrics:  # (re)written whole: selection is pure and seeded
             metrics["pairs"] = write_pairs(rd, scored, judge, s.prompt_format, s.seed, test_ids)
             save()
         pairs = read_pairs(rd)

@@ -281,6 +281,9 @@ def describe_config(config, lora_config=None, options: TrainingOptions | None = 
         "max_length": config.max_length,
         "truncation_mode": config.truncation_mode,
         "learning_rate": config.learning_rate,
+        "lr_scheduler_type": str(config.lr_scheduler_type).split(".")[-1].lower(),
+        "warmup_ratio": options.warmup_ratio if options else config.warmup_steps,
+        "max_grad_norm": config.max_grad_norm,
         "num_train_epochs": config.num_train_epochs,
         "max_steps": config.max_steps,
         "per_device_train_batch_size": config.per_device_train_batch_size,
@@ -502,6 +505,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if output_dir.resolve() == adapter_dir.resolve():
         raise IpoError("the merged model must go to another folder than the adapter")
+    logger.info("merging the adapter %s into its base model ...", adapter_dir)
     peft_model, base = load_peft_model(adapter_dir, base_model, dtype=dtype, device=device)
     merged = peft_model.merge_and_unload()
     source = tokenizer_from or (str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base)

@@ -114,6 +114,7 @@ def test_train_writes_config_adapter_and_log(trained, tiny_model_dir):
     assert (result.adapter_dir / "tokenizer_config.json").is_file()  # the tokenizer travels with the adapter
     config = json.loads((out / "dpo_config.json").read_text())
     assert config["beta"] == 0.1 and config["loss_type"] == ["sigmoid"] and config["max_length"] == 1024
+    assert config["lr_scheduler_type"] == "cosine" and config["max_grad_norm"] == 0.3 and config["weights_dtype"] == "float32"
     assert config["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "bias": "none",
                               "resolved_modules": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
                                                    "up_proj", "v_proj"]}  # never lm_head
@@ -183,3 +184,12 @@ def test_qlora_4bit_two_steps_on_cpu(tiny_model_dir, tmp_path):
     assert type(base.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
     trainer.train()
     assert trainer.state.global_step == 2 and trainer.state.log_history[-1]["train_loss"] > 0
+
+
+def test_memory_flags_train_too(tiny_model_dir, tmp_path):
+    options = small_options(max_steps=1, gradient_checkpointing=True, precompute_ref_log_probs=True)
+    trainer, config, _ = build_trainer(str(tiny_model_dir), conversational_pairs(4), options, tmp_path, device="cpu")
+    assert config.activation_checkpointing and config.precompute_ref_log_probs
+    assert "ref_chosen_logps" in trainer.train_dataset.column_names  # computed once, before training
+    trainer.train()
+    assert trainer.state.global_step == 1
