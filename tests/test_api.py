@@ -8,12 +8,17 @@ Nothing can hang: every request has a client timeout, every subprocess a timeout
 
 import json
 import math
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
-from helpers import rewardbench_rows, run_script, run_subprocess, write_jsonl
+from helpers import REPO, rewardbench_rows, run_script, run_subprocess, write_jsonl
 from ipo import IpoError, api
 from ipo.prompts import COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream
 
@@ -175,6 +180,17 @@ def test_response_cache_survives_a_cut_last_line(tmp_path):
     assert len(reloaded) == 2 and reloaded.get("k2") == {"a": 2} and reloaded.get("k3") is None
     reloaded.put("k3", "m", {"a": 3})
     assert len(api.ResponseCache(tmp_path, "openai/gpt-4o-mini")) == 3
+
+
+def test_record_log_discard_rewrites_without_the_failures(tmp_path):
+    from ipo.runs import RecordLog
+
+    log = RecordLog(tmp_path / "p.jsonl")
+    log.append([{"id": 1, "failure": None}, {"id": 2, "failure": "timeout"}, {"id": 3, "failure": None}])
+    assert api.forget_failures(log) == 1 and 2 not in log and len(log) == 2
+    assert [r["id"] for r in read_jsonl(tmp_path / "p.jsonl")] == [1, 3]
+    assert sorted(RecordLog(tmp_path / "p.jsonl").records) == ["1", "3"]
+    assert api.forget_failures(log) == 0
 
 
 def test_read_api_key(monkeypatch):
@@ -458,6 +474,32 @@ def test_fatal_error_mid_run_keeps_the_cache(openai_server, rb_file, tmp_path, c
     assert run_script(OURS, argv) == 0  # the key "works" again: only what is missing is sent
     assert openai_server.requests == (cached + 1) + (2 * N_PAIRS - cached)
     assert load_run(out / "r")[0] == reference
+
+
+def test_kill_minus_9_resumes_from_the_cache(openai_server, rb_file, tmp_path):
+    reference = clean_reference(openai_server, rb_file, tmp_path)
+    openai_server.canned = lambda request: time.sleep(0.1)  # a slow server (then the model answers)
+    out = tmp_path / "out"
+    argv = argv_for(openai_server, rb_file, out, "--max_concurrency", "2", "--log_level", "error")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, str(REPO / OURS), *argv], env=env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    predictions = out / "r" / "predictions.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (predictions.exists() and predictions.read_text().count("\n") >= 3):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    time.sleep(0.3)  # requests the dead client had on the wire reach the server
+    done = predictions.read_text().count("\n")
+    assert 3 <= done < N_PAIRS, "the run was not interrupted part-way"
+    cached = len((out / "api_cache" / f"{MODEL}.jsonl").read_text().splitlines())
+    assert cached >= 2 * done  # every saved pair's answers are cached
+    sent_before = openai_server.requests
+    openai_server.canned = None
+    assert run_script(OURS, argv) == 0
+    assert openai_server.requests - sent_before == 2 * N_PAIRS - cached  # only what was never answered
+    assert load_run(out / "r")[0] == reference  # nothing lost, nothing twice
 
 
 @pytest.mark.parametrize("case, message, status", [
