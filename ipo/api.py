@@ -434,7 +434,8 @@ def orders_markdown(metrics: dict) -> str:
     text = "## Orders\n\n" + markdown_table(["order", "answered", "accuracy % (answered)", "accuracy % (all)"], rows)
     if "agreement" in metrics:
         text += (f"\nThe two orders pick the same response in {pct(metrics['agreement'])}% of the "
-                 f"{metrics['n_answered_both_orders']} pairs answered in both (position bias lowers it).\n")  # fmt: skip
+                 f"{metrics['n_answered_both_orders']} pairs answered in both "
+                 "(position bias lowers it).\n")  # fmt: skip
     return text
 
 
@@ -460,7 +461,8 @@ def parse_retry_after(headers) -> float | None:
     return None
 
 
-def retry_delay(attempt: int, base_delay: float, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+def retry_delay(attempt: int, base_delay: float, retry_after: float | None = None,
+                rng: random.Random | None = None) -> float:  # fmt: skip
     """Seconds to wait before retry number ``attempt`` (1, 2, ...).
 
     The server's Retry-After when it gives one between 0 and MAX_RETRY_DELAY; otherwise exponential backoff
@@ -629,6 +631,8 @@ class ApiClient:
         except openai.APIConnectionError as err:
             cause = err.__cause__ or err
             return None, "connection", self._clean(f"{type(cause).__name__}: {cause}"), None
+        except openai.OpenAIError as err:  # anything else the SDK raises about an answer it cannot use
+            return None, "bad_response", self._clean(f"{type(err).__name__}: {err}"), None
         except ValueError as err:  # a 200 whose body is not JSON (a web page at a wrong --base_url)
             return None, "bad_response", self._clean(f"the answer is not JSON ({err})"), None
         if not isinstance(response, dict) or _first_choice(response) is None:
@@ -850,7 +854,8 @@ def failure_summary(records: Sequence[dict]) -> dict:
             "failures_by_kind": dict(kinds)}  # fmt: skip
 
 
-def usage_markdown(client: ApiClient, summary: dict, accuracy_all: float | None, accuracy_answered: float | None) -> str:
+def usage_markdown(client: ApiClient, summary: dict, accuracy_all: float | None,
+                   accuracy_answered: float | None) -> str:  # fmt: skip
     """The results.md section on the API: endpoint, failures, both accuracies, this invocation's requests."""
     from ipo.report import pct
 
@@ -871,8 +876,9 @@ def usage_markdown(client: ApiClient, summary: dict, accuracy_all: float | None,
     return "\n".join(lines)
 
 
-def write_rewardbench_outputs(run: RunDir, records: list[dict], client: ApiClient, title: str, upstream_file: str,
-                              extra_metrics: dict | None = None, extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
+def write_rewardbench_outputs(run: RunDir, records: list[dict], client: ApiClient, title: str,
+                              upstream_file: str, extra_metrics: dict | None = None,
+                              extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
     """RewardBench outputs of an API judge (ipo.report.write_rewardbench_outputs) plus its failures.
 
     The main tables and upstream's per-subset file count every pair, a failed one as wrong (upstream's

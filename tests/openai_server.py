@@ -22,7 +22,7 @@ Test hooks (thread-safe):
                               get a fault: an HTTP status such as "429" (sent with retry-after-ms) or
                               "500"; "stall" (silence for `stall_seconds`, longer than the client's
                               timeout, then the connection is closed); "drop" (the connection is closed
-                              at once, without an answer)
+                              at once, without an answer); "garbage" (a 200 with an HTML page)
   canned                      callable(request body) -> None (the model answers) or {"content": text,
                               "top_logprobs": [{"token", "logprob"}, ...] for the first token (default []),
                               "logprobs": False to send none}: exact answers the test controls
@@ -245,10 +245,18 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
+        if fault == "garbage":  # a 200 that is not JSON, like a web page behind a wrong base URL
+            data = b"<html><body>Welcome</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if fault is not None:
             status = int(fault)
             headers = {"retry-after-ms": "10", "retry-after": "0"} if status == 429 else {}
-            kind = {429: "requests", 401: "invalid_request_error", 400: "invalid_request_error"}.get(status, "server_error")
+            kind = "requests" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
             self._send_json(status, error_body(f"injected fault {status}", kind), headers)
             return
         if app.api_key is not None and self.headers.get("Authorization") != f"Bearer {app.api_key}":
@@ -283,7 +291,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model_dir", default=None, help="a local model folder; default: the tiny random test model")
     parser.add_argument("--model_id", default="tiny-judge", help="the model id clients must ask for")
     parser.add_argument("--api_key", default="test-key", help="the key clients must send (a test value, not a secret)")
-    parser.add_argument("--answer_bias", type=float, default=8.0, help="logit bias on Yes/No tokens (0 for a real judge)")
+    parser.add_argument("--answer_bias", type=float, default=8.0,
+                        help="logit bias on Yes/No tokens (0 for a real judge)")
     args = parser.parse_args(argv)
     if args.model_dir:
         from ipo.modeling import load_model, load_tokenizer

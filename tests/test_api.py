@@ -20,7 +20,9 @@ import pytest
 
 from helpers import REPO, rewardbench_rows, run_script, run_subprocess, write_jsonl
 from ipo import IpoError, api
-from ipo.prompts import COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream
+from ipo.prompts import (
+    COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream,
+)  # fmt: skip
 
 OURS = "Preference_Comparison/Reward_Bench/ours_gpt.py"
 BINARY = "Preference_Comparison/Reward_Bench/binary_gpt.py"
@@ -133,7 +135,8 @@ def test_answer_fields_give_every_record_the_same_columns():
 def test_requests_are_upstreams():
     template, question, response = REWARDBENCH_PROMPTS["hep-python"], "Q?", "R."
     content = api.yes_no_content("upstream", REWARDBENCH_LAYOUT, template, question, response)
-    assert content == f"{template}\nUser: {question}\nResponse: {response}" == render_api_upstream(template, question, response)
+    assert content == f"{template}\nUser: {question}\nResponse: {response}"
+    assert content == render_api_upstream(template, question, response)
     assert api.yes_no_request("upstream", content) == {
         "messages": [{"role": "user", "content": content}], "max_tokens": 2, "logprobs": True,
         "top_logprobs": 10, "temperature": 0.7}  # fmt: skip
@@ -216,7 +219,7 @@ def body(text):
 
 
 @pytest.mark.parametrize("fault, times, kind", [("429", 2, "rate_limited"), ("503", 1, "server_error"),
-                                                ("drop", 2, "connection")])  # fmt: skip
+                                                ("drop", 2, "connection"), ("garbage", 1, "bad_response")])  # fmt: skip
 def test_client_retries_until_it_succeeds(openai_server, fault, times, kind):
     client = make_client(openai_server)
     openai_server.inject(fault, times)
@@ -256,7 +259,10 @@ def test_client_fatal_errors_are_one_clear_line(openai_server, tmp_path):
     openai_server.inject("400", 1)
     client = make_client(openai_server)
     assert client.fetch(body("x")).failure == "rejected"  # not retried, not fatal after the probe
-    assert openai_server.requests == 3
+    assert openai_server.requests == 3  # 404, 401, 400: one attempt each
+    without_v1 = api.ApiClient(base_url=openai_server.base_url[: -len("/v1")], model=MODEL, api_key="test-key")
+    with pytest.raises(IpoError, match="no such model or endpoint.*usually ends in /v1"):
+        without_v1.fetch(body("x"))
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
@@ -327,7 +333,8 @@ def test_ours_gpt_end_to_end_resume_and_overwrite(openai_server, rb_file, tmp_pa
     for p in predictions.values():
         assert set(p) == RECORD_COLUMNS
         assert p["failure"] is None and 0 < p["p_yes_chosen"] < 1 and 0 < p["p_yes_rejected"] < 1
-        assert p["p_yes_chosen"] == pytest.approx(api.p_yes_from_logprobs(p["logprob_yes_chosen"], p["logprob_no_chosen"]))
+        from_logprobs = api.p_yes_from_logprobs(p["logprob_yes_chosen"], p["logprob_no_chosen"])
+        assert p["p_yes_chosen"] == pytest.approx(from_logprobs)
         assert p["correct"] == (p["p_yes_chosen"] > p["p_yes_rejected"])
     # One request per response, each the upstream request for its subset's question.
     assert openai_server.requests == 2 * N_PAIRS
@@ -368,7 +375,8 @@ def test_ours_gpt_chat_mode(openai_server, rb_file, tmp_path):
     sent = openai_server.bodies[0]
     assert (sent["max_tokens"], sent["top_logprobs"], sent["temperature"]) == (1, 20, 0)
     row = ROWS[0]
-    assert sent["messages"][0]["content"] == chat_user_content(REWARDBENCH_PROMPTS[row["subset"]], row["prompt"], row["chosen"])
+    expected = chat_user_content(REWARDBENCH_PROMPTS[row["subset"]], row["prompt"], row["chosen"])
+    assert sent["messages"][0]["content"] == expected
 
 
 def clean_reference(server, data, tmp_path):
@@ -420,7 +428,8 @@ def test_failures_are_counted_not_scored_and_retried_by_the_next_run(openai_serv
     assert metrics["failures_by_kind"] == {"server_error": 1}
     n_correct = sum(p["correct"] for p in predictions.values())
     assert metrics["accuracy_all_pairs"] == metrics["accuracy"] == pytest.approx(n_correct / N_PAIRS)
-    assert metrics["accuracy_answered"] == metrics["answered_only"]["accuracy"] == pytest.approx(n_correct / (N_PAIRS - 1))
+    assert metrics["accuracy_answered"] == metrics["answered_only"]["accuracy"]
+    assert metrics["accuracy_answered"] == pytest.approx(n_correct / (N_PAIRS - 1))
     usage = metrics["api_usage_this_invocation"]
     assert usage["requests_sent"] == openai_server.requests == 2 * N_PAIRS + 2 and usage["retries"] == 2
     assert usage["gave_up_by_kind"] == {"server_error": 1}
@@ -570,7 +579,8 @@ def test_binary_upstream_asks_chosen_first_with_upstreams_request(openai_server,
     assert metrics["accuracy"] == 1.0 and metrics["orders"]["chosen_first"]["accuracy"] == 1.0
     assert "chosen_second" not in metrics["orders"] and "agreement" not in metrics
     p = predictions[1000]
-    assert p["verdict_chosen_first"] == 1 and p["correct"] and not p["tie"] and p["judge_text_chosen_first"].startswith("Better")
+    assert p["verdict_chosen_first"] == 1 and p["correct"] and not p["tie"]
+    assert p["judge_text_chosen_first"].startswith("Better response: Response 1")
     assert (out / "r" / f"accuracy_reward-bench_comparison_{MODEL}.json").is_file()
 
 
@@ -583,7 +593,8 @@ def test_binary_both_orders_exposes_position_bias(openai_server, rb_file, tmp_pa
     assert run_script(BINARY, argv_for(openai_server, rb_file, out, "--both_orders", run_name="both")) == 0
     assert openai_server.requests == 2 * N_PAIRS
     predictions, metrics = load_run(out / "both")
-    assert metrics["orders"]["chosen_first"]["accuracy"] == 1.0 and metrics["orders"]["chosen_second"]["accuracy"] == 0.0
+    assert metrics["orders"]["chosen_first"]["accuracy"] == 1.0
+    assert metrics["orders"]["chosen_second"]["accuracy"] == 0.0
     assert metrics["agreement"] == 0.0 and metrics["n_answered_both_orders"] == N_PAIRS
     assert metrics["accuracy"] == 0.0 and metrics["tie_rate"] == 1.0 and metrics["accuracy_ties_half"] == 0.5
     swapped = [b for b in openai_server.bodies if shown_first(b) == ROWS[0]["rejected"]]
@@ -619,9 +630,11 @@ def test_binary_unparsed_answer_is_a_counted_failure(openai_server, rb_file, tmp
     out = tmp_path / "out"
     assert run_script(BINARY, argv_for(openai_server, rb_file, out, "--both_orders")) == 0
     predictions, metrics = load_run(out / "r")
-    assert predictions[1006]["failure"] == "unparsed" and predictions[1006]["failed"] == ["chosen_first", "chosen_second"]
+    assert predictions[1006]["failure"] == "unparsed"
+    assert predictions[1006]["failed"] == ["chosen_first", "chosen_second"]
     assert predictions[1006]["judge_text_chosen_first"] == "Both are fine."
     assert metrics["n_failed"] == 1 and metrics["failures_by_kind"] == {"unparsed": 1}
-    assert metrics["accuracy_all_pairs"] == pytest.approx((N_PAIRS - 1) / N_PAIRS) and metrics["accuracy_answered"] == 1.0
+    all_but_one = pytest.approx((N_PAIRS - 1) / N_PAIRS)
+    assert metrics["accuracy_all_pairs"] == all_but_one and metrics["accuracy_answered"] == 1.0
     assert metrics["orders"]["chosen_first"] == {"n_answered": N_PAIRS - 1, "accuracy": 1.0,
-                                                 "accuracy_all_pairs": pytest.approx((N_PAIRS - 1) / N_PAIRS)}  # fmt: skip
+                                                 "accuracy_all_pairs": all_but_one}  # fmt: skip

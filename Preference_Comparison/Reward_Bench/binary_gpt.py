@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-comparison"), split_by="subset")
+        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-comparison"),
+                         split_by="subset")
     return 0
 
 
