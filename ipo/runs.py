@@ -38,6 +38,7 @@ TRACKED_LIBRARIES = (
 NON_RESULT_ARGS = frozenset({
     "batch_size", "max_batch_tokens", "prefix_sharing", "limit", "device", "output_dir", "run_name",
     "overwrite", "push_to_hub", "hf_user", "log_level", "max_concurrency", "max_retries", "timeout",
+    "retry_base_delay", "api_key_env", "cache_dir",
 })  # fmt: skip
 
 
@@ -178,6 +179,16 @@ class RecordLog:
             os.fsync(handle.fileno())
         for record in fresh:
             self.records[str(record[self.key])] = record
+
+    def discard(self, keys: Iterable) -> int:
+        """Forget records (e.g. failed API calls, to be tried again): the file is rewritten atomically
+        without them. Returns how many were dropped."""
+        drop = {str(k) for k in keys} & set(self.records)
+        if drop:
+            for key in drop:
+                del self.records[key]
+            atomic_write_jsonl(self.path, self.records.values())
+        return len(drop)
 
     def ordered(self, keys: Iterable) -> list[dict]:
         """Records in the order of ``keys`` (the dataset's order), skipping keys not scored yet."""
