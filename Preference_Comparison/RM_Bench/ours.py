@@ -7,11 +7,11 @@ works (the key and user are now optional; the data are upstream's five Hub datas
 
     python Preference_Comparison/RM_Bench/ours.py --hf_key K --hf_user U --model_name Qwen/Qwen2.5-7B-Instruct
 
-Offline, on local RM-Bench files (official format; the domain comes from each file's name) and the
-embedded SmolLM2-135M-Instruct:
+Offline, on the data files of a THU-KEG/RM-Bench checkout (official format; the domain comes from each
+file's name), the embedded SmolLM2-135M-Instruct, 10 prompts per domain:
 
     python Preference_Comparison/RM_Bench/ours.py --model_name "$(python -m ipo.assets smollm2)" \
-        --dataset ../shared/data/rm-bench/*_filtered.json --limit 10
+        --dataset RM-Bench/data/*_filtered.json --limit 10
 
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json, results.md,
 style_matrix_<domain>.png and upstream's accuracy-rm-bench-<model>-yesno.json. Re-running the same
