@@ -161,7 +161,8 @@ def add_batch_args(parser: argparse.ArgumentParser) -> None:
         help="run every sequence in full instead of computing a prompt's shared token prefix once",
     )
     group.add_argument(
-        "--limit", type=int, default=None, help="score at most N examples per subset (smoke runs)"
+        "--limit", type=int, default=None,
+        help="score at most N examples per subset (RewardBench) or per data domain (RM-Bench); smoke runs",
     )
 
 
