@@ -122,6 +122,26 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def atomic_write_dir(target: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_folder)``, then rename the folder to ``target`` (replacing an old one).
+
+    Readers never see half a folder: a model or adapter folder exists only once it is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
