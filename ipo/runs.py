@@ -38,6 +38,11 @@ TRACKED_LIBRARIES = (
 NON_RESULT_ARGS = frozenset({
     "batch_size", "max_batch_tokens", "prefix_sharing", "limit", "device", "output_dir", "run_name",
     "overwrite", "push_to_hub", "hf_user", "log_level", "max_concurrency", "max_retries", "timeout",
+    # self-improvement / training: which stages run now, where copies and logs go, memory-for-speed trades
+    "just_sample", "stop_after", "rounds", "merge_adapters", "judge_after", "train_path", "test_path",
+    "mapped_path", "dataset_id", "hub_repo_id", "report_to", "wandb_project", "sample_batch_size",
+    "judge_batch_size", "gradient_checkpointing", "precompute_ref_log_probs", "logging_steps", "save_steps",
+    "save_total_limit", "eval_steps", "dataloader_num_workers",
 })  # fmt: skip
 
 
