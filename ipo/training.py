@@ -261,8 +261,7 @@ def build_dpo_config(options: TrainingOptions, output_dir: str | os.PathLike, de
         # data
         max_length=options.max_length,
         truncation_mode="keep_start",
-        # precision, memory, device
-        model_init_kwargs={"dtype": dtype},
+        # precision, memory, device (the weights dtype is applied when build_trainer loads the model)
         bf16=bf16,
         fp16=fp16,
         use_cpu=device == "cpu",
@@ -300,7 +299,6 @@ def describe_config(config, lora_config=None, options: TrainingOptions | None = 
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "bf16": config.bf16,
         "fp16": config.fp16,
-        "weights_dtype": (config.model_init_kwargs or {}).get("dtype"),
         "gradient_checkpointing": config.activation_checkpointing,
         "precompute_ref_log_probs": config.precompute_ref_log_probs,
         "load_in_4bit": bool(options and options.load_in_4bit),
@@ -346,14 +344,15 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
 
     Records are TRL preference rows: {"prompt", "chosen", "rejected"} as strings (the chosen/rejected
     text is appended to the prompt as is) or as message lists (TRL applies the chat template). The model
-    is loaded by TRL from the path (4-bit when ``load_in_4bit``); with LoRA the reference model is the
-    same weights with the adapter disabled, so no second copy is held. Checkpoints go to
+    is loaded here (4-bit NF4 when ``load_in_4bit``; bf16 on GPUs that have it, fp32 on CPU), not by TRL
+    from the path, so folders without ``architectures`` in their config work too. With LoRA the reference
+    model is the same weights with the adapter disabled, so no second copy is held. Checkpoints go to
     ``output_dir/checkpoints``. Returns (trainer, dpo_config, lora_config).
     """
     import datasets
     from trl import DPOTrainer
 
-    from ipo.modeling import load_tokenizer, quantization_config, resolve_device, split_gguf
+    from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 
     if split_gguf(model_name_or_path)[1]:
         raise IpoError("training needs a model folder or Hub id, not a .gguf file; convert it first")
@@ -365,12 +364,8 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
     lora_config = build_lora_config(options) if options.use_lora else None
     if options.load_in_4bit and not options.use_lora:
         raise IpoError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base; drop --no_lora")
-    bnb = None
-    if options.load_in_4bit:
-        import torch
-
-        compute = getattr(torch, resolve_precision(options.dtype, device)[0])
-        bnb = quantization_config(compute)
+    model, _, _ = load_model(str(model_name_or_path), dtype=resolve_precision(options.dtype, device)[0],
+                             device=device, quantized=options.load_in_4bit)  # fmt: skip
     if tokenizer is None:
         tokenizer = load_tokenizer(model_name_or_path)
     train_dataset = datasets.Dataset.from_list(list(train_records))
@@ -379,13 +374,12 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
     trainer_class = trainer_class or custom_trainer_class(options) or DPOTrainer
     try:
         trainer = trainer_class(
-            model=str(model_name_or_path),
+            model=model,
             args=config,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
             peft_config=lora_config,
-            quantization_config=bnb,
             callbacks=callbacks,
         )
     except (OSError, ValueError) as err:
@@ -426,8 +420,10 @@ def train_dpo(model_name_or_path: str, train_records: Sequence[dict], options: T
                        len(train_records) - n_train, len(train_records), options.max_length)  # fmt: skip
     if n_train == 0:
         raise IpoError(f"every training pair's prompt is longer than --max_length {options.max_length}")
+    weights_dtype = str(trainer.model.get_base_model().dtype if options.use_lora else trainer.model.dtype)
     atomic_write_json(output_dir / CONFIG_FILE, describe_config(
         config, lora_config, options, model=str(model_name_or_path), trainer_class=type(trainer).__name__,
+        weights_dtype=weights_dtype.replace("torch.", ""),
         n_train_pairs=n_train, n_eval_pairs=n_eval, **(extra_config or {}),
     ))  # fmt: skip
     checkpoint_root = output_dir / CHECKPOINT_DIR
@@ -437,7 +433,9 @@ def train_dpo(model_name_or_path: str, train_records: Sequence[dict], options: T
     train_output = trainer.train(resume_from_checkpoint=last)
     metrics = dict(train_output.metrics)
     if trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
+        final_evals = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
+        metrics.update({k: v for k, v in final_evals[-1].items() if k.startswith("eval_")} if final_evals
+                       else trainer.evaluate())  # fmt: skip
     atomic_write_jsonl(output_dir / TRAIN_LOG_FILE, trainer.state.log_history)
     save_trained_model(trainer, adapter_dir)
     if options.use_lora and not (adapter_dir / ADAPTER_CONFIG).is_file():

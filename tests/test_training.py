@@ -43,7 +43,7 @@ def test_defaults_are_the_papers(tmp_path):
     assert config.per_device_train_batch_size == 6 and config.num_train_epochs == 1 and config.max_grad_norm == 0.3
     assert config.max_length == 1024 and config.truncation_mode == "keep_start"
     # CPU: fp32 weights, no bf16 autocast (TRL's bf16 default raises on CPU), nothing reported anywhere
-    assert config.bf16 is False and config.fp16 is False and config.model_init_kwargs == {"dtype": "float32"}
+    assert config.bf16 is False and config.fp16 is False and config.use_cpu is True
     assert config.report_to == [] and config.push_to_hub is False and config.save_strategy == "steps"
     lora = build_lora_config(options)
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules) == (256, 128, 0.05, "all-linear")
