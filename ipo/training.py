@@ -365,7 +365,8 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
     if options.load_in_4bit and not options.use_lora:
         raise IpoError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base; drop --no_lora")
     model, _, _ = load_model(str(model_name_or_path), dtype=resolve_precision(options.dtype, device)[0],
-                             device=device, quantized=options.load_in_4bit)  # fmt: skip
+                             device=model_load_device(device, options.load_in_4bit),
+                             quantized=options.load_in_4bit)  # fmt: skip
     if tokenizer is None:
         tokenizer = load_tokenizer(model_name_or_path)
     train_dataset = datasets.Dataset.from_list(list(train_records))
@@ -987,7 +988,7 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from ipo.modeling import load_tokenizer, quantization_config, resolve_device, split_gguf
+    from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
     from ipo.runs import atomic_write_json, atomic_write_jsonl
 
     output_dir = Path(output_dir)
@@ -1004,18 +1005,16 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     device = resolve_device(device)
     config = build_sft_config(options, output_dir / CHECKPOINT_DIR, device=device, has_eval=bool(eval_records))
     lora_config = build_lora_config(options) if options.use_lora else None
-    bnb = None
-    if options.load_in_4bit:
-        import torch
-
-        bnb = quantization_config(getattr(torch, resolve_precision(options.dtype, device)[0]))
+    # loaded here, as build_trainer does (folders without ``architectures`` in their config work too)
+    model, _, _ = load_model(str(model_name_or_path), dtype=resolve_precision(options.dtype, device)[0],
+                             device=model_load_device(device, options.load_in_4bit),
+                             quantized=options.load_in_4bit)  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         trainer = SFTTrainer(
-            model=str(model_name_or_path), args=config, train_dataset=datasets.Dataset.from_list(list(train_records)),
+            model=model, args=config, train_dataset=datasets.Dataset.from_list(list(train_records)),
             eval_dataset=datasets.Dataset.from_list(list(eval_records)) if eval_records else None,
-            processing_class=load_tokenizer(model_name_or_path), peft_config=lora_config, quantization_config=bnb,
-            callbacks=callbacks,
+            processing_class=load_tokenizer(model_name_or_path), peft_config=lora_config, callbacks=callbacks,
         )  # fmt: skip
     except (OSError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -1050,17 +1049,33 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
 # ---------------------------------------------------------------------------------------------------
 # Several processes (accelerate launch): who writes what
 # ---------------------------------------------------------------------------------------------------
-def is_main_process() -> bool:
-    """True in the process that writes run files (the only process without accelerate launch)."""
+def process_state():
+    """accelerate's process state (one per process). On a machine without a GPU it is made a CPU state, as
+    the Trainer would (use_cpu), so that ``torchrun --nproc_per_node N`` also runs on CPU (gloo)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    """True in the process that writes run files (the only process without accelerate launch)."""
+    return process_state().is_main_process
+
+
+def model_load_device(device: str, quantized: bool) -> str:
+    """Where the training scripts load the weights. One process: ``device``. Under ``accelerate launch`` with
+    several processes: a 4-bit model on this process's own GPU (bitsandbytes weights cannot be moved later,
+    so one 4-bit model per process), any other model on the CPU, from where DDP moves it to this process's
+    GPU and DeepSpeed ZeRO-3 / FSDP shard it (ZeRO-3 refuses a device_map; TRL loads the same way)."""
+    state = process_state()
+    if state.num_processes <= 1:
+        return device
+    return f"cuda:{state.local_process_index}" if quantized else "cpu"
 
 
 def wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
+    process_state().wait_for_everyone()
 
 
 def save_trained_model(trainer, target: str | os.PathLike) -> None:
