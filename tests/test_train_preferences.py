@@ -247,6 +247,14 @@ def test_recipe_values_and_command_line_overrides(tmp_path):
         script.parse_args(["--config", str(recipe)])
 
 
+def test_every_recipe_setting_is_a_flag_of_train_preferences():
+    from ipo.recipes import RECIPE_KEYS
+
+    parser = load_script(SCRIPT).build_parser(default_model="m")
+    flags = {option[2:] for action in parser._actions for option in action.option_strings}
+    assert set(RECIPE_KEYS) <= flags, set(RECIPE_KEYS) - flags
+
+
 def test_every_training_recipe_parses_as_flags():
     from test_recipes import RECIPES, TRAINING_RECIPES
 
