@@ -11,6 +11,10 @@ Everything else speaks ``TrainingOptions`` (our own option names, the paper's de
     merge_adapter(adapter_dir, out_dir)   merge a LoRA adapter into its base, in a separate folder
     describe_config(config, lora, ...)    the resolved settings as a JSON-able dict (dpo_config.json)
 
+and, in the "Custom preference losses" section at the end: PreferenceLossTrainer (ipo_sum, kto_pair, rpo_*
+from ipo/losses.py, picked automatically by build_trainer), train_sft (DPO/sft.py), train_summary, and
+the helpers for several processes (accelerate launch).
+
 The paper's self-improvement step is plain DPO, ``loss_type="sigmoid"`` (Rafailov et al. 2023, eq. 7:
 -log sigmoid(beta * margin)), with beta 0.1, LoRA r 256 / alpha 128 / dropout 0.05 on all linear layers,
 lr 5e-5, cosine schedule, warmup 0.1, batch 6, one epoch, grad-clip 0.3 (upstream DPO/ours.py). TRL's
@@ -745,7 +749,19 @@ def preference_loss_trainer():
             self.embedder = None
             if self.custom_loss in EMBEDDING_LOSS_TYPES:
                 self.embedder = PromptEmbedder(self.loss_options.rpo_embedding_model, device=str(self.accelerator.device))
-                self.embedder.model  # load now: a missing embedding model fails before the first step
+                # Load now (a missing model fails before the first step), and whole: under ZeRO-3, transformers
+                # would otherwise partition any model loaded while the DeepSpeed config is active.
+                zero3 = getattr(self.args, "hf_deepspeed_config", None)
+                zero3 = zero3 if zero3 is not None and zero3.is_zero3() else None
+                if zero3 is not None:
+                    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+                    unset_hf_deepspeed_config()
+                try:
+                    self.embedder.model
+                finally:
+                    if zero3 is not None:
+                        set_hf_deepspeed_config(zero3)
 
         # ---------------------------------------------------------------- data
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -815,6 +831,10 @@ def preference_loss_trainer():
                                 num_workers=self.args.dataloader_num_workers,
                                 pin_memory=self.args.dataloader_pin_memory)  # fmt: skip
             return self.accelerator.prepare(loader)
+
+        def evaluate(self, *args, **kwargs):
+            self.rpo_skipped_batches["eval"] = 0  # rpo/skipped_batches of this evaluation only
+            return super().evaluate(*args, **kwargs)
 
         # ---------------------------------------------------------------- loss
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -101,6 +101,17 @@ def test_rpo_diagonal_with_weight_one_is_trls_dpo(tiny_model_dir, tmp_path):
         torch.testing.assert_close(adapters[0][name], adapters[1][name], rtol=1e-4, atol=1e-6)
 
 
+def test_precomputed_reference_log_probs_give_the_same_training(tiny_model_dir, tmp_path):
+    histories = []
+    for precompute in (False, True):
+        options = small_options(loss_type="kto_pair", precompute_ref_log_probs=precompute)
+        trainer, _, _ = build_trainer(str(tiny_model_dir), pairs(8), options, tmp_path / str(precompute), device="cpu")
+        assert ("ref_chosen_logps" in trainer.train_dataset.column_names) == precompute
+        trainer.train()
+        histories.append([e["loss"] for e in trainer.state.log_history if "loss" in e])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The loss the trainer computes = ipo.losses on log-probs computed here by a plain forward
 # ---------------------------------------------------------------------------------------------------
