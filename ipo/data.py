@@ -44,11 +44,11 @@ def looks_local(source: str) -> bool:
     )
 
 
-def read_records(source: str, split: str | None = None) -> list[dict]:
-    """Rows of a local json/jsonl/parquet file (gzip accepted) or of a Hub dataset split."""
+def read_records(source: str, split: str | None = None, config: str | None = None) -> list[dict]:
+    """Rows of a local json/jsonl/parquet file (gzip accepted) or of a Hub dataset split (and config)."""
     if looks_local(source):
         return read_local_records(source)
-    return read_hub_records(source, split)
+    return read_hub_records(source, split, config)
 
 
 def read_local_records(path: str) -> list[dict]:
@@ -115,11 +115,11 @@ def _rows_from_json_value(data, path: str) -> list[dict]:
     raise IpoError(f"{path}: expected a JSON list of objects, one per example")
 
 
-def read_hub_records(repo_id: str, split: str | None) -> list[dict]:
+def read_hub_records(repo_id: str, split: str | None, config: str | None = None) -> list[dict]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(repo_id, split=split)
+        dataset = datasets.load_dataset(repo_id, config, split=split)
     except Exception as err:  # datasets raises many types: not found, offline, unknown split, auth
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         hint = ""

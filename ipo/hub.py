@@ -47,3 +47,15 @@ def push_records(records: list[dict], repo: str, split_by: str | None = None, pr
     except Exception as err:
         raise IpoError(f"upload to {repo} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     logger.info("pushed %d records to https://huggingface.co/datasets/%s", len(records), repo)
+
+
+def push_folder(folder, repo: str, private: bool = True, what: str = "model") -> None:
+    """Upload a model or adapter folder (weights, config, tokenizer) as a Hub model repository."""
+    from huggingface_hub import create_repo, upload_folder
+
+    try:
+        create_repo(repo, private=private, exist_ok=True)
+        upload_folder(repo_id=repo, folder_path=str(folder), commit_message=f"Upload {what}")
+    except Exception as err:
+        raise IpoError(f"upload to {repo} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    logger.info("pushed the %s in %s to https://huggingface.co/%s", what, folder, repo)

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from ipo import IpoError
 from ipo.data import read_records
-from ipo.losses import LOSS_TYPES, UNPAIRED_LOSS_TYPES
+from ipo.losses import UNPAIRED_LOSS_TYPES
 
 DATASET_FORMATS = (
     "auto", "standard", "conversational", "implicit", "conversational_implicit", "hh", "sharegpt", "unpaired",
@@ -303,9 +303,11 @@ def to_unpaired(data: PreferenceData) -> PreferenceData:
 
 
 def check_data_for_loss(data: PreferenceData, loss_type: str) -> None:
-    """Refuse a loss that cannot train on this data, with the flag that fixes it."""
-    if loss_type not in LOSS_TYPES:
-        raise IpoError(f"unknown --loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    """Refuse a loss that cannot train on this data, with the flag that fixes it.
+
+    Every loss but those of UNPAIRED_LOSS_TYPES (including TRL's own, e.g. hinge) trains on pairs; whether
+    the name is a known loss is ipo.training.check_options' job.
+    """
     if loss_type in UNPAIRED_LOSS_TYPES and data.paired:
         raise IpoError(
             f"--loss_type {loss_type} trains on unpaired (prompt, completion, label) examples, but "
@@ -340,3 +342,120 @@ def balanced_unpaired_batches(labels: Sequence[bool], batch_size: int, seed: int
                 batch += [chosen_queue.pop(0), rejected_queue.pop(0)]
             batches.append(batch)
     return batches
+
+
+# ---------------------------------------------------------------------------------------------------
+# SFT data (DPO/sft.py): the stage before preference training
+# ---------------------------------------------------------------------------------------------------
+SFT_FORMATS = ("auto", "preference", "prompt_completion", "instruction")
+# Stanford Alpaca's prompt (github.com/tatsu-lab/stanford_alpaca, train.py PROMPT_DICT), for instruction data
+# trained as plain text (a base model without a chat template).
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ALPACA_PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+# instruction datasets: (instruction, optional context, response) column names
+INSTRUCTION_COLUMNS = (("instruction", "context", "response"),  # databricks-dolly-15k
+                       ("instruction", "input", "output"))  # Alpaca  # fmt: skip
+
+
+@dataclass
+class SftData:
+    records: list[dict]  # {prompt, completion}: text, or message lists
+    source: str
+    format: str
+    dropped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        text = f"{len(self.records):,} SFT examples from {self.source} (format {self.format})"
+        if self.dropped:
+            text += "; dropped " + "; ".join(f"{reason}: {count:,}" for reason, count in self.dropped.most_common())
+        return text
+
+
+def load_sft_data(source: str, split: str = "train", format: str = "auto", messages: bool = False,
+                  preference_format: str = "auto") -> SftData:  # fmt: skip
+    """{prompt, completion} records for SFT from a preference dataset (its chosen responses, as RPO's SFT
+    stage), a prompt/completion dataset, or instruction data (Dolly: instruction/context/response; Alpaca:
+    instruction/input/output).
+
+    ``messages`` turns text prompts into chat messages (user turn, assistant completion) so that the model's
+    chat template is applied; without it, instruction data uses the Alpaca prompt as plain text.
+    """
+    if format not in SFT_FORMATS:
+        raise IpoError(f"unknown SFT data format {format!r}; choose one of {', '.join(SFT_FORMATS)}")
+    rows = read_records(source, split)
+    if not rows:
+        raise IpoError(f"{source}: the dataset is empty")
+    if format == "auto":
+        format = detect_sft_format(rows[0], source)
+    if format == "preference":
+        data = load_preference_data(source, split, preference_format, hh_messages=messages)
+        if not data.paired:
+            records = [{"prompt": r["prompt"], "completion": r["completion"]} for r in data.records if r["label"]]
+        else:
+            records = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in data.records]
+        return SftData(records, source, f"preference ({data.format}), chosen responses", data.dropped)
+    records, dropped = [], Counter()
+    for index, row in enumerate(rows):
+        where = f"{source}: row {index}"
+        if not isinstance(row, dict):
+            raise IpoError(f"{where} is not a JSON object")
+        if format == "prompt_completion":
+            _require(row, ("prompt", "completion"), where)
+            prompt, completion = _text_or_messages(row, "prompt", where), _text_or_messages(row, "completion", where)
+            if type(prompt) is not type(completion):
+                raise IpoError(f"{where}: 'prompt' and 'completion' must both be text or both be message lists")
+            if messages and isinstance(prompt, str):
+                prompt, completion = _as_messages(prompt, completion)
+        else:
+            record = _instruction_record(row, where, messages)
+            if isinstance(record, str):
+                dropped[record] += 1
+                continue
+            prompt, completion = record
+        records.append({"prompt": prompt, "completion": completion})
+    if not records:
+        raise IpoError(f"{source}: no usable rows ({'; '.join(f'{k}: {v}' for k, v in dropped.items())})")
+    return SftData(records, source, format, dropped)
+
+
+def detect_sft_format(row: dict, source: str) -> str:
+    if not isinstance(row, dict):
+        raise IpoError(f"{source}: row 0 is not a JSON object")
+    if any(all(column in row for column in (c[0], c[2])) for c in INSTRUCTION_COLUMNS):
+        return "instruction"
+    if "prompt" in row and "completion" in row and "label" not in row:
+        return "prompt_completion"
+    return "preference"  # load_preference_data names what is missing
+
+
+def _instruction_record(row: dict, where: str, messages: bool):
+    for instruction_column, context_column, response_column in INSTRUCTION_COLUMNS:
+        if instruction_column in row and response_column in row:
+            break
+    else:
+        raise IpoError(f"{where} has no instruction/response (Dolly) or instruction/output (Alpaca) columns")
+    values = {}
+    for column in (instruction_column, context_column, response_column):
+        value = row.get(column) or ""
+        if not isinstance(value, str):
+            raise IpoError(f"{where}: column {column!r} must be text, got {type(value).__name__}")
+        values[column] = value.strip()
+    instruction, context, response = (values[c] for c in (instruction_column, context_column, response_column))
+    if not instruction or not response:
+        return "empty instruction or response"
+    if messages:
+        return _as_messages(f"{instruction}\n\n{context}" if context else instruction, response)
+    if context:
+        return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=context), response
+    return ALPACA_PROMPT.format(instruction=instruction), response
+
+
+def _as_messages(prompt: str, completion: str) -> tuple[list[dict], list[dict]]:
+    return [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]

@@ -18,13 +18,14 @@ from ipo import IpoError
 from ipo.losses import LOSS_TYPES
 
 _NUMBER = (int, float)
-# name -> accepted YAML types. Names follow transformers.TrainingArguments / TRL DPOConfig / TRL
-# ModelConfig where one exists; the rest are this project's flags (their --help says why).
+# name -> accepted YAML types. Every name is a flag of the training scripts (without "--"); they follow
+# transformers.TrainingArguments / TRL DPOConfig / TRL ModelConfig where one exists.
 RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     # model (TRL ModelConfig names)
     "model_name_or_path": str,
     "dtype": str,
     "use_peft": bool,
+    "lora_target_modules": str,
     "lora_r": int,
     "lora_alpha": int,
     "lora_dropout": _NUMBER,
@@ -34,6 +35,9 @@ RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     "dataset_split": str,
     "dataset_format": str,
     "unpaired": bool,
+    "as_messages": bool,
+    "eval_dataset": str,
+    "eval_split": str,
     "max_length": int,
     "max_prompt_length": int,
     # loss (TRL DPOConfig names, plus the RPO settings)
@@ -48,18 +52,18 @@ RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     "warmup_ratio": _NUMBER,
     "warmup_steps": int,
     "optim": str,
-    "weight_decay": _NUMBER,
     "max_grad_norm": _NUMBER,
     "num_train_epochs": _NUMBER,
     "max_steps": int,
     "per_device_train_batch_size": int,
+    "per_device_eval_batch_size": int,
     "gradient_accumulation_steps": int,
     "gradient_checkpointing": bool,
-    "bf16": bool,
     "seed": int,
     # logging and outputs
     "logging_steps": int,
     "save_steps": int,
+    "eval_steps": int,
     "output_dir": str,
     "run_name": str,
     "report_to": str,
@@ -127,3 +131,26 @@ def expand_grid(settings: dict, grid: dict[str, list]) -> list[tuple[str, dict]]
         name = "__".join(f"{key}-{value}" for key, value in point.items()) or "base"
         points.append((name.replace("/", "_"), {**settings, **point}))
     return points
+
+
+def recipe_defaults(parser, settings: dict, source: str | Path = "the recipe") -> dict:
+    """The recipe's settings as defaults of ``parser`` (keyed by argparse dest), so that flags given on the
+    command line override them. A setting that is not a flag of this script is a one-line error."""
+    dests = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                dests[option[2:]] = action
+    defaults = {}
+    for key, value in settings.items():
+        action = dests.get(key)
+        if action is None:
+            raise IpoError(f"{source}: setting {key!r} is not an option of {parser.prog}")
+        if action.choices is not None and value not in action.choices:
+            raise IpoError(f"{source}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+        if action.const in (True, False) and action.nargs == 0:  # store_true / store_false flags
+            if not isinstance(value, bool):
+                raise IpoError(f"{source}: {key} must be true or false, got {value!r}")
+            value = action.const if value else not action.const
+        defaults[action.dest] = value
+    return defaults

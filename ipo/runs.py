@@ -39,6 +39,12 @@ NON_RESULT_ARGS = frozenset({
     "batch_size", "max_batch_tokens", "prefix_sharing", "limit", "device", "output_dir", "run_name",
     "overwrite", "push_to_hub", "hf_user", "log_level", "max_concurrency", "max_retries", "timeout",
     "retry_base_delay", "api_key_env", "cache_dir",
+
+    # self-improvement / training: which stages run now, where copies and logs go, memory-for-speed trades
+    "just_sample", "stop_after", "rounds", "merge_adapters", "judge_after", "train_path", "test_path",
+    "mapped_path", "dataset_id", "hub_repo_id", "report_to", "wandb_project", "sample_batch_size",
+    "judge_batch_size", "gradient_checkpointing", "precompute_ref_log_probs", "logging_steps", "save_steps",
+    "save_total_limit", "eval_steps", "dataloader_num_workers",
 })  # fmt: skip
 
 
@@ -121,6 +127,26 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def atomic_write_dir(target: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_folder)``, then rename the folder to ``target`` (replacing an old one).
+
+    Readers never see half a folder: a model or adapter folder exists only once it is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -32,7 +32,7 @@ CORPUS = [
 ]  # fmt: skip
 
 
-def build_tokenizer(chat_template: bool = True, with_yes_no: bool = True, vocab_size: int = 512):
+def build_tokenizer(chat_template: bool = True, with_yes_no: bool = True, vocab_size: int = 512, eos: bool = True):
     """A ByteLevel BPE tokenizer trained on a small corpus; Yes/No are single tokens if ``with_yes_no``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -49,7 +49,7 @@ def build_tokenizer(chat_template: bool = True, with_yes_no: bool = True, vocab_
     )  # fmt: skip
     backend.train_from_iterator(corpus * 20, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend, eos_token="<|im_end|>" if eos else None, pad_token="<|endoftext|>",
         padding_side="left", model_max_length=4096,
     )  # fmt: skip
     if chat_template:
@@ -72,8 +72,10 @@ def build_model(tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2):
     return model.eval()
 
 
-def save_tiny_model(path: Path, chat_template: bool = True, with_yes_no: bool = True, seed: int = 0) -> Path:
-    tokenizer = build_tokenizer(chat_template=chat_template, with_yes_no=with_yes_no)
+def save_tiny_model(path: Path, chat_template: bool = True, with_yes_no: bool = True, seed: int = 0,
+                    eos: bool = True) -> Path:
+    """``eos=False``: neither the tokenizer nor the configs name an end-of-sequence token."""
+    tokenizer = build_tokenizer(chat_template=chat_template, with_yes_no=with_yes_no, eos=eos)
     model = build_model(tokenizer, seed=seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -197,8 +197,9 @@ def test_check_data_for_loss(tmp_path):
     check_data_for_loss(unpaired, "rpo_unpaired")
     with pytest.raises(IpoError, match="drop --unpaired"):
         check_data_for_loss(unpaired, "ipo")
-    with pytest.raises(IpoError, match="unknown --loss_type 'dpo'"):
-        check_data_for_loss(paired, "dpo")
+    check_data_for_loss(paired, "hinge")  # TRL's other losses train on pairs too
+    with pytest.raises(IpoError, match="needs chosen/rejected pairs"):
+        check_data_for_loss(unpaired, "hinge")
 
 
 def test_balanced_unpaired_batches():

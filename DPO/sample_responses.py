@@ -1,0 +1,83 @@
+"""Sample N responses per instruction (no judging): upstream's DPO/sample_responses.py on the shared sampler.
+
+Upstream sampled 4 responses per instruction (4 separate generate calls, temperature 0.7, 256 new tokens)
+and always pushed them to the Hub. Its command still works; the token and user are now optional and the
+upload happens only with --push_to_hub:
+
+    python DPO/sample_responses.py --dataset_name Ayush-Singh/UltraFeedback-1k-Each --split_name split_1 \
+        --model_name mistralai/Mistral-7B-Instruct-v0.1 --username U --save_dataset_name responses --push_to_hub
+
+Offline:
+
+    python DPO/sample_responses.py --model_name "$(python -m ipo.assets smollm2)" \
+        --dataset_name data/demo_prompts.jsonl --prompt_format chat --max_new_tokens 48
+
+Writes <output_dir>/<run_name>/responses.jsonl (id, prompt, category, responses, n_tokens, finished) and
+config.json; it is the same file DPO/ours.py writes in its sample stage. Re-running resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ipo import cli, hub, selfimprove
+from ipo.modeling import load_model_and_tokenizer
+from ipo.runs import RecordLog, RunDir, seed_everything
+from ipo.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
+
+logger = cli.logger
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_model_args(parser)
+    data = parser.add_argument_group("prompts")
+    data.add_argument("--dataset_name", default=selfimprove.DEFAULT_PROMPTS,
+                      help="Hub dataset or local json/jsonl/parquet file with an 'instruction' column")  # fmt: skip
+    data.add_argument("--split_name", default=selfimprove.DEFAULT_SPLIT, help="split of a Hub --dataset_name")
+    data.add_argument("--max_prompts", type=int, default=None, help="use only the first N prompts (smoke runs)")
+    add_sampling_args(parser)
+    cli.add_output_args(parser)
+    upload = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
+    upload.add_argument("--push_to_hub", action="store_true",
+                        help="upload {prompt, responses} as a Hub dataset (upstream always did)")
+    upload.add_argument("--username", dest="hf_user", default=None, help="Hub namespace (default: your account)")
+    upload.add_argument("--save_dataset_name", default=None, help="Hub dataset name (default: the run name)")
+    upload.add_argument("--hf_api", dest="hf_key", default=None,
+                        help="DEPRECATED: a token on the command line leaks into shell history; use HF_TOKEN")
+    args = parser.parse_args(argv)
+    cli.check_positive(parser, args, "max_prompts", "num_return_sequences", "max_new_tokens", "sample_batch_size")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    cli.consume_secrets(args)
+    seed_everything(args.seed)
+    prompts = selfimprove.load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
+                                       require_category=False)  # fmt: skip
+    check_can_generate(args.model_name, args.trust_remote_code)
+    model_short = cli.model_short_name(args.model_name)
+    run = RunDir(args.output_dir, args.run_name or f"samples-{model_short}-{args.prompt_format}", args.overwrite)
+    run.check(cli.public_args(args))
+    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
+    sampler = Sampler(model, tokenizer, sampling_settings_from_args(args), batch_size=args.sample_batch_size,
+                      salt="round1")  # the same random streams as round 1 of DPO/ours.py  # fmt: skip
+    run.start(cli.public_args(args), resolved={"device": device, "dtype": str(dtype), "n_prompts": len(prompts),
+                                                "sampling": sampler.resolved()})  # fmt: skip
+    log = RecordLog(run.file("responses.jsonl"))
+    selfimprove.sample_into_log(sampler, tokenizer, prompts, log, args.prompt_format)
+    records = log.ordered(p.id for p in prompts)
+    unfinished = sum(not f for r in records for f in r["finished"])
+    logger.info("%d prompts x %d responses in %s (%d cut at --max_new_tokens)", len(records),
+                args.num_return_sequences, log.path, unfinished)  # fmt: skip
+    if args.push_to_hub:
+        name = args.save_dataset_name or run.path.name
+        hub.push_records([{"prompt": r["prompt"], "responses": r["responses"]} for r in records],
+                         hub.repo_id(args.hf_user, name))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

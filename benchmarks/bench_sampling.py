@@ -1,0 +1,193 @@
+"""Sampling speed: the batched, seeded sampler against upstream's loop, in one process on the same model.
+
+Upstream (DPO/ours.py, DPO/sample_responses.py) called ``generate`` once per response: 4 calls per prompt,
+batch size 1, ``do_sample=True``. ``ipo.sampling.Sampler`` makes one call for many prompts with N rows each.
+Both sample the same prompts with the same settings (temperature 0.7, top-k 50); the rate is new response
+tokens per second (up to and excluding the stop token), so early stops count the same on both sides.
+
+    python benchmarks/bench_sampling.py                       # SmolLM2-135M-Instruct, 16 prompts x 4 x 64 tokens
+    python benchmarks/bench_sampling.py --gpu_random_qwen     # plus a random Qwen2.5-0.5B-sized model in bf16 (GPU)
+
+It also times one DPO training step (LoRA as in the paper, r 256 on all linear layers) and reports its peak
+memory. The last line of output is a JSON object with both rates and their ``ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Qwen2.5-0.5B's shape (config.json of Qwen/Qwen2.5-0.5B-Instruct), random weights: no download needed.
+QWEN_05B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True,
+                      rope_theta=1000000.0, rms_norm_eps=1e-6)  # fmt: skip
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model folder (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--num_prompts", type=int, default=16)
+    parser.add_argument("--num_return_sequences", type=int, default=4)
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--dpo_batch_size", type=int, default=2, help="pairs in the timed DPO step")
+    parser.add_argument("--lora_r", type=int, default=256, help="LoRA rank of the timed DPO step (paper: 256)")
+    parser.add_argument("--no_dpo", dest="dpo", action="store_false", help="skip the DPO step timing")
+    parser.add_argument("--gpu_random_qwen", action="store_true",
+                        help="also compare on a random-weight Qwen2.5-0.5B-sized model in bf16 (needs a CUDA GPU)")
+    return parser.parse_args(argv)
+
+
+def bench_prompts(n: int) -> list[str]:
+    rows = [json.loads(line) for line in (REPO / "data" / "demo_prompts.jsonl").read_text().splitlines() if line.strip()]
+    base = [r["instruction"] for r in rows]
+    return [base[i % len(base)] + ("" if i < len(base) else f" (Answer in {i - len(base) + 2} sentences.)")
+            for i in range(n)]  # fmt: skip
+
+
+def upstream_loop(model, tokenizer, prompt_ids, n, max_new_tokens, stop_ids) -> int:
+    """Upstream's sampler: one generate call per response, batch 1, transformers' own sampling."""
+    import torch
+
+    from ipo.sampling import cut_at_stop
+
+    tokens = 0
+    for ids in prompt_ids:
+        input_ids = torch.tensor([ids], device=model.device)
+        for _ in range(n):
+            with torch.inference_mode():
+                out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+                                     temperature=0.7, top_k=50, max_new_tokens=max_new_tokens, num_return_sequences=1,
+                                     pad_token_id=stop_ids[0], eos_token_id=stop_ids)  # fmt: skip
+            tokens += len(cut_at_stop(out[0, len(ids):].tolist(), stop_ids)[0])
+    return tokens
+
+
+def compare(model, tokenizer, args, label: str) -> dict:
+    from ipo.sampling import Sampler, SamplingSettings, encode_prompt
+
+    if model.device.type == "cuda":
+        import torch
+
+        sync = torch.cuda.synchronize
+    else:
+        def sync():
+            return None
+    prompt_ids = [encode_prompt(tokenizer, p, "upstream") for p in bench_prompts(args.num_prompts)]
+    settings = SamplingSettings(num_return_sequences=args.num_return_sequences, max_new_tokens=args.max_new_tokens,
+                                top_k=50, top_p=1.0)  # fmt: skip
+    sampler = Sampler(model, tokenizer, settings, batch_size=args.num_prompts)
+    # warm-up (first-call allocations, kernel selection) on one prompt, for both paths
+    list(Sampler(model, tokenizer, settings, batch_size=1).sample([(0, prompt_ids[0])]))
+    upstream_loop(model, tokenizer, prompt_ids[:1], 1, 4, sampler.stop_ids)
+    sync()
+    start = time.perf_counter()
+    upstream_tokens = upstream_loop(model, tokenizer, prompt_ids, args.num_return_sequences, args.max_new_tokens,
+                                    sampler.stop_ids)  # fmt: skip
+    sync()
+    upstream_s = time.perf_counter() - start
+    start = time.perf_counter()
+    samples = [s for batch in sampler.sample(list(enumerate(prompt_ids))) for s in batch]
+    sync()
+    batched_s = time.perf_counter() - start
+    batched_tokens = sum(sum(s.n_tokens) for s in samples)
+    result = {
+        "upstream_tokens": upstream_tokens, "upstream_s": round(upstream_s, 3),
+        "upstream_tokens_per_s": round(upstream_tokens / upstream_s, 2),
+        "batched_tokens": batched_tokens, "batched_s": round(batched_s, 3),
+        "batched_tokens_per_s": round(batched_tokens / batched_s, 2),
+    }  # fmt: skip
+    result["ratio"] = round(result["batched_tokens_per_s"] / result["upstream_tokens_per_s"], 2)
+    print(f"{label}: upstream loop {result['upstream_tokens_per_s']} tok/s ({upstream_tokens} tokens in "
+          f"{upstream_s:.1f} s), batched {result['batched_tokens_per_s']} tok/s ({batched_tokens} tokens in "
+          f"{batched_s:.1f} s): x{result['ratio']}", flush=True)  # fmt: skip
+    return result, samples
+
+
+def dpo_step(model_dir: str, samples, tokenizer, args, device: str) -> dict:
+    """Time one optimizer step of the paper's DPO setup on pairs built from the samples."""
+    import torch
+
+    from ipo.training import TrainingOptions, build_trainer
+
+    prompts = bench_prompts(args.num_prompts)
+    records = [{"prompt": f"[INST] {prompts[s.prompt_id]} [/INST]", "chosen": s.responses[0], "rejected": s.responses[1]}
+               for s in samples][: args.dpo_batch_size]  # fmt: skip
+    options = TrainingOptions(max_steps=1, per_device_train_batch_size=args.dpo_batch_size, lora_r=args.lora_r,
+                              lora_alpha=args.lora_r // 2, warmup_ratio=0.0, logging_steps=1, save_steps=1000)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, _, _ = build_trainer(model_dir, records, options, tmp, device=device, tokenizer=tokenizer)
+        trainer.args.disable_tqdm = True
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.train()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    result = {"dpo_step_s": round(seconds, 2), "dpo_peak_memory_mb": round(peak, 1),
+              "dpo_peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process max RSS",
+              "dpo_pairs": len(records), "dpo_lora_r": args.lora_r, "dpo_trainable_params": trainable}  # fmt: skip
+    print(f"one DPO step ({len(records)} pairs, LoRA r {args.lora_r}, {trainable / 1e6:.1f}M trainable): "
+          f"{seconds:.2f} s, peak memory {peak:.0f} MB ({result['dpo_peak_memory_kind']})", flush=True)  # fmt: skip
+    return result
+
+
+def random_qwen(tokenizer_dir: str, args) -> dict:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(**QWEN_05B_SHAPE, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(device="cuda", dtype=torch.bfloat16).eval()
+    tokenizer.padding_side = "left"
+    result, _ = compare(model, tokenizer, args, "random Qwen2.5-0.5B shape, bf16, GPU")
+    return {"model": "random Qwen2.5-0.5B-sized (bf16)", "params": sum(p.numel() for p in model.parameters()), **result}
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from ipo.assets import smollm2_dir
+    from ipo.cli import setup_logging
+    from ipo.modeling import load_model, load_tokenizer
+
+    args = parse_args(argv)
+    setup_logging("warning")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = args.model or str(smollm2_dir())
+    model, device, _ = load_model(model_dir, dtype="float32", device="cpu")
+    tokenizer = load_tokenizer(model_dir)
+    label = f"{Path(model_dir).name} fp32 CPU, {torch.get_num_threads()} threads"
+    sampling, samples = compare(model, tokenizer, args, label)
+    report = {"model": Path(model_dir).name, "device": device, "threads": torch.get_num_threads(),
+              "prompts": args.num_prompts, "samples_per_prompt": args.num_return_sequences,
+              "max_new_tokens": args.max_new_tokens, **sampling}  # fmt: skip
+    del model
+    if args.dpo:
+        report.update(dpo_step(model_dir, samples, tokenizer, args, device="cpu"))
+    if args.gpu_random_qwen:
+        if torch.cuda.is_available():
+            report["gpu"] = random_qwen(model_dir, args)
+        else:
+            report["gpu"] = None
+            print("--gpu_random_qwen: no CUDA GPU here, skipped", flush=True)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""ipo.sampling: stop tokens, cutting by token ids, per-row random streams, batch invariance, Gumbel-max."""
+
+import math
+
+import pytest
+import torch
+
+from ipo import IpoError
+from ipo.sampling import (
+    GumbelMaxSampling, Sampler, SamplingSettings, check_can_generate, cut_at_stop, encode_prompt, row_seed,
+    stop_token_ids,
+)  # fmt: skip
+
+INSTRUCTIONS = ["What is 2 plus 2?", "Hello, how are you today?", "Answer Yes/No: is the sky blue?",
+                "def add(a, b):", "The answer is 42.", "Review the user's question."]  # fmt: skip
+
+
+class FakeTokenizer:
+    def __init__(self, eos_token_id):
+        self.eos_token_id = eos_token_id
+
+
+class FakeGenerationConfig:
+    def __init__(self, eos_token_id):
+        self.eos_token_id = eos_token_id
+
+
+def test_stop_tokens_are_the_union_of_tokenizer_and_generation_config():
+    assert stop_token_ids(FakeTokenizer(2), FakeGenerationConfig([7, 2])) == [2, 7]
+    assert stop_token_ids(FakeTokenizer(None), FakeGenerationConfig(5)) == [5]
+    assert stop_token_ids(FakeTokenizer(3), None) == [3]
+    with pytest.raises(IpoError, match="no end-of-sequence token"):
+        stop_token_ids(FakeTokenizer(None), FakeGenerationConfig(None))
+
+
+def test_cut_at_stop_uses_token_ids():
+    assert cut_at_stop([5, 6, 2, 7, 2], [2]) == ([5, 6], True)
+    assert cut_at_stop([5, 6, 7], [2, 9]) == ([5, 6, 7], False)
+    assert cut_at_stop([9, 5], [2, 9]) == ([], True)
+
+
+def test_row_seeds_are_stable_and_distinct():
+    assert row_seed(42, "round1", "p1", 0) == row_seed(42, "round1", "p1", 0)
+    seeds = {row_seed(42, salt, pid, j) for salt in ("round1", "round2") for pid in ("p1", "p2", 3) for j in range(4)}
+    assert len(seeds) == 24 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_gumbel_max_draws_from_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -math.inf])
+    rows = 20000
+    processor = GumbelMaxSampling([row_seed(0, "t", i, 0) for i in range(rows)], "cpu")
+    picks = processor(None, logits.expand(rows, -1).clone()).argmax(-1)
+    frequencies = torch.bincount(picks, minlength=5).float() / rows
+    expected = torch.softmax(logits, -1)
+    assert frequencies[4] == 0  # a filtered (-inf) token is never drawn
+    torch.testing.assert_close(frequencies, expected, atol=0.012, rtol=0)
+
+
+def test_encode_prompt_formats(tiny_model):
+    _, tokenizer = tiny_model
+    assert encode_prompt(tokenizer, "What is 2 plus 2?", "upstream") == tokenizer("What is 2 plus 2?").input_ids
+    chat = tokenizer.decode(encode_prompt(tokenizer, "What is 2 plus 2?", "chat"))
+    assert chat == "<|im_start|>user\nWhat is 2 plus 2?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_chat_format_needs_a_template(tiny_model_no_template_dir):
+    from ipo.modeling import load_tokenizer
+
+    with pytest.raises(IpoError, match="no chat template"):
+        encode_prompt(load_tokenizer(str(tiny_model_no_template_dir)), "x", "chat")
+
+
+def sample_all(sampler, prompts):
+    return {s.prompt_id: s for batch in sampler.sample(prompts) for s in batch}
+
+
+def test_samples_do_not_depend_on_batching(tiny_model):
+    model, tokenizer = tiny_model
+    prompts = [(f"p{i}", encode_prompt(tokenizer, x, "chat")) for i, x in enumerate(INSTRUCTIONS)]
+    settings = SamplingSettings(num_return_sequences=3, max_new_tokens=12)
+    together = sample_all(Sampler(model, tokenizer, settings, batch_size=6, salt="r1"), prompts)
+    alone = sample_all(Sampler(model, tokenizer, settings, batch_size=1, salt="r1"), prompts)
+    subset = sample_all(Sampler(model, tokenizer, settings, batch_size=2, salt="r1"), prompts[3:])
+    assert set(together) == {f"p{i}" for i in range(6)}
+    for pid, sample in together.items():
+        assert sample.responses == alone[pid].responses and sample.n_tokens == alone[pid].n_tokens
+        if pid in subset:
+            assert subset[pid].responses == sample.responses
+        assert len(sample.responses) == 3 and len(set(sample.responses)) > 1  # sampled, not greedy
+        assert all(n <= 12 for n in sample.n_tokens)
+        assert all(f == (n < 12) or f for n, f in zip(sample.n_tokens, sample.finished))
+    other_salt = sample_all(Sampler(model, tokenizer, settings, batch_size=6, salt="r2"), prompts)
+    assert any(other_salt[p].responses != together[p].responses for p in together)
+
+
+def test_greedy_matches_plain_generate_cut_by_token_ids(tiny_model):
+    model, tokenizer = tiny_model
+    sampler = Sampler(model, tokenizer, SamplingSettings(num_return_sequences=2, temperature=0.0, max_new_tokens=10),
+                      batch_size=4)  # fmt: skip
+    prompts = [(i, encode_prompt(tokenizer, x, "upstream")) for i, x in enumerate(INSTRUCTIONS[:4])]
+    samples = sample_all(sampler, prompts)
+    for pid, ids in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=10,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=sampler.stop_ids)  # fmt: skip
+        new, _ = cut_at_stop(out[0, len(ids):].tolist(), sampler.stop_ids)
+        expected = tokenizer.decode(new, skip_special_tokens=True).strip()
+        assert samples[pid].responses == [expected, expected] and samples[pid].n_tokens == [len(new)] * 2
+    assert sampler.resolved()["greedy"] is True
+
+
+def test_resolved_settings_follow_the_model(tiny_model):
+    model, tokenizer = tiny_model
+    resolved = Sampler(model, tokenizer, SamplingSettings()).resolved()
+    assert resolved["top_k"] == 50 and resolved["top_p"] == 1.0 and resolved["temperature"] == 0.7
+    assert resolved["stop_tokens"] == ["<|im_end|>"] and resolved["num_return_sequences"] == 4
+    assert resolved["max_new_tokens"] == 256
+
+
+def test_a_model_without_eos_is_refused_before_loading(tmp_path):
+    from helpers import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "no_eos", eos=False)
+    with pytest.raises(IpoError, match="end-of-sequence"):
+        check_can_generate(str(path))
