@@ -11,6 +11,7 @@ Modules (scripts in DPO/ and Preference_Comparison/ are thin wrappers around the
     judge        the batched Yes/No scorer (the paper's primitive)
     data         loaders for local files and Hub datasets, with clear errors
     rewardbench  RewardBench tables and metrics
+    rmbench      RM-Bench loaders (both formats), the 3x3 style matrix, hard/normal/easy, outputs
     runs         run folders: config, resumable predictions, atomic outputs
     modeling     model/tokenizer loading (Hub id, folder or .gguf; 4-bit)
     report       results tables and plots

@@ -161,8 +161,22 @@ def add_batch_args(parser: argparse.ArgumentParser) -> None:
         help="run every sequence in full instead of computing a prompt's shared token prefix once",
     )
     group.add_argument(
-        "--limit", type=int, default=None, help="score at most N examples per subset (smoke runs)"
+        "--limit", type=int, default=None,
+        help="score at most N examples per subset (RewardBench) or per data domain (RM-Bench); smoke runs",
     )
+
+
+def add_rewardbench_data_args(parser: argparse.ArgumentParser):
+    """--dataset and --split of the RewardBench scripts; returns the group so a script can add to it."""
+    from ipo import rewardbench
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=rewardbench.HUB_ID,
+                       help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
+    group.add_argument("--split", default="raw", choices=list(rewardbench.SPLITS),
+                       help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
+                            "filtered: the 2,985 pairs of the official leaderboard")  # fmt: skip
+    return group
 
 
 def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:

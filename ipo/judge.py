@@ -445,3 +445,19 @@ class YesNoScorer:
             truncated.append(any(p.truncated for p in prompts))
         for indices, scores in self.judge.score_groups(encoded):
             yield [(examples[i], s, {"truncated": truncated[i]}) for i, s in zip(indices, scores)]
+
+
+def load_judge(args) -> tuple[YesNoJudge, dict]:
+    """The model and its YesNoJudge from the shared flags (cli.add_model_args / add_judge_args).
+
+    Returns (judge, resolved settings for config.json: device, dtype, Yes/No token ids).
+    """
+    from ipo.modeling import load_model_and_tokenizer
+
+    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
+    judge = YesNoJudge(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
+                       batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                       prefix_sharing=args.prefix_sharing)  # fmt: skip
+    tokens = judge.tokens
+    logger.info("Yes ids %s %s, No ids %s %s", tokens.yes_ids, tokens.yes_tokens, tokens.no_ids, tokens.no_tokens)
+    return judge, {"device": device, "dtype": str(dtype), "yes_no_tokens": tokens.as_dict()}

@@ -38,6 +38,8 @@ TRACKED_LIBRARIES = (
 NON_RESULT_ARGS = frozenset({
     "batch_size", "max_batch_tokens", "prefix_sharing", "limit", "device", "output_dir", "run_name",
     "overwrite", "push_to_hub", "hf_user", "log_level", "max_concurrency", "max_retries", "timeout",
+    "retry_base_delay", "api_key_env", "cache_dir",
+
     # self-improvement / training: which stages run now, where copies and logs go, memory-for-speed trades
     "just_sample", "stop_after", "rounds", "merge_adapters", "judge_after", "train_path", "test_path",
     "mapped_path", "dataset_id", "hub_repo_id", "report_to", "wandb_project", "sample_batch_size",
@@ -203,6 +205,16 @@ class RecordLog:
             os.fsync(handle.fileno())
         for record in fresh:
             self.records[str(record[self.key])] = record
+
+    def discard(self, keys: Iterable) -> int:
+        """Forget records (e.g. failed API calls, to be tried again): the file is rewritten atomically
+        without them. Returns how many were dropped."""
+        drop = {str(k) for k in keys} & set(self.records)
+        if drop:
+            for key in drop:
+                del self.records[key]
+            atomic_write_jsonl(self.path, self.records.values())
+        return len(drop)
 
     def ordered(self, keys: Iterable) -> list[dict]:
         """Records in the order of ``keys`` (the dataset's order), skipping keys not scored yet."""

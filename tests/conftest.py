@@ -69,3 +69,22 @@ def smollm2(smollm2_dir):
 @pytest.fixture
 def rewardbench_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "rewardbench.jsonl", rewardbench_rows(16))
+
+
+@pytest.fixture(scope="session")
+def openai_server_session(tiny_model):
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 serving the tiny model as `tiny-judge`."""
+    from openai_server import OpenAIServer
+
+    model, tokenizer = tiny_model
+    with OpenAIServer(model, tokenizer, model_id="tiny-judge", api_key="test-key") as server:
+        yield server
+
+
+@pytest.fixture
+def openai_server(openai_server_session, monkeypatch):
+    """The session's server with clean counters, faults and canned answers; OPENAI_API_KEY set to its key."""
+    openai_server_session.reset()
+    monkeypatch.setenv("OPENAI_API_KEY", openai_server_session.api_key)
+    yield openai_server_session
+    openai_server_session.reset()

@@ -134,3 +134,42 @@ def run_subprocess(relative_path: str, argv: list[str], **kwargs) -> subprocess.
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, str(REPO / relative_path), *argv], capture_output=True, text=True,
                           env=env, cwd=kwargs.pop("cwd", REPO), **kwargs)  # fmt: skip
+
+
+def rmbench_rows(n: int = 4, domain: str | None = None, first_id: int = 0, long_prompt: bool = False) -> list[dict]:
+    """Rows in the official RM-Bench format: 3 chosen and 3 rejected responses, [concise, plain, markdown].
+
+    ``domain`` adds the `domain` field of total_dataset.json; ``long_prompt`` makes the shared prompt long
+    next to the responses (so the judge's shared-prefix path pays off).
+    """
+    rows = []
+    for i in range(n):
+        a = first_id + i
+        detail = " It follows from adding the two numbers." * (1 + i % 3)
+        row = {
+            "id": a,
+            "subset": "alpacaeval",
+            "prompt": f"What is {a} plus {a}?" + " Please explain the steps carefully." * (8 if long_prompt else i % 3),
+            "chosen": [f"{2 * a}.", f"The answer is {2 * a}.{detail}", f"**Answer:** {2 * a}\n\n-{detail}"],
+            "rejected": [f"{2 * a + 1}.", f"The answer is {2 * a + 1}.{detail}", f"**Answer:** {2 * a + 1}\n\n-{detail}"],
+        }  # fmt: skip
+        if domain:
+            row["domain"] = domain
+        rows.append(row)
+    return rows
+
+
+def flatten_rmbench_rows(rows: list[dict]) -> list[dict]:
+    """The same rows in upstream's flattened Hub format (prompt, chosen_1..3, rejected_1..3)."""
+    flat = []
+    for row in rows:
+        out = {"id": row["id"], "prompt": row["prompt"]}
+        for side in ("chosen", "rejected"):
+            out.update({f"{side}_{k + 1}": text for k, text in enumerate(row[side])})
+        flat.append(out)
+    return flat
+
+
+def write_json(path: Path, rows) -> Path:
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path

@@ -67,7 +67,7 @@ def test_wandb_project_is_used_only_with_report_to_wandb(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"loss_type": "kto_pair"}, "unknown --loss_type"),
+    ({"loss_type": "dpo"}, "unknown --loss_type"),
     ({"lora_target_modules": "q_proj,lm_head"}, "lm_head"),
     ({"beta": 0.0}, "--beta must be positive"),
     ({"warmup_ratio": 1.5}, "--warmup_ratio"),

@@ -1,0 +1,231 @@
+"""Run a recipe's grid (e.g. losses x betas) with DPO/train_preferences.py: locally one after another, or on SLURM.
+
+A recipe (recipes/*.yaml) holds the shared settings and a `sweep:` grid; every point of the grid is one run
+of train_preferences.py with its own folder <output_dir>/<sweep_name>/<point>/. Flags after the sweep's
+own (e.g. --model_name_or_path, --max_steps) go to every point and override the recipe.
+
+    # the HF study's scan: 3 losses x 10 betas, one run after another (finished points are skipped on re-run)
+    python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml
+
+    # the same as a SLURM array job (one task per point, requeued on preemption, resuming its checkpoints)
+    python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml --slurm \\
+        --accelerate_config recipes/accelerate_configs/zero3.yaml --gpus_per_task 8
+    sbatch outputs/sweeps/zephyr/sweep.sbatch
+    python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml --summary_only   # once the jobs are done
+
+    # offline smoke test: a 2 x 2 grid on the embedded SmolLM2 (--dry_run prints the commands)
+    python DPO/sweep.py --config my_grid.yaml --model_name_or_path "$(python -m ipo.assets smollm2)" --max_steps 1
+
+sweep_summary.md and sweep_summary.json in <output_dir>/<sweep_name>/ list every point with its final loss,
+reward margin, accuracy and status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from ipo import IpoError, cli
+from ipo.recipes import expand_grid, load_recipe
+from ipo.report import markdown_table
+from ipo.runs import atomic_write_json, atomic_write_text
+
+logger = cli.logger
+
+HERE = Path(__file__).resolve().parent
+TRAIN_SCRIPT = HERE / "train_preferences.py"
+SUMMARY_FILE = "train_summary.json"  # written by train_preferences.py in each point's folder
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Any other flag is passed to every point's train_preferences.py.")  # fmt: skip
+    parser.add_argument("--config", required=True, help="the recipe with a `sweep:` grid (recipes/*.yaml)")
+    parser.add_argument("--output_dir", default=None,
+                        help="parent folder of the sweep (default: the recipe's output_dir, else outputs/sweeps)")
+    parser.add_argument("--sweep_name", default=None, help="the sweep's folder name (default: the recipe's file name)")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands (or the SLURM script); run nothing")
+    parser.add_argument("--summary_only", action="store_true",
+                        help="only (re)build the summary table from the points' folders (after a SLURM sweep)")
+    slurm = parser.add_argument_group("SLURM (--slurm writes <sweep folder>/sweep.sbatch instead of running)")
+    slurm.add_argument("--slurm", action="store_true", help="write an sbatch array script, one task per point")
+    slurm.add_argument("--accelerate_config", default=None,
+                       help="each task runs `accelerate launch --config_file <this>` (recipes/accelerate_configs/); "
+                            "default: plain accelerate launch on the task's GPUs")  # fmt: skip
+    slurm.add_argument("--gpus_per_task", type=int, default=1,
+                       help="GPUs per array task; accelerate launches one process per GPU (the recipes assume 8)")
+    slurm.add_argument("--cpus_per_task", type=int, default=8, help="CPU cores per array task")
+    slurm.add_argument("--time", default="24:00:00", help="wall-clock limit per task (HH:MM:SS)")
+    slurm.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
+    slurm.add_argument("--max_parallel", type=int, default=None, help="at most N tasks at once (--array=0-N%%K)")
+    slurm.add_argument("--sbatch_option", action="append", default=[],
+                       help="extra '#SBATCH' line content, repeatable, e.g. --sbatch_option=--account=myproj")
+    parser.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    args, passthrough = parser.parse_known_args(argv)
+    cli.check_positive(parser, args, "gpus_per_task", "cpus_per_task", "max_parallel")
+    for flag in ("--output_dir", "--run_name", "--config"):
+        if any(item == flag or item.startswith(flag + "=") for item in passthrough):
+            parser.error(f"{flag} is set per point by the sweep")
+    return args, passthrough
+
+
+def load_train_script():
+    """DPO/train_preferences.py as a module: its parser checks every point's flags before anything runs."""
+    spec = importlib.util.spec_from_file_location("train_preferences", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def point_flags(point: dict, grid: dict) -> list[str]:
+    """The grid values of one point as command-line flags (the recipe supplies everything else)."""
+    flags = []
+    for key in grid:
+        value = point[key]
+        if isinstance(value, bool):
+            flags += [f"--{key}"] if value else []  # a grid over a switch: present or absent
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def plan(args, passthrough: list[str]) -> tuple[Path, list[dict]]:
+    """The sweep folder and, per point, its name, settings, folder and train_preferences.py arguments."""
+    settings, grid = load_recipe(args.config)
+    if not grid:
+        raise IpoError(f"{args.config} has no `sweep:` grid; train a single run with DPO/train_preferences.py")
+    root = Path(args.output_dir or settings.get("output_dir") or "outputs/sweeps") / (args.sweep_name or Path(args.config).stem)
+    train_script = load_train_script()
+    points = []
+    for name, point in expand_grid(settings, grid):
+        argv = ["--config", str(args.config), *point_flags(point, grid), *passthrough,
+                "--output_dir", str(root), "--run_name", name]  # fmt: skip
+        try:
+            train_script.parse_args(argv)  # a bad flag stops the sweep before any point runs
+        except SystemExit as exit:
+            raise IpoError(f"point {name}: train_preferences.py rejects its arguments (exit {exit.code}; see above)")
+        points.append({"name": name, "settings": point, "grid": {k: point[k] for k in grid}, "folder": root / name,
+                       "argv": argv})  # fmt: skip
+    return root, points
+
+
+def run_locally(points: list[dict]) -> dict[str, str]:
+    """Each unfinished point as a subprocess, one after another. Returns point -> status."""
+    status = {}
+    for number, point in enumerate(points, start=1):
+        if (point["folder"] / SUMMARY_FILE).is_file():
+            logger.info("[%d/%d] %s: already done", number, len(points), point["name"])
+            status[point["name"]] = "done"
+            continue
+        logger.info("[%d/%d] %s", number, len(points), point["name"])
+        completed = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *point["argv"]])
+        status[point["name"]] = "done" if completed.returncode == 0 else f"failed (exit {completed.returncode})"
+        if completed.returncode != 0:
+            logger.error("%s failed with exit %d; the sweep goes on", point["name"], completed.returncode)
+    return status
+
+
+def slurm_script(args, root: Path, points: list[dict]) -> str:
+    """An sbatch array script: task i runs point i with accelerate launch, resuming its checkpoints on requeue."""
+    launch = ["accelerate", "launch", "--num_processes", str(args.gpus_per_task)]
+    if args.accelerate_config:
+        launch += ["--config_file", str(Path(args.accelerate_config).resolve())]
+    array = f"0-{len(points) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
+    lines = [
+        "#!/bin/bash",
+        f"# {len(points)} points of {args.config}, written by DPO/sweep.py; submit with: sbatch {root / 'sweep.sbatch'}",
+        f"#SBATCH --job-name={root.name}",
+        f"#SBATCH --array={array}",
+        "#SBATCH --requeue",
+        f"#SBATCH --output={root / 'logs'}/%x-%A_%a.out",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --gres=gpu:{args.gpus_per_task}",
+        f"#SBATCH --cpus-per-task={args.cpus_per_task}",
+        f"#SBATCH --time={args.time}",
+    ]
+    if args.partition:
+        lines.append(f"#SBATCH --partition={args.partition}")
+    lines += [f"#SBATCH {option}" for option in args.sbatch_option]
+    lines += [
+        "",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(Path.cwd()))}  # where DPO/sweep.py ran: relative paths in the commands start here",
+        "# A requeued task re-runs its point: train_preferences.py resumes from the last checkpoint.",
+        'case "$SLURM_ARRAY_TASK_ID" in',
+    ]
+    for index, point in enumerate(points):
+        command = shlex.join([*launch, str(TRAIN_SCRIPT), *point["argv"]])
+        lines.append(f"  {index}) {command} ;;  # {point['name']}")
+    lines += ['  *) echo "no point $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac", ""]
+    return "\n".join(lines)
+
+
+def summarize(root: Path, points: list[dict], status: dict[str, str]) -> list[dict]:
+    """One row per point from its train_summary.json; writes sweep_summary.json and sweep_summary.md."""
+    rows = []
+    for point in points:
+        summary_file = point["folder"] / SUMMARY_FILE
+        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+        state = status.get(point["name"]) or ("done" if summary else "not run")
+        rows.append({"point": point["name"], **point["grid"], "loss_type": point["settings"].get("loss_type", "sigmoid"),
+                     "beta": point["settings"].get("beta", 0.1), "final_loss": summary.get("final_loss"),
+                     "reward_margin": summary.get("reward_margin"), "reward_accuracy": summary.get("reward_accuracy"),
+                     "steps": summary.get("steps"), "skipped_rpo_batches": summary.get("skipped_rpo_batches"),
+                     "status": state})  # fmt: skip
+    atomic_write_json(root / "sweep_summary.json", rows)
+    columns = ["point", "loss_type", "beta", *[k for k in points[0]["grid"] if k not in ("loss_type", "beta")],
+               "final_loss", "reward_margin", "reward_accuracy", "steps", "status"]  # fmt: skip
+    table = [[_cell(row[c]) for c in columns] for row in rows]
+    markdown = f"# Sweep {root.name}\n\n" + markdown_table(columns, table) + "\n"
+    atomic_write_text(root / "sweep_summary.md", markdown)
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def main(argv=None) -> int:
+    args, passthrough = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    root, points = plan(args, passthrough)
+    logger.info("%d points in %s", len(points), root)
+    if args.summary_only:
+        rows = summarize(root, points, {})
+        print((root / "sweep_summary.md").read_text(encoding="utf-8"))
+        return 0 if all(row["status"] == "done" for row in rows) else 1
+    if args.slurm:
+        script = slurm_script(args, root, points)
+        if args.dry_run:
+            print(script)
+            return 0
+        atomic_write_text(root / "sweep.sbatch", script)
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        print(f"sbatch {root / 'sweep.sbatch'}")
+        return 0
+    if args.dry_run:
+        for point in points:
+            print(shlex.join([sys.executable, str(TRAIN_SCRIPT), *point["argv"]]))
+        return 0
+    status = run_locally(points)
+    summarize(root, points, status)
+    print((root / "sweep_summary.md").read_text(encoding="utf-8"))
+    failed = [name for name, state in status.items() if state != "done"]
+    if failed:
+        raise IpoError(f"{len(failed)} of {len(points)} points failed: {', '.join(failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,171 @@
+"""Preference training on any preference dataset: DPO, Identity-PO, KTO-pair and Relative Preference Optimization.
+
+The companion methods of the paper's DPO step (README "Training losses"): a LoRA (or full) fine-tune through
+TRL's DPOTrainer with the loss picked by --loss_type: sigmoid (DPO), ipo, ipo_sum, kto_pair, rpo_paired,
+rpo_unpaired, rpo_diagonal, rpo_uniform, or any other TRL loss. The dataset is a Hub id or a local
+json/jsonl/parquet file (gzip accepted) in TRL's prompt/chosen/rejected format (text or messages),
+Anthropic HH's dialogues, LLaMA-Factory's sharegpt, or unpaired prompt/completion/label rows.
+
+Offline, RPO on the embedded SmolLM2-135M-Instruct and 64 Anthropic HH pairs (a minute on a CPU):
+
+    python DPO/train_preferences.py --model_name_or_path "$(python -m ipo.assets smollm2)" \\
+        --dataset ../shared/data/preference/hh-rlhf_harmless-base_test.jsonl.gz --loss_type rpo_paired \\
+        --max_steps 3 --per_device_train_batch_size 4 --lora_r 8 --lora_alpha 16 --max_length 256 --limit 64
+
+A recipe gives the settings, flags override it (recipes/README.md):
+
+    python DPO/train_preferences.py --config recipes/rpo/rpo_paired_hh.yaml --model_name_or_path <sft model>
+
+The run folder <output_dir>/<run_name>/ holds config.json, dpo_config.json, checkpoints/, train_log.jsonl,
+adapter/ (the LoRA adapter with its tokenizer; the whole model with --no_lora), merged/ (--merge_adapters)
+and train_summary.json (final loss, reward margin and accuracy, steps, skipped RPO batches). Re-running
+the same command resumes from the last checkpoint; a finished run is not retrained. Several GPUs:
+`accelerate launch --config_file recipes/accelerate_configs/ddp.yaml DPO/train_preferences.py ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ipo import IpoError, cli, hub
+from ipo.preference_data import DATASET_FORMATS, check_data_for_loss, load_preference_data, to_unpaired
+from ipo.recipes import load_recipe, recipe_defaults
+from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
+from ipo.training import (
+    ADAPTER_DIR, TRAIN_LOG_FILE, add_training_args, check_options, is_main_process, merge_adapter,
+    options_from_args, train_dpo, train_summary, wait_for_everyone,
+)  # fmt: skip
+
+logger = cli.logger
+
+SUMMARY_FILE = "train_summary.json"
+
+
+def build_parser(default_model: str | None = None) -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None,
+                        help="a recipe (recipes/*.yaml): settings under these flags' names; flags given here win")  # fmt: skip
+    cli.add_model_args(parser, default_model=default_model)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=False, default=None,
+                      help="Hub dataset id or local json/jsonl/parquet file (gzip accepted) of preference pairs "
+                           "or unpaired examples")  # fmt: skip
+    data.add_argument("--dataset_split", default="train", help="split of a Hub --dataset (local files have one)")
+    data.add_argument("--dataset_format", default="auto", choices=list(DATASET_FORMATS),
+                      help="layout of --dataset; auto detects it from the first row (README 'Datasets')")
+    data.add_argument("--unpaired", action="store_true",
+                      help="split each pair into a desirable and an undesirable example (for rpo_unpaired, as RPO "
+                           "trains on paired datasets)")  # fmt: skip
+    data.add_argument("--as_messages", action="store_true",
+                      help="turn Anthropic HH dialogues into chat messages so the model's chat template applies "
+                           "(default: the raw Human:/Assistant: text, as the DPO and RPO code)")  # fmt: skip
+    data.add_argument("--eval_dataset", default=None,
+                      help="held-out preference data evaluated every --eval_steps and at the end (default: none)")
+    data.add_argument("--eval_split", default="test", help="split of a Hub --eval_dataset")
+    data.add_argument("--limit", type=int, default=None,
+                      help="use only the first N rows of each dataset (smoke runs); part of the run's settings")
+    add_training_args(parser)
+    cli.add_output_args(parser)
+    hub_group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
+    hub_group.add_argument("--push_to_hub", action="store_true",
+                           help="upload the merged model (with --merge_adapters) or the adapter, with its tokenizer")
+    hub_group.add_argument("--hub_repo_id", default=None,
+                           help="target repo, 'user/name' or 'name' (default: <run_name>); token from HF_TOKEN")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    config_path = pre.parse_known_args(argv)[0].config
+    settings = load_recipe(config_path)[0] if config_path else {}  # a recipe's sweep: grid is DPO/sweep.py's
+    parser = build_parser(default_model=settings.get("model_name_or_path"))
+    parser.set_defaults(**recipe_defaults(parser, settings, config_path))
+    args = parser.parse_args(argv)
+    if not args.dataset:
+        parser.error("--dataset is required (a Hub id or a local file), on the command line or in --config")
+    cli.check_positive(parser, args, "limit")
+    if args.trust_remote_code:
+        parser.error("--trust_remote_code is not supported for training (TRL loads the model itself)")
+    if args.quantized:  # the inference scripts' name for 4-bit loading
+        args.load_in_4bit = True
+    return args
+
+
+def default_run_name(args) -> str:
+    dataset = Path(args.dataset).name.split(".")[0] if Path(args.dataset).suffix else args.dataset.split("/")[-1]
+    return f"{args.loss_type}-{cli.model_short_name(args.model_name)}-{dataset}-beta{args.beta:g}"
+
+
+def load_data(source: str, split: str, args, what: str):
+    data = load_preference_data(source, split, args.dataset_format, hh_messages=args.as_messages)
+    if args.limit:
+        data.records = data.records[: args.limit]
+    if args.unpaired:
+        data = to_unpaired(data)
+    check_data_for_loss(data, args.loss_type)
+    logger.info("%s: %s", what, data.summary())
+    return data
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    seed_everything(args.seed)
+    options = options_from_args(args)
+    check_options(options)
+
+    ###############
+    # Data and run folder (every check before anything is written or loaded)
+    ###############
+    train = load_data(args.dataset, args.dataset_split, args, "training data")
+    evaluation = load_data(args.eval_dataset, args.eval_split, args, "evaluation data") if args.eval_dataset else None
+    run = RunDir(args.output_dir, args.run_name or default_run_name(args), overwrite=args.overwrite)
+    run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
+    resolved = {"n_train": len(train.records), "train_format": train.format, "dropped": dict(train.dropped),
+                "n_eval": len(evaluation.records) if evaluation else 0}  # fmt: skip
+    if is_main_process():
+        run.start(cli.public_args(args), resolved=resolved, fingerprint_extra={"limit": args.limit})
+    wait_for_everyone()
+
+    ###############
+    # Training (resumes from the last checkpoint; a finished run is not retrained)
+    ###############
+    options.run_name = run.path.name
+    result = train_dpo(args.model_name, train.records, options, run.path,
+                       eval_records=evaluation.records if evaluation else None, device=args.device,
+                       extra_config={"dataset": args.dataset, "dataset_format": train.format,
+                                     "unpaired": args.unpaired, "rpo_distance_temperature": options.rpo_distance_temperature,
+                                     "rpo_embedding_model": options.rpo_embedding_model,
+                                     "rpo_diagonal_weight": options.rpo_diagonal_weight})  # fmt: skip
+
+    ###############
+    # Outputs (main process only)
+    ###############
+    if not is_main_process():
+        return 0
+    log_history = read_jsonl(run.file(TRAIN_LOG_FILE)) if run.file(TRAIN_LOG_FILE).is_file() else []
+    summary = {"status": "done", "loss_type": args.loss_type, "beta": args.beta, **train_summary(log_history, result.metrics),
+               "n_train": len(train.records), "adapter": str(result.adapter_dir)}  # fmt: skip
+    final_model = result.adapter_dir
+    if args.merge_adapters and options.use_lora:
+        merged = run.file("merged")
+        if not (merged / "config.json").is_file():
+            merge_adapter(result.adapter_dir, merged)
+        final_model = summary["merged"] = str(merged)
+    atomic_write_json(run.file(SUMMARY_FILE), summary)
+    print(json.dumps({k: summary[k] for k in ("loss_type", "beta", "final_loss", "reward_margin", "reward_accuracy",
+                                              "steps", "skipped_rpo_batches")}))  # fmt: skip
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        repo = args.hub_repo_id or run.path.name
+        hub.push_folder(final_model, repo if "/" in repo else hub.repo_id(None, repo),
+                        what="merged model" if Path(final_model).name == "merged" else f"{ADAPTER_DIR} folder")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

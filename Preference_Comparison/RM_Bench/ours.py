@@ -1,0 +1,101 @@
+"""IPO on RM-Bench: the model judges all 3 chosen and 3 rejected responses of a prompt by P(Yes).
+
+This is upstream's Preference_Comparison/RM_Bench/ours.py on the shared `ipo` judge. It reports the
+official RM-Bench metric (the 3x3 style matrix: hard / normal / easy per domain, safety pooled, and their
+average) next to upstream's level_1/2/3 (the matrix diagonal, per data file). The paper's command still
+works (the key and user are now optional; the data are upstream's five Hub datasets):
+
+    python Preference_Comparison/RM_Bench/ours.py --hf_key K --hf_user U --model_name Qwen/Qwen2.5-7B-Instruct
+
+Offline, on the data files of a THU-KEG/RM-Bench checkout (official format; the domain comes from each
+file's name), the embedded SmolLM2-135M-Instruct, 10 prompts per domain:
+
+    python Preference_Comparison/RM_Bench/ours.py --model_name "$(python -m ipo.assets smollm2)" \
+        --dataset RM-Bench/data/*_filtered.json --limit 10
+
+Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json, results.md,
+style_matrix_<domain>.png and upstream's accuracy-rm-bench-<model>-yesno.json. Re-running the same
+command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ipo import cli, hub, rmbench
+from ipo.data import limit_per_group
+from ipo.judge import YesNoScorer, load_judge
+from ipo.prompts import RMBENCH_LAYOUT
+from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+
+logger = cli.logger
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_model_args(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", nargs="+", default=list(rmbench.UPSTREAM_HUB_IDS),
+                      help="one or more local .json/.jsonl/.parquet files or Hub ids, in the official RM-Bench "
+                           "format (chosen/rejected lists of 3, e.g. THU-KEG/RM-Bench or data/*_filtered.json) "
+                           "or upstream's flattened one (chosen_1..3, rejected_1..3); default: the five Hub "
+                           "datasets upstream read")  # fmt: skip
+    data.add_argument("--domain", default=None, choices=list(rmbench.DOMAINS),
+                      help="domain of rows without a 'domain' field; default: taken from the file name or "
+                           "Hub id (chat_filtered.json -> chat, RM-Bench-safety-refuse -> safety-refuse)")  # fmt: skip
+    cli.add_judge_args(parser)
+    cli.add_output_args(parser)
+    cli.add_hub_args(parser)
+    args = parser.parse_args(argv)
+    cli.check_positive(parser, args, "batch_size", "max_batch_tokens", "max_length", "limit")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    cli.consume_secrets(args)
+    seed_everything(args.seed)
+    model_short = cli.model_short_name(args.model_name)
+
+    ###############
+    # Data: one Example per prompt, responses [chosen x3, rejected x3] in style order
+    ###############
+    examples = rmbench.load_rmbench(args.dataset, args.domain)
+    examples = limit_per_group(examples, args.limit, key=lambda e: e.domain)
+    counts = rmbench.domain_counts(examples)
+    logger.info("%d prompts (%s) from %d source(s)", len(examples),
+                ", ".join(f"{d} {n}" for d, n in counts.items()), len(args.dataset))  # fmt: skip
+
+    ###############
+    # Run folder (checked before the slow model load), model, judge
+    ###############
+    run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-{args.scoring}", overwrite=args.overwrite)
+    run.check(cli.public_args(args))
+    judge, resolved = load_judge(args)
+    run.start(cli.public_args(args), resolved={**resolved, "n_prompts": len(examples), "prompts_per_domain": counts})
+
+    ###############
+    # Score: the six responses of a prompt share a batch (and their common token prefix)
+    ###############
+    log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
+    scorer = YesNoScorer(judge, RMBENCH_LAYOUT, lambda e: rmbench.judge_question(e.domain))
+    score_into_log(scorer, examples, log, rmbench.record_maker("p_yes"), unit="prompt", desc="RM-Bench")
+
+    ###############
+    # Metrics and outputs
+    ###############
+    records = log.ordered(e.id for e in examples)
+    metrics, markdown = rmbench.write_outputs(
+        run, records, title=f"IPO judge ({args.scoring}) on RM-Bench: {model_short}",
+        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
+    )  # fmt: skip
+    print(markdown)
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        hub.push_records(records, hub.repo_id(args.hf_user, f"RM-Bench-{model_short}-yesno"), split_by="domain")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
