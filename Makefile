@@ -45,8 +45,8 @@ demo-rewardbench:
 # model, build pairs, two DPO steps with a small LoRA, merge, and the judge's score before/after.
 demo-dpo:
 	$(PY) DPO/ours.py --model_id "$$($(PY) -m ipo.assets smollm2)" --dataset_name data/demo_prompts.jsonl \
-		--prompt_format chat --max_new_tokens 48 --test_fraction 0.25 \
-		--max_steps 2 --per_device_train_batch_size 3 --lora_r 16 --lora_alpha 32 --warmup_ratio 0 --logging_steps 1 \
+		--prompt_format chat --max_new_tokens 32 --test_fraction 0.25 \
+		--max_steps 2 --per_device_train_batch_size 2 --lora_r 16 --lora_alpha 32 --warmup_ratio 0 --logging_steps 1 \
 		--merge_adapters --judge_after --output_dir outputs/demo --run_name dpo-smollm2-chat --overwrite
 
 bench: install

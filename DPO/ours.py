@@ -12,7 +12,7 @@ works as it was (every flag now does what it says):
 Offline, on the embedded SmolLM2-135M-Instruct and the project's demo prompts (a few minutes on a CPU):
 
     python DPO/ours.py --model_id "$(python -m ipo.assets smollm2)" --dataset_name data/demo_prompts.jsonl \
-        --prompt_format chat --max_new_tokens 48 --max_steps 2 --per_device_train_batch_size 2 --lora_r 16 \
+        --prompt_format chat --max_new_tokens 32 --max_steps 2 --per_device_train_batch_size 2 --lora_r 16 \
         --lora_alpha 32 --merge_adapters --judge_after
 
 The run folder <output_dir>/<run_name>/ holds config.json, metrics.json, results.md and one folder per round

@@ -4,7 +4,9 @@ Upstream (DPO/ours.py, DPO/sample_responses.py) called ``generate`` four times p
 size 1, seeded once globally, and cut each response off the decoded text by the prompt's character
 length. Here:
 
-* one ``generate`` call covers many prompts (left-padded) with ``num_return_sequences=N``;
+* one batch covers many prompts (left-padded), N rows each, and a row leaves the batch once it has
+  ended (an own decode loop with a KV cache; ``model.generate`` when the model's generation config asks
+  for logits processors that only it applies);
 * each response is cut from the generated **token ids** at the first stop token, then decoded;
 * every (prompt, sample) row draws its randomness from its own generator, seeded from (seed, salt,
   prompt id, sample index), so a prompt's samples do not depend on which prompts share its batch, on the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -189,6 +192,30 @@ class GumbelMaxSampling:
             raise RuntimeError(f"{scores.shape[0]} rows but {len(self.generators)} random streams")
         return gumbel_perturb(scores, self.generators)
 
+    def keep_rows(self, rows: Sequence[int]) -> None:
+        """Follow the batch when finished rows leave it."""
+        self.generators = [self.generators[i] for i in rows]
+
+
+# Generation-config settings that add logits processors. When a model's config sets none of them (beyond a
+# repetition penalty, which the decode loop applies itself), Sampler runs its own decode loop, which drops
+# finished rows from the batch; otherwise it calls model.generate, which applies them all.
+_GENERATE_ONLY_SETTINGS = {
+    "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None, "min_length": 0, "min_new_tokens": None, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+    "exponential_decay_length_penalty": None, "renormalize_logits": False, "guidance_scale": None,
+    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "watermarking_config": None, "remove_invalid_values": False,
+}  # fmt: skip
+
+
+def needs_generate(generation_config) -> list[str]:
+    """The generation-config settings (other than repetition_penalty) that only model.generate applies."""
+    if generation_config is None:
+        return []
+    return [name for name, default in _GENERATE_ONLY_SETTINGS.items()
+            if getattr(generation_config, name, None) not in (None, default)]  # fmt: skip
+
 
 # ---------------------------------------------------------------------------------------------------
 # The sampler
@@ -214,7 +241,10 @@ class Sampler:
         self.top_k = settings.top_k if settings.top_k is not None else (getattr(model_config, "top_k", None) or DEFAULT_TOP_K)
         self.top_p = settings.top_p if settings.top_p is not None else (getattr(model_config, "top_p", None) or 1.0)
         self.generation_config = self._generation_config(model_config)
-        self.stats = {"prompts": 0, "rows": 0, "new_tokens": 0, "generate_calls": 0}
+        penalty = getattr(model_config, "repetition_penalty", None)
+        self.repetition_penalty = penalty if penalty not in (None, 1.0) else None
+        self.generate_only = needs_generate(model_config)  # non-empty: use model.generate (no row pruning)
+        self.stats = {"prompts": 0, "rows": 0, "new_tokens": 0, "generate_calls": 0, "row_steps": 0}
 
     def resolved(self) -> dict:
         """What sampling actually used, for config.json."""
@@ -225,6 +255,9 @@ class Sampler:
             "top_p": self.top_p, "seed": s.seed, "salt": self.salt, "stop_token_ids": self.stop_ids,
             "stop_tokens": self.tokenizer.convert_ids_to_tokens(self.stop_ids), "pad_token_id": self.pad_id,
             "method": "greedy" if s.temperature == 0 else "gumbel-max, one random stream per (prompt, sample)",
+            "repetition_penalty": self.repetition_penalty,
+            "decoding": (f"model.generate (the generation config sets {', '.join(self.generate_only)})"
+                         if self.generate_only else "own loop, finished rows leave the batch"),
         }  # fmt: skip
 
     def _generation_config(self, model_config):
@@ -239,13 +272,18 @@ class Sampler:
                       eos_token_id=self.stop_ids, pad_token_id=self.pad_id)  # fmt: skip
         return config
 
-    def _logits_processors(self, seeds):
+    def _logits_processors(self, seeds, with_repetition_penalty: bool = False):
         from transformers import LogitsProcessorList
-        from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        from transformers.generation.logits_process import (
+            RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+        )  # fmt: skip
 
+        processors = []
+        if with_repetition_penalty and self.repetition_penalty:  # model.generate adds it itself
+            processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
         if self.settings.temperature == 0:
-            return LogitsProcessorList()
-        processors = [TemperatureLogitsWarper(self.settings.temperature)]
+            return LogitsProcessorList(processors)
+        processors.append(TemperatureLogitsWarper(self.settings.temperature))
         if self.top_k and self.top_k > 0:
             processors.append(TopKLogitsWarper(self.top_k))
         if self.top_p < 1.0:
@@ -276,20 +314,17 @@ class Sampler:
         input_ids, attention_mask = left_pad([ids for _, ids in prompts], self.pad_id)
         # Each prompt is repeated n times in a row: row r is prompt r // n, sample r % n.
         input_ids, attention_mask = input_ids.repeat_interleave(n, dim=0), attention_mask.repeat_interleave(n, dim=0)
+        input_ids, attention_mask = input_ids.to(self.model.device), attention_mask.to(self.model.device)
         seeds = [row_seed(self.settings.seed, self.salt, pid, j) for pid, _ in prompts for j in range(n)]
         with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids.to(self.model.device),
-                attention_mask=attention_mask.to(self.model.device),
-                generation_config=self.generation_config,
-                logits_processor=self._logits_processors(seeds),
-            )
-        new_tokens = output[:, input_ids.shape[1]:].tolist()
+            if self.generate_only:
+                rows = self._with_generate(input_ids, attention_mask, seeds)
+            else:
+                rows = self._with_decode_loop(input_ids, attention_mask, seeds)
         samples = []
         for p, (prompt_id, _) in enumerate(prompts):
             texts, counts, finished = [], [], []
-            for row in new_tokens[p * n:(p + 1) * n]:
-                ids, stopped = cut_at_stop(row, self.stop_ids)
+            for ids, stopped in rows[p * n:(p + 1) * n]:
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
                 counts.append(len(ids))
                 finished.append(stopped)
@@ -299,3 +334,60 @@ class Sampler:
         self.stats["new_tokens"] += sum(sum(s.n_tokens) for s in samples)
         self.stats["generate_calls"] += 1
         return samples
+
+    def _with_generate(self, input_ids, attention_mask, seeds) -> list[tuple[list[int], bool]]:
+        """model.generate: every row stays in the batch until the longest one ends."""
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                     generation_config=self.generation_config,
+                                     logits_processor=self._logits_processors(seeds))  # fmt: skip
+        new_tokens = output[:, input_ids.shape[1]:]
+        self.stats["row_steps"] += new_tokens.numel()
+        return [cut_at_stop(row, self.stop_ids) for row in new_tokens.tolist()]
+
+    def _with_decode_loop(self, input_ids, attention_mask, seeds) -> list[tuple[list[int], bool]]:
+        """Token-by-token decoding with a KV cache, dropping each row from the batch once it has ended.
+
+        Same logits, processors and random streams as model.generate, so the same tokens (up to float
+        noise from the changing batch); but no compute is spent on rows that already stopped, which on a
+        CPU (compute-bound at these batch sizes) is most of the saving when responses end early.
+        """
+        import torch
+
+        processors = self._logits_processors(seeds, with_repetition_penalty=True)
+        forward_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        stop = torch.tensor(self.stop_ids, device=input_ids.device)
+        tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        finished = [False] * input_ids.shape[0]
+        active = list(range(input_ids.shape[0]))  # original row of each batch row
+        sequences = input_ids  # prompt + tokens so far, for the repetition penalty
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         use_cache=True, **forward_kwargs)  # fmt: skip
+        cache = out.past_key_values
+        for step in range(self.settings.max_new_tokens):
+            scores = processors(sequences, out.logits[:, -1, :].float())
+            next_tokens = scores.argmax(-1)
+            self.stats["row_steps"] += len(active)
+            stopped = torch.isin(next_tokens, stop).tolist()
+            for row, token, ended in zip(active, next_tokens.tolist(), stopped):
+                if ended:
+                    finished[row] = True
+                else:
+                    tokens[row].append(token)
+            keep = [i for i, ended in enumerate(stopped) if not ended]
+            if not keep or step == self.settings.max_new_tokens - 1:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=input_ids.device)
+                cache.batch_select_indices(index)
+                attention_mask, sequences, next_tokens = attention_mask[index], sequences[index], next_tokens[index]
+                active = [active[i] for i in keep]
+                for processor in processors:
+                    if hasattr(processor, "keep_rows"):
+                        processor.keep_rows(keep)
+            sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
+            out = self.model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
+                             position_ids=attention_mask.sum(-1, keepdim=True) - 1, past_key_values=cache,
+                             use_cache=True, **forward_kwargs)  # fmt: skip
+        return [(row_tokens, ended) for row_tokens, ended in zip(tokens, finished)]

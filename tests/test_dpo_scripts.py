@@ -130,9 +130,11 @@ def test_just_sample_then_train_resumes_the_same_run(tiny_model_dir, prompts_fil
     assert (round_dir / "pairs.jsonl").is_file() and not (round_dir / "adapter").exists()
     assert json.loads((tmp_path / "two_steps" / "metrics.json").read_text())["stopped_after"] == "pairs"
     before = {name: (round_dir / name).read_bytes() for name in ("responses.jsonl", "scored.jsonl", "pairs.jsonl")}
-    assert run_script(OURS, argv) == 0
+    assert run_script(OURS, [*argv, "--judge_after"]) == 0  # unmerged: samples from base + adapter
     assert (round_dir / "adapter" / "adapter_config.json").is_file() and not (round_dir / "merged").exists()
     assert before == {name: (round_dir / name).read_bytes() for name in before}
+    after = by_id(round_dir / "after_responses.jsonl")
+    assert after.keys() == by_id(round_dir / "responses.jsonl").keys()
 
 
 def test_every_stage_resumes_what_is_missing(tiny_model_dir, prompts_file, tmp_path):

@@ -123,3 +123,43 @@ def test_a_model_without_eos_is_refused_before_loading(tmp_path):
     path = save_tiny_model(tmp_path / "no_eos", eos=False)
     with pytest.raises(IpoError, match="end-of-sequence"):
         check_can_generate(str(path))
+
+
+def test_decode_loop_matches_generate_and_skips_finished_rows(tiny_model):
+    """The own decode loop (rows leave the batch when they end) gives model.generate's tokens."""
+    model, tokenizer = tiny_model
+    prompts = [(f"p{i}", encode_prompt(tokenizer, x, "upstream")) for i, x in enumerate(INSTRUCTIONS)]
+    settings = SamplingSettings(num_return_sequences=4, max_new_tokens=30)
+
+    def sampler(use_generate):
+        s = Sampler(model, tokenizer, settings, batch_size=6, salt="loop")
+        s.stop_ids = [3, 4, 5]  # three frequent tokens end a response: rows stop at many lengths
+        s.generation_config = s._generation_config(model.generation_config)
+        s.generate_only = ["forced by the test"] if use_generate else []
+        return s
+
+    looped, generated = sampler(False), sampler(True)
+    a, b = sample_all(looped, prompts), sample_all(generated, prompts)
+    assert {pid: s.responses for pid, s in a.items()} == {pid: s.responses for pid, s in b.items()}
+    assert {pid: s.finished for pid, s in a.items()} == {pid: s.finished for pid, s in b.items()}
+    lengths = [n for s in a.values() for n in s.n_tokens]
+    assert 0 < sum(f for s in a.values() for f in s.finished) < len(lengths)  # some rows ended, some ran out
+    assert looped.stats["row_steps"] == sum(min(n + 1, 30) for n in lengths)  # one step per token, + the stop
+    assert generated.stats["row_steps"] == len(lengths) * (max(lengths) + (max(lengths) < 30))
+
+
+def test_generation_config_processors_force_generate(tiny_model):
+    from transformers import GenerationConfig
+
+    model, tokenizer = tiny_model
+    original = model.generation_config
+    try:
+        model.generation_config = GenerationConfig(eos_token_id=original.eos_token_id, no_repeat_ngram_size=3,
+                                                   repetition_penalty=1.1)  # fmt: skip
+        sampler = Sampler(model, tokenizer, SamplingSettings(max_new_tokens=4))
+        assert sampler.generate_only == ["no_repeat_ngram_size"] and sampler.repetition_penalty == 1.1
+        assert sampler.resolved()["decoding"].startswith("model.generate")
+        model.generation_config = GenerationConfig(eos_token_id=original.eos_token_id, repetition_penalty=1.1)
+        assert Sampler(model, tokenizer, SamplingSettings()).generate_only == []
+    finally:
+        model.generation_config = original
