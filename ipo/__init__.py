@@ -13,6 +13,10 @@ Modules (scripts in DPO/ and Preference_Comparison/ are thin wrappers around the
     rewardbench  RewardBench tables and metrics
     rmbench      RM-Bench loaders (both formats), the 3x3 style matrix, hard/normal/easy, outputs
     runs         run folders: config, resumable predictions, atomic outputs
+    sampling     batched, per-prompt-seeded sampling of N responses, cut by token ids
+    selfimprove  the self-improvement loop: prompts, stages with resume, pair selection, DPO records, rounds
+    training     TRL/PEFT training (the only module that knows their argument names), merging adapters
+    evals        seeded evaluation subsets, MMLU answer grading
     modeling     model/tokenizer loading (Hub id, folder or .gguf; 4-bit)
     report       results tables and plots
     cli          argument groups shared by the scripts, one-line errors
