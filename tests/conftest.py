@@ -88,3 +88,12 @@ def openai_server(openai_server_session, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", openai_server_session.api_key)
     yield openai_server_session
     openai_server_session.reset()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging_levels():
+    """Scripts run in-process call cli.setup_logging (e.g. --log_level error); start each test from the default."""
+    import logging
+
+    logging.getLogger().setLevel(logging.WARNING)
+    yield
