@@ -72,6 +72,8 @@ def smollm2_dir() -> Path:
         config = model.config
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
+        # GGUF configs carry no `architectures`; without it TRL and pipelines cannot load the folder by path.
+        config.architectures = [type(model).__name__]
         config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
