@@ -140,26 +140,30 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
     add_batch_args(parser)
 
 
-def add_batch_args(parser: argparse.ArgumentParser) -> None:
+def add_batch_args(parser: argparse.ArgumentParser, prefix_sharing: bool = True) -> None:
+    """--batch_size, --max_batch_tokens, --limit, and --no_prefix_sharing for scorers that share prefixes."""
+    from ipo.judge import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS
+
     group = parser.add_argument_group("batching")
     group.add_argument(
         "--batch_size",
         type=int,
-        default=8,
+        default=DEFAULT_BATCH_SIZE,
         help="max sequences per forward pass; the responses of one prompt always share a batch",
     )
     group.add_argument(
         "--max_batch_tokens",
         type=int,
-        default=8192,
+        default=DEFAULT_MAX_BATCH_TOKENS,
         help="max padded tokens per forward pass (keeps memory flat across short and long inputs)",
     )
-    group.add_argument(
-        "--no_prefix_sharing",
-        dest="prefix_sharing",
-        action="store_false",
-        help="run every sequence in full instead of computing a prompt's shared token prefix once",
-    )
+    if prefix_sharing:
+        group.add_argument(
+            "--no_prefix_sharing",
+            dest="prefix_sharing",
+            action="store_false",
+            help="run every sequence in full instead of computing a prompt's shared token prefix once",
+        )
     group.add_argument(
         "--limit", type=int, default=None, help="score at most N examples per subset (smoke runs)"
     )

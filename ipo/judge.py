@@ -20,7 +20,8 @@ Speed, without changing a score beyond float noise: examples are tokenised once,
 left-padded into batches under a token budget; the model returns logits for the last position only
 (``logits_to_keep=1``), and the normalisation uses only the Yes/No logits in float32. When the
 responses of one prompt share a token prefix (the judge question and the user's prompt), the prefix is
-run once and its key/value cache is reused for each response.
+run once and its key/value cache is reused for each response; likewise the judge question, which every
+prompt of a batch shares (batches are formed per question).
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 
 # Run a batch through the shared-prefix path only when its padded token count drops by at least this
-# fraction: the second forward pass and the cache copy cost something, so a small saving is a loss.
-PREFIX_SHARING_MIN_SAVING = 0.2
+# fraction: each extra forward pass re-reads the weights and the cache rows are copied, which costs
+# about as much as a few dozen tokens (measured on CPU with SmolLM2-135M: 38 ms per pass against
+# 2 ms per token), so only a saving below a few percent of a batch is a loss.
+PREFIX_SHARING_MIN_SAVING = 0.05
+
+# Batching defaults (also the CLI's): many short sequences per pass amortise the per-pass weight read
+# and the judge question; the token budget, not the row count, bounds long inputs and memory.
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,8 +227,8 @@ class YesNoJudge:
         tokenizer,
         scoring: str = "upstream",
         max_length: int = 1024,
-        batch_size: int = 8,
-        max_batch_tokens: int = 8192,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         prefix_sharing: bool = True,
     ):
         import torch
@@ -354,70 +362,82 @@ class YesNoJudge:
         if any(len(seq) == 0 for seq in sequences):
             raise IpoError("cannot score an empty prompt")
         self.stats["sequences"] += len(sequences)
-        prefix_lengths = [common_prefix_length(group) if len(group) > 1 else 0 for group in groups]
-        plain_cost = len(sequences) * max(len(s) for s in sequences)
-        if self.prefix_sharing and min(prefix_lengths) > 0:
-            suffix_longest = max(len(s) - p for group, p in zip(groups, prefix_lengths) for s in group)
-            shared_cost = len(groups) * max(prefix_lengths) + len(sequences) * suffix_longest
-            if shared_cost <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
-                self.stats["shared_prefix_batches"] += 1
-                self.stats["forward_tokens"] += shared_cost
-                with torch.inference_mode():
-                    return self._forward_shared(groups, prefix_lengths)
-        self.stats["forward_tokens"] += plain_cost
+        plain = [(sequences, None)]
+        levels = prefix_levels(groups) if self.prefix_sharing else plain
+        plain_cost, shared_cost = levels_cost(plain), levels_cost(levels)
+        if len(levels) > 1 and shared_cost <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
+            self.stats["shared_prefix_batches"] += 1
+        else:
+            levels, shared_cost = plain, plain_cost
+        self.stats["forward_tokens"] += shared_cost
         with torch.inference_mode():
-            return self._forward(sequences)
+            return self._forward_levels(levels)
 
-    def _model_logits(self, **inputs):
-        if self._keep_last_only:
-            inputs["logits_to_keep"] = 1
-        return self.model(**inputs).logits[:, -1, :]
+    def _forward_levels(self, levels):
+        """Last-position logits (B, V) of the sequences spelled out by a prefix tree (see prefix_levels).
 
-    def _forward(self, sequences):
-        """Last-position logits (B, V) of left-padded sequences."""
-        input_ids, attention_mask = left_pad(sequences, self.pad_id)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self._model_logits(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            position_ids=position_ids.to(self.device),
-            use_cache=False,
-        )
-
-    def _forward_shared(self, groups, prefix_lengths):
-        """Last-position logits of every sequence, running each group's shared prefix once.
-
-        Pass 1 runs the left-padded prefixes (one row per group) and keeps their key/value cache; the
-        cache rows are then repeated for each member, and pass 2 runs the left-padded suffixes on top,
-        with the padding between prefix and suffix masked out and positions continuing the prefix.
+        Each level is one forward pass over its left-padded segments, on top of the key/value cache of
+        the level above, whose rows are first repeated for their children (``owner``). The attention
+        mask is the concatenation of every level's mask, so the padding between segments is masked out,
+        and positions count only real tokens, so each row sees exactly its own sequence.
         """
         import torch
 
-        prefixes = [list(group[0][:n]) for group, n in zip(groups, prefix_lengths)]
-        suffixes = [list(seq[n:]) for group, n in zip(groups, prefix_lengths) for seq in group]
-        owner = torch.tensor([g for g, group in enumerate(groups) for _ in group], dtype=torch.long)
-        prefix_ids, prefix_mask = left_pad(prefixes, self.pad_id)
-        prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=prefix_ids.to(self.device),
-            attention_mask=prefix_mask.to(self.device),
-            position_ids=prefix_positions.to(self.device),
-            use_cache=True,
-            **({"logits_to_keep": 1} if self._keep_last_only else {}),
-        )
-        cache = out.past_key_values
-        cache.reorder_cache(owner.to(self.device))
-        suffix_ids, suffix_mask = left_pad(suffixes, self.pad_id)
-        member_prefix_mask = prefix_mask[owner]
-        attention_mask = torch.cat([member_prefix_mask, suffix_mask], dim=1)
-        positions = member_prefix_mask.sum(-1, keepdim=True) + suffix_mask.cumsum(-1) - 1
-        return self._model_logits(
-            input_ids=suffix_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            position_ids=positions.clamp(min=0).to(self.device),
-            past_key_values=cache,
-            use_cache=True,
-        )
+        cache = mask_above = None
+        for segments, owner in levels:
+            input_ids, segment_mask = left_pad(segments, self.pad_id)
+            if owner is None:
+                attention_mask = segment_mask
+            else:
+                owner = torch.tensor(owner, dtype=torch.long)
+                cache.reorder_cache(owner.to(self.device))
+                attention_mask = torch.cat([mask_above[owner], segment_mask], dim=1)
+            positions = (attention_mask.cumsum(-1) - 1)[:, -input_ids.shape[1]:].clamp(min=0)
+            inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device),
+                      "position_ids": positions.to(self.device)}  # fmt: skip
+            if self._keep_last_only:
+                inputs["logits_to_keep"] = 1
+            if len(levels) == 1:
+                out = self.model(**inputs, use_cache=False)
+            else:
+                out = self.model(**inputs, past_key_values=cache, use_cache=True)
+            cache, mask_above = out.past_key_values, attention_mask
+        return out.logits[:, -1, :]
+
+
+def prefix_levels(groups: Sequence[Sequence[Sequence[int]]]) -> list[tuple[list[list[int]], list[int] | None]]:
+    """The sequences of a batch as a prefix tree of up to three levels, each a list of (segments, owner).
+
+    Level 1 is the token prefix shared by the whole batch (one row: typically the judge question, when
+    a batch holds one subset); level 2, what each group (one prompt's responses) shares beyond it
+    (the user's prompt); level 3, each sequence's remaining tokens (the response and the closing
+    wrapper). ``owner[i]`` is the row of the level above that row i continues; a level with nothing to
+    run is left out, and the owners are composed across it. Every sequence keeps at least one token
+    in the last level, where its logits are read. A segment may be empty (a fully padded row).
+    """
+    sequences = [list(seq) for group in groups for seq in group]
+    if len(sequences) == 1:
+        return [(sequences, None)]
+    batch_prefix = common_prefix_length(sequences)
+    # A group of one runs all but its last token in the group level, so it pads that level, not the last.
+    group_prefix = [max(common_prefix_length(group), batch_prefix) for group in groups]
+    group_of = [g for g, group in enumerate(groups) for _ in group]
+    levels: list[tuple[list[list[int]], list[int] | None]] = []
+    if batch_prefix > 0:
+        levels.append(([sequences[0][:batch_prefix]], None))
+    if any(n > batch_prefix for n in group_prefix):
+        levels.append(([list(group[0][batch_prefix:n]) for group, n in zip(groups, group_prefix)],
+                       [0] * len(groups) if levels else None))  # fmt: skip
+        owner = group_of
+    else:
+        owner = [0] * len(sequences) if levels else None
+    levels.append(([seq[group_prefix[g]:] for seq, g in zip(sequences, group_of)], owner))
+    return levels
+
+
+def levels_cost(levels) -> int:
+    """Padded tokens the forward passes of a prefix tree run (rows x longest segment, summed over levels)."""
+    return sum(len(segments) * max(len(s) for s in segments) for segments, _ in levels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -438,10 +458,15 @@ class YesNoScorer:
 
     def score(self, examples: Sequence[Example]) -> Iterator[list[tuple[Example, list[float], dict]]]:
         encoded, truncated = [], []
-        for example in examples:
+        by_template: dict[str, list[int]] = {}
+        for index, example in enumerate(examples):
             template = self.template_for(example)
             prompts = [self.judge.encode(self.layout, template, example.prompt, r) for r in example.responses]
             encoded.append([p.ids for p in prompts])
             truncated.append(any(p.truncated for p in prompts))
-        for indices, scores in self.judge.score_groups(encoded):
-            yield [(examples[i], s, {"truncated": truncated[i]}) for i, s in zip(indices, scores)]
+            by_template.setdefault(template, []).append(index)
+        # Batches never mix judge questions, so the question's tokens are a prefix the whole batch
+        # shares and the judge runs them once per batch.
+        for members in by_template.values():
+            for indices, scores in self.judge.score_groups([encoded[i] for i in members]):
+                yield [(examples[members[i]], s, {"truncated": truncated[members[i]]}) for i, s in zip(indices, scores)]
