@@ -94,6 +94,23 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
     group.add_argument("--trust_remote_code", action="store_true", help="allow model code from the Hub")
 
 
+def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
+                              set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
+    """--dataset and --split of the RewardBench scripts, and --set_name where a script has subset groups."""
+    from ipo import rewardbench
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=rewardbench.HUB_ID,
+                       help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
+    group.add_argument("--split", default="raw", choices=list(rewardbench.SPLITS),
+                       help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
+                            "filtered: the 2,985 pairs of the official leaderboard")  # fmt: skip
+    if set_names:
+        group.add_argument("--set_name", default=None, choices=list(set_names),
+                           help=f"{set_help} (upstream required it; default: all subsets)")  # fmt: skip
+    return group
+
+
 def add_hub_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
     group.add_argument(

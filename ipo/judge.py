@@ -27,6 +27,7 @@ prompt of a batch shares (batches are formed per question).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
@@ -185,8 +186,8 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
-    """(input_ids, attention_mask), both (B, L) long, with padding on the left."""
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
+    """(input_ids, attention_mask), both (B, L) long, padded on ``side`` ("left" or "right")."""
     import torch
 
     longest = max(len(s) for s in sequences)
@@ -194,9 +195,15 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
-            input_ids[row, longest - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, longest - len(seq):] = 1
+            columns = slice(longest - len(seq), longest) if side == "left" else slice(0, len(seq))
+            input_ids[row, columns] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, columns] = 1
     return input_ids, attention_mask
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
+    """(input_ids, attention_mask), both (B, L) long, with padding on the left."""
+    return pad_sequences(sequences, pad_id, "left")
 
 
 @contextlib.contextmanager
@@ -213,6 +220,91 @@ def _truncation_side(tokenizer, side: str):
 class EncodedPrompt:
     ids: list[int]
     truncated: bool
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoding and truncation (shared by every judge that reads a prompt: Yes/No, self-reward, reward model)
+# ---------------------------------------------------------------------------------------------------
+def encode_right_truncated(tokenizer, text: str, max_length: int) -> EncodedPrompt:
+    """Upstream's ``tokenizer.encode(text, max_length=N, truncation=True)``: special tokens added as the
+    tokenizer does, and right truncation, which cuts the end of the text (whatever comes last)."""
+    ids = tokenizer(text).input_ids
+    if len(ids) <= max_length:
+        return EncodedPrompt(ids, False)
+    with _truncation_side(tokenizer, "right"):
+        ids = tokenizer(text, max_length=max_length, truncation=True).input_ids
+    return EncodedPrompt(ids, True)
+
+
+QUESTION_MARK, RESPONSE_MARK = "\x00QUESTION\x00", "\x00RESPONSE\x00"
+
+
+def split_chat_template(tokenizer, user_content: str) -> tuple[str, str, str]:
+    """The chat template rendered once around placeholders, so that prompts are filled by concatenation.
+
+    ``user_content`` is one user turn holding QUESTION_MARK and then RESPONSE_MARK; it is rendered with
+    the generation prompt. Returns (before, between, after) such that before + question + between +
+    response + after is exactly the rendered prompt of that question and response.
+    """
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_content}], tokenize=False,
+                                         add_generation_prompt=True)  # fmt: skip
+    if text.count(QUESTION_MARK) != 1 or text.count(RESPONSE_MARK) != 1:
+        raise IpoError("the chat template does not copy the user message verbatim; use --scoring upstream")
+    before, rest = text.split(QUESTION_MARK)
+    between, after = rest.split(RESPONSE_MARK)
+    return before, between, after
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of chat-rendered text; the template already wrote BOS (if the model uses one) as text."""
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def cut_text(tokenizer, text: str, keep_tokens: int, keep: str) -> str:
+    """The first (keep="start") or last (keep="end") ``keep_tokens`` tokens of ``text``, as text."""
+    if keep_tokens <= 0:
+        return ""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    ids = encoding.input_ids
+    if keep_tokens >= len(ids):
+        return text
+    if tokenizer.is_fast:
+        offsets = encoding["offset_mapping"]
+        if keep == "start":
+            return text[: offsets[keep_tokens - 1][1]]
+        return text[offsets[len(ids) - keep_tokens][0]:]
+    kept = ids[:keep_tokens] if keep == "start" else ids[-keep_tokens:]
+    return tokenizer.decode(kept)
+
+
+def fit_chat_prompt(tokenizer, render: Callable[[str, str], str], instruction: str, response: str,
+                    max_length: int) -> EncodedPrompt:  # fmt: skip
+    """Token ids of ``render(instruction, response)`` within ``max_length``, cutting only the user's text.
+
+    The response's tail goes first, then the instruction's start; everything ``render`` adds around them
+    (a judge instruction, the chat markup, a generation prompt) always stays. Boundaries can merge
+    tokens, so the cut is re-checked and shaved until it fits.
+    """
+    ids = chat_ids(tokenizer, render(instruction, response))
+    if len(ids) <= max_length:
+        return EncodedPrompt(ids, False)
+    for _ in range(8):
+        excess = len(ids) - max_length
+        if excess <= 0:
+            break
+        response_tokens = len(chat_ids(tokenizer, response))
+        if response_tokens > 0:
+            response = cut_text(tokenizer, response, response_tokens - excess, keep="start")
+        else:
+            question_tokens = len(chat_ids(tokenizer, instruction))
+            if question_tokens == 0:
+                break
+            instruction = cut_text(tokenizer, instruction, question_tokens - excess, keep="end")
+        ids = chat_ids(tokenizer, render(instruction, response))
+    if len(ids) > max_length:
+        logger.warning("the prompt without the user's text is %d tokens, over --max_length %d; kept whole",
+                       len(ids), max_length)  # fmt: skip
+    return EncodedPrompt(ids, True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,74 +356,25 @@ class YesNoJudge:
         return self._encode_chat(template, instruction, response)
 
     def _encode_upstream(self, layout, template, instruction, response) -> EncodedPrompt:
-        text = render_upstream(layout, template, instruction, response)
-        ids = self.tokenizer(text).input_ids
-        if len(ids) <= self.max_length:
-            return EncodedPrompt(ids, False)
         # Upstream: tokenizer.encode(prompt, max_length=1024, truncation=True) with the default
         # right truncation, which cuts the end of the prompt (the response, or RM-Bench's question).
-        with _truncation_side(self.tokenizer, "right"):
-            ids = self.tokenizer(text, max_length=self.max_length, truncation=True).input_ids
-        return EncodedPrompt(ids, True)
+        return encode_right_truncated(self.tokenizer, render_upstream(layout, template, instruction, response),
+                                      self.max_length)  # fmt: skip
 
     def _chat_text(self, template: str, instruction: str, response: str) -> str:
         # The chat template is rendered once per judge question, with placeholders, and then filled
         # by plain string concatenation; this is identical to rendering each prompt.
         if template not in self._chat_pieces:
-            q_mark, r_mark = "\x00QUESTION\x00", "\x00RESPONSE\x00"
-            messages = [{"role": "user", "content": chat_user_content(template, q_mark, r_mark)}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            if text.count(q_mark) != 1 or text.count(r_mark) != 1:
-                raise IpoError("the chat template does not copy the user message verbatim; use --scoring upstream")
-            before, rest = text.split(q_mark)
-            middle, after = rest.split(r_mark)
-            self._chat_pieces[template] = (before, middle, after)
+            content = chat_user_content(template, QUESTION_MARK, RESPONSE_MARK)
+            self._chat_pieces[template] = split_chat_template(self.tokenizer, content)
         before, middle, after = self._chat_pieces[template]
         return before + instruction + middle + response + after
 
-    def _chat_ids(self, text: str) -> list[int]:
-        # The rendered template already contains BOS (if the model uses one) as text.
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def _cut(self, text: str, keep_tokens: int, keep: str) -> str:
-        """The first (keep="start") or last (keep="end") ``keep_tokens`` tokens of ``text``, as text."""
-        if keep_tokens <= 0:
-            return ""
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
-        ids = encoding.input_ids
-        if keep_tokens >= len(ids):
-            return text
-        if self.tokenizer.is_fast:
-            offsets = encoding["offset_mapping"]
-            if keep == "start":
-                return text[: offsets[keep_tokens - 1][1]]
-            return text[offsets[len(ids) - keep_tokens][0]:]
-        kept = ids[:keep_tokens] if keep == "start" else ids[-keep_tokens:]
-        return self.tokenizer.decode(kept)
-
     def _encode_chat(self, template, instruction, response) -> EncodedPrompt:
-        ids = self._chat_ids(self._chat_text(template, instruction, response))
-        if len(ids) <= self.max_length:
-            return EncodedPrompt(ids, False)
         # Cut the response's tail first, then the question's start; the judge instruction and the
-        # chat markup always stay. Boundaries can merge tokens, so re-check and shave until it fits.
-        for _ in range(8):
-            excess = len(ids) - self.max_length
-            if excess <= 0:
-                break
-            response_tokens = len(self._chat_ids(response))
-            if response_tokens > 0:
-                response = self._cut(response, response_tokens - excess, keep="start")
-            else:
-                question_tokens = len(self._chat_ids(instruction))
-                if question_tokens == 0:
-                    break
-                instruction = self._cut(instruction, question_tokens - excess, keep="end")
-            ids = self._chat_ids(self._chat_text(template, instruction, response))
-        if len(ids) > self.max_length:
-            logger.warning("the judge instruction alone is %d tokens, over --max_length %d; kept whole",
-                           len(ids), self.max_length)  # fmt: skip
-        return EncodedPrompt(ids, True)
+        # chat markup always stay.
+        render = functools.partial(self._chat_text, template)
+        return fit_chat_prompt(self.tokenizer, render, instruction, response, self.max_length)
 
     # ------------------------------------------------------------------ scoring
     def score_groups(self, groups: Sequence[Sequence[Sequence[int]]]) -> Iterator[tuple[list[int], list[list[float]]]]:
