@@ -62,6 +62,12 @@ class RewardModelScorer:
     ):
         if input_format not in INPUT_FORMATS:
             raise IpoError(f"unknown input format {input_format!r}; choose from {', '.join(INPUT_FORMATS)}")
+        architectures = getattr(model.config, "architectures", None) or []
+        if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise IpoError(
+                f"the checkpoint is a {architectures[0]}, not a sequence-classification reward model "
+                "(its reward head would be freshly initialised, i.e. random)"
+            )
         num_labels = getattr(model.config, "num_labels", None)
         if num_labels != 1:
             raise IpoError(

@@ -49,6 +49,11 @@ def tiny_reward_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_model_no_template_dir(tmp_path_factory) -> Path:
+    return save_tiny_reward_model(tmp_path_factory.mktemp("tiny_rm_nt") / "model", chat_template=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_two_label_model_dir(tmp_path_factory) -> Path:
     return save_tiny_reward_model(tmp_path_factory.mktemp("tiny_rm2") / "model", num_labels=2)
 

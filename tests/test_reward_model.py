@@ -90,9 +90,14 @@ def test_a_two_label_head_is_refused(tiny_two_label_model_dir):
         RewardModelScorer(model, load_tokenizer(str(tiny_two_label_model_dir)))
 
 
-def test_other_bad_settings(reward_model, tiny_model_no_template_dir):
+def test_other_bad_settings(reward_model, tiny_model_no_template_dir, tiny_model_dir):
     model, tokenizer = reward_model
     with pytest.raises(IpoError, match="unknown input format"):
         RewardModelScorer(model, tokenizer, "pipeline")
     with pytest.raises(IpoError, match="no chat template"):
         RewardModelScorer(model, load_tokenizer(str(tiny_model_no_template_dir)), "chat")
+    # A causal LM loaded as a classifier gets a random head: refused, whatever its label count.
+    causal, _, _ = load_model(str(tiny_model_dir), dtype="float32", device="cpu", kind="sequence_classification")
+    causal.config.num_labels = 1
+    with pytest.raises(IpoError, match="LlamaForCausalLM, not a sequence-classification reward model"):
+        RewardModelScorer(causal, tokenizer)
