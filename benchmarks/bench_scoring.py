@@ -59,10 +59,17 @@ WORDS = (
 # Synthetic pairs
 # ---------------------------------------------------------------------------------------------------
 def text_of_tokens(tokenizer, rng: random.Random, n_tokens: int) -> str:
-    """Random English words, about ``n_tokens`` tokens long (counted by the tokenizer)."""
-    words = [rng.choice(WORDS) for _ in range(n_tokens)]
+    """Random English words, at most ``n_tokens`` tokens long and as close to it as the words allow."""
+    words, count = [], 0
+    while True:
+        word = rng.choice(WORDS)
+        cost = len(tokenizer((" " if words else "") + word, add_special_tokens=False).input_ids)
+        if words and count + cost > n_tokens:
+            break
+        words.append(word)
+        count += cost
     while len(words) > 1 and len(tokenizer(" ".join(words), add_special_tokens=False).input_ids) > n_tokens:
-        words.pop()
+        words.pop()  # merges across word boundaries can differ from the per-word count
     return " ".join(words).capitalize()
 
 
@@ -76,10 +83,13 @@ def synthetic_pairs(tokenizer, setting: str, n_pairs: int, seed: int = 0) -> lis
         prompt = text_of_tokens(tokenizer, rng, rng.randint(*spec["prompt_tokens"])) + "?"
         responses = [text_of_tokens(tokenizer, rng, rng.randint(*spec["response_tokens"])) + "." for _ in range(2)]
         for k, response in enumerate(responses):
-            # Shorten the response until the whole judge prompt fits the setting.
-            while prompt_length(tokenizer, subset, prompt, response) > spec["max_total_tokens"]:
-                response = response.rsplit(" ", 1)[0] if " " in response else response[:-1]
+            # Shorten the response (down to one word) until the whole judge prompt fits the setting.
+            while prompt_length(tokenizer, subset, prompt, response) > spec["max_total_tokens"] and " " in response:
+                response = response.rsplit(" ", 1)[0]
             responses[k] = response
+            if prompt_length(tokenizer, subset, prompt, response) > spec["max_total_tokens"]:
+                raise IpoError(f"this tokenizer makes the {setting!r} judge prompts longer than "
+                               f"{spec['max_total_tokens']} tokens even with one-word responses")  # fmt: skip
         examples.append(Example(id=i, prompt=prompt, responses=responses, subset=subset))
     return examples
 
