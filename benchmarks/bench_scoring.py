@@ -39,12 +39,15 @@ from ipo import IpoError, cli  # noqa: E402
 from ipo.data import Example  # noqa: E402
 from ipo.prompts import REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, render_upstream  # noqa: E402
 
-# (token range of the prompt, of each response, subsets whose questions fit, the ratio the issue asks for).
+# Per setting: token ranges of the prompt and of each response, the longest judge prompt allowed, the
+# subsets (whose questions fit), pairs by default (enough that a batch of the scorer is full, as in a
+# real run where each question has hundreds of pairs), and the ratio the issue asks for.
 SETTINGS = {
-    "short": {"prompt_tokens": (5, 12), "response_tokens": (4, 12), "max_total_tokens": 59, "target_ratio": 8.0,
-              "subsets": ["alpacaeval-easy", "llmbar-natural", "xstest-should-respond", "refusals-offensive"]},
-    "long": {"prompt_tokens": (20, 80), "response_tokens": (300, 400), "max_total_tokens": 1024, "target_ratio": 1.25,
-             "subsets": ["alpacaeval-length", "hep-python", "math-prm", "mt-bench-med"]},
+    "short": {"prompt_tokens": (5, 12), "response_tokens": (4, 12), "max_total_tokens": 59, "n_pairs": 128,
+              "subsets": ["alpacaeval-easy", "llmbar-natural", "xstest-should-respond", "refusals-offensive"],
+              "target_ratio": 8.0},
+    "long": {"prompt_tokens": (20, 80), "response_tokens": (300, 400), "max_total_tokens": 1024, "n_pairs": 24,
+             "subsets": ["alpacaeval-length", "hep-python", "math-prm", "mt-bench-med"], "target_ratio": 1.25},
 }  # fmt: skip
 UPSTREAM_MAX_LENGTH = 1024
 WORDS = (
@@ -218,8 +221,8 @@ def parse_args(argv=None):
                              "and report the fraction of the FLOP floor reached")  # fmt: skip
     parser.add_argument("--settings", default="short,long",
                         help=f"comma-separated, from {', '.join(SETTINGS)}")  # fmt: skip
-    parser.add_argument("--n_pairs", type=int, default=48,
-                        help="pairs per setting (the batch-1 loop dominates the run time)")  # fmt: skip
+    parser.add_argument("--n_pairs", type=int, default=None,
+                        help="pairs per setting (default: short 128, long 24; the batch-1 loop dominates the run time)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the minimum counts")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 gives stable CPU-time ratios on a shared machine")  # fmt: skip
@@ -268,7 +271,7 @@ def main(argv=None) -> int:
     matmul_flops = bf16_matmul_flops_per_second(device) if args.random_qwen_0_5b else None
 
     for setting in args.settings.split(","):
-        examples = synthetic_pairs(tokenizer, setting, args.n_pairs, args.seed)
+        examples = synthetic_pairs(tokenizer, setting, args.n_pairs or SETTINGS[setting]["n_pairs"], args.seed)
         lengths = [prompt_length(tokenizer, e.subset, e.prompt, r) for e in examples for r in e.responses]
         warm = examples[: min(2, len(examples))]
         upstream_style_scores(model, tokenizer, warm), project_scores(judge, warm)  # warm-up, not timed

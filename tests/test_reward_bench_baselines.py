@@ -154,7 +154,7 @@ def test_self_reward_resume(tiny_model_dir, tmp_path):
         (RM_SCRIPT, "unknown_set", "invalid choice: 'set1'"),
         (RM_SCRIPT, "set_not_in_data", "no pairs in the subsets of --set_name math"),
         (RM_SCRIPT, "two_labels", "2-label head"),
-        (RM_SCRIPT, "causal_lm", "not a sequence-classification reward model"),
+        (RM_SCRIPT, "causal_lm", "is not a trained sequence-classification reward model"),
         (RM_SCRIPT, "chat_no_template", "no chat template"),
         (RM_SCRIPT, "bad_model", "could not load"),
         (RM_SCRIPT, "zero_length", "--max_length must be positive"),
@@ -230,11 +230,16 @@ def test_smollm2_self_reward_on_the_demo_data(smollm2_dir, tmp_path):
 def test_smollm2_as_a_reward_model_backbone(smollm2_dir, tmp_path):
     """SmolLM2 with a fresh one-label head: the script runs a real-size model end to end."""
     import torch
-    from transformers import AutoTokenizer, LlamaForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceClassification
 
     torch.manual_seed(0)
     rm_dir = tmp_path / "smollm2-rm"
-    LlamaForSequenceClassification.from_pretrained(str(smollm2_dir), num_labels=1).save_pretrained(rm_dir)
+    causal = AutoModelForCausalLM.from_pretrained(str(smollm2_dir))
+    config = causal.config
+    config.num_labels, config.architectures = 1, None
+    reward_model = LlamaForSequenceClassification(config)
+    reward_model.model.load_state_dict(causal.model.state_dict())  # the real body (its embeddings are tied)
+    reward_model.save_pretrained(rm_dir)
     AutoTokenizer.from_pretrained(str(smollm2_dir)).save_pretrained(rm_dir)
     argv = ["--model_name", str(rm_dir), "--dataset", str(REPO / "data/demo_rewardbench.jsonl"), "--output_dir",
             str(tmp_path), "--run_name", "demo", "--limit", "1", "--set_name", "math", "--input_format", "chat"]

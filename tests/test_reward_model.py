@@ -96,8 +96,11 @@ def test_other_bad_settings(reward_model, tiny_model_no_template_dir, tiny_model
         RewardModelScorer(model, tokenizer, "pipeline")
     with pytest.raises(IpoError, match="no chat template"):
         RewardModelScorer(model, load_tokenizer(str(tiny_model_no_template_dir)), "chat")
-    # A causal LM loaded as a classifier gets a random head: refused, whatever its label count.
-    causal, _, _ = load_model(str(tiny_model_dir), dtype="float32", device="cpu", kind="sequence_classification")
-    causal.config.num_labels = 1
+    # A causal LM would get a random classification head: refused when loading, and by the scorer.
+    with pytest.raises(IpoError, match="is not a trained sequence-classification reward model.*score.weight"):
+        load_model(str(tiny_model_dir), dtype="float32", device="cpu", kind="sequence_classification")
+    from transformers import AutoModelForSequenceClassification
+
+    causal = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
     with pytest.raises(IpoError, match="LlamaForCausalLM, not a sequence-classification reward model"):
         RewardModelScorer(causal, tokenizer)

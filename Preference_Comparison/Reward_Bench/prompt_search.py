@@ -106,6 +106,10 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, upstream = summarize(records, plan, args.select_fraction, args.seed)
+    too_small = sorted(s for s, v in metrics["subsets"].items() if v["n_heldout"] == 0)
+    if too_small:
+        logger.warning("%d subsets have a single pair, so nothing of them is held out: %s",
+                       len(too_small), ", ".join(too_small))  # fmt: skip
     markdown = results_markdown(metrics, f"Prompt search ({args.scoring}) on RewardBench {args.split}: {model_short}")
     atomic_write_json(run.file("metrics.json"), metrics)
     atomic_write_text(run.file("results.md"), markdown)
