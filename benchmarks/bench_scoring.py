@@ -275,6 +275,7 @@ def main(argv=None) -> int:
         lengths = [prompt_length(tokenizer, e.subset, e.prompt, r) for e in examples for r in e.responses]
         warm = examples[: min(2, len(examples))]
         upstream_style_scores(model, tokenizer, warm), project_scores(judge, warm)  # warm-up, not timed
+        judge.stats = dict.fromkeys(judge.stats, 0)
         seconds, scores = interleaved_minimum({
             "upstream": lambda: upstream_style_scores(model, tokenizer, examples),
             "project": lambda: project_scores(judge, examples),
@@ -291,6 +292,10 @@ def main(argv=None) -> int:
             "tokens_mean": round(sum(lengths) / n_sequences, 1),
             "tokens_min": min(lengths),
             "tokens_max": max(lengths),
+            # Tokens run through the model per pass over the pairs: the upstream loop runs every token with
+            # the full-vocabulary head; the project runs padded tokens, shared prefixes once, head at the end.
+            "upstream_forward_tokens": sum(lengths),
+            "project_forward_tokens": judge.stats["forward_tokens"] // args.rounds,
             "upstream_seq_per_s": round(n_sequences / seconds["upstream"], 3),
             "project_seq_per_s": round(n_sequences / seconds["project"], 3),
             "ratio": round(seconds["upstream"] / seconds["project"], 3),

@@ -50,9 +50,17 @@ NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 PREFIX_SHARING_MIN_SAVING = 0.05
 
 # Batching defaults (also the CLI's): many short sequences per pass amortise the per-pass weight read
-# and the judge question; the token budget, not the row count, bounds long inputs and memory.
+# and the judge question; the token budget, not the row count, bounds long inputs and memory. On a CPU
+# small budgets win (less padding, cheaper masked attention; measured with benchmarks/bench_scoring.py:
+# long inputs 1.27x the upstream loop at 2048 tokens, 1.20x at 8192); a GPU wants large passes to keep
+# its matmuls busy (performance.md §3.2 suggests tens of thousands; not measured here).
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "accelerator": 16384}
+
+
+def default_max_batch_tokens(device) -> int:
+    """The token budget per forward pass for ``device`` (a torch.device or its name)."""
+    return DEFAULT_MAX_BATCH_TOKENS["cpu" if str(device).startswith("cpu") else "accelerator"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,7 +328,7 @@ class YesNoJudge:
         scoring: str = "upstream",
         max_length: int = 1024,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         prefix_sharing: bool = True,
     ):
         import torch
@@ -337,7 +345,7 @@ class YesNoJudge:
         self.scoring = scoring
         self.max_length = max_length
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model.device)
         self.prefix_sharing = prefix_sharing
         self.tokens = resolve_yes_no_tokens(tokenizer, scoring)
         self.device = model.device

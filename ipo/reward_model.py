@@ -28,8 +28,8 @@ from ipo import IpoError
 from ipo.data import Example
 from ipo.judge import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_BATCH_TOKENS,
     EncodedPrompt,
+    default_max_batch_tokens,
     encode_right_truncated,
     fit_chat_prompt,
     pad_sequences,
@@ -58,7 +58,7 @@ class RewardModelScorer:
         input_format: str = "upstream",
         max_length: int = 1024,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
     ):
         if input_format not in INPUT_FORMATS:
             raise IpoError(f"unknown input format {input_format!r}; choose from {', '.join(INPUT_FORMATS)}")
@@ -84,7 +84,7 @@ class RewardModelScorer:
         self.input_format = input_format
         self.max_length = max_length
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model.device)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         if config.pad_token_id is None:
             # The model finds each row's last real token by the pad id; without one it refuses batches.

@@ -32,7 +32,6 @@ from ipo import IpoError
 from ipo.data import Example
 from ipo.judge import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_BATCH_TOKENS,
     QUESTION_MARK,
     RESPONSE_MARK,
     EncodedPrompt,
@@ -47,6 +46,9 @@ from ipo.prompts import SELF_REWARD_PROMPT
 logger = logging.getLogger("ipo")
 
 SCORING_MODES = ("upstream", "chat")
+# Token budget per generation batch, new tokens included. A decoding step re-reads the weights whatever
+# the number of rows, so rows are nearly free there and the budget is larger than the judge's.
+DEFAULT_GENERATION_BATCH_TOKENS = 16384
 SCORE_MIN, SCORE_MAX = 1, 5
 
 # Upstream's score regexes, tried in order (the first pattern that matches anywhere wins), IGNORECASE,
@@ -123,7 +125,7 @@ class SelfRewardScorer:
         max_length: int = 2048,
         max_new_tokens: int = 200,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         regex_set: str = "rewardbench",
         prompt: str = SELF_REWARD_PROMPT,
     ):
@@ -142,7 +144,7 @@ class SelfRewardScorer:
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_GENERATION_BATCH_TOKENS
         self.regex_set = regex_set
         self.prompt = prompt
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
