@@ -222,7 +222,7 @@ def parse_args(argv=None):
     parser.add_argument("--settings", default="short,long",
                         help=f"comma-separated, from {', '.join(SETTINGS)}")  # fmt: skip
     parser.add_argument("--n_pairs", type=int, default=None,
-                        help="pairs per setting (default: short 128, long 24; the batch-1 loop dominates the run time)")  # fmt: skip
+                        help="pairs per setting (default: short 128, long 24; the batch-1 loop takes most of the time)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the minimum counts")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 gives stable CPU-time ratios on a shared machine")  # fmt: skip

@@ -148,7 +148,8 @@ class SelfRewardScorer:
         self.regex_set = regex_set
         self.prompt = prompt
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         self._chat_pieces = None
         self.stats = {"sequences": 0, "generated_tokens": 0}

@@ -127,6 +127,30 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+# Defects of a RewardBench input file that every script must report in one line.
+BAD_REWARDBENCH_FILES = {
+    "missing_column": "has no column 'chosen'",
+    "not_json": "not valid JSON",
+    "missing_file": "no such file",
+    "empty": "empty",
+}
+
+
+def bad_rewardbench_file(case: str, tmp_path: Path) -> Path:
+    """A RewardBench input file with the defect ``case`` (a key of BAD_REWARDBENCH_FILES)."""
+    if case == "missing_column":
+        return write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items() if k != "chosen"} for r in rewardbench_rows(3)])
+    if case == "not_json":
+        path = tmp_path / "bad.json"
+        path.write_text("this is not json")
+        return path
+    if case == "missing_file":
+        return tmp_path / "nope.jsonl"
+    if case == "empty":
+        return write_jsonl(tmp_path / "empty.jsonl", [])
+    raise ValueError(case)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Running scripts
 # ---------------------------------------------------------------------------------------------------

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from helpers import REPO, rewardbench_rows, run_script, run_subprocess, write_jsonl
+from helpers import (
+    BAD_REWARDBENCH_FILES,
+    REPO,
+    bad_rewardbench_file,
+    rewardbench_rows,
+    run_script,
+    run_subprocess,
+    write_jsonl,
+)
 
 RM_SCRIPT = "Preference_Comparison/Reward_Bench/reward_model.py"
 SELF_SCRIPT = "Preference_Comparison/Reward_Bench/self_reward.py"
@@ -146,10 +154,7 @@ def test_self_reward_resume(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     "script, case, message",
     [
-        (RM_SCRIPT, "missing_column", "has no column 'chosen'"),
-        (RM_SCRIPT, "not_json", "not valid JSON"),
-        (RM_SCRIPT, "missing_file", "no such file"),
-        (RM_SCRIPT, "empty", "empty"),
+        *[(RM_SCRIPT, case, message) for case, message in BAD_REWARDBENCH_FILES.items()],
         (RM_SCRIPT, "unknown_split", "invalid choice: 'train'"),
         (RM_SCRIPT, "unknown_set", "invalid choice: 'set1'"),
         (RM_SCRIPT, "set_not_in_data", "no pairs in the subsets of --set_name math"),
@@ -158,8 +163,7 @@ def test_self_reward_resume(tiny_model_dir, tmp_path):
         (RM_SCRIPT, "chat_no_template", "no chat template"),
         (RM_SCRIPT, "bad_model", "could not load"),
         (RM_SCRIPT, "zero_length", "--max_length must be positive"),
-        (SELF_SCRIPT, "missing_column", "has no column 'chosen'"),
-        (SELF_SCRIPT, "not_json", "not valid JSON"),
+        *[(SELF_SCRIPT, case, message) for case, message in BAD_REWARDBENCH_FILES.items()],
         (SELF_SCRIPT, "unknown_set", "invalid choice: 'chat'"),
         (SELF_SCRIPT, "set_not_in_data", "no pairs in the subsets of --set_name set3"),
         (SELF_SCRIPT, "chat_no_template", "no chat template"),
@@ -173,15 +177,8 @@ def test_bad_input_is_one_line_and_writes_nothing(script, case, message, tmp_pat
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(4))
     model = tiny_reward_model_dir if script == RM_SCRIPT else tiny_model_dir
     extra = []
-    if case == "missing_column":
-        data = write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items() if k != "chosen"} for r in rewardbench_rows(3)])
-    elif case == "not_json":
-        data = tmp_path / "bad.json"
-        data.write_text("this is not json")
-    elif case == "missing_file":
-        data = tmp_path / "nope.jsonl"
-    elif case == "empty":
-        data = write_jsonl(tmp_path / "empty.jsonl", [])
+    if case in BAD_REWARDBENCH_FILES:
+        data = bad_rewardbench_file(case, tmp_path)
     elif case == "unknown_split":
         extra = ["--split", "train"]
     elif case == "unknown_set":

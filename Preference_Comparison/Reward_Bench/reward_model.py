@@ -40,7 +40,7 @@ def parse_args(argv=None):
                          help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
                               "chat: the reward model's chat template, user and assistant turns")  # fmt: skip
     scoring.add_argument("--max_length", type=int, default=1024,
-                         help="max input tokens (upstream's pipeline: 1024, cut on the right in upstream format)")  # fmt: skip
+                         help="max input tokens (upstream's pipeline: 1024, cut on the right)")  # fmt: skip
     cli.add_batch_args(parser, prefix_sharing=False)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     # Run folder, model, scorer
     ###############
     set_suffix = f"-{args.set_name}" if args.set_name else ""
-    run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-rm-{args.input_format}{set_suffix}",
-                 overwrite=args.overwrite)  # fmt: skip
+    default_name = f"rewardbench-{args.split}-{model_short}-rm-{args.input_format}{set_suffix}"
+    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(args, kind="sequence_classification")
     scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,

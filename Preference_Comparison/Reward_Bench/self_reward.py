@@ -48,7 +48,7 @@ def parse_args(argv=None):
     judge.add_argument("--max_length", type=int, default=2048,
                        help="max prompt tokens (upstream: 2048, cut on the right in upstream mode)")  # fmt: skip
     judge.add_argument("--max_new_tokens", type=int, default=200,
-                       help="max generated tokens per judgement (upstream: 200; the prompt asks for <= 100 words)")  # fmt: skip
+                       help="max generated tokens per judgement (upstream: 200; the prompt asks for 100 words)")  # fmt: skip
     cli.add_batch_args(parser, prefix_sharing=False)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
