@@ -9,6 +9,9 @@ DPO (the sigmoid loss).
 Modules (scripts in DPO/ and Preference_Comparison/ are thin wrappers around these):
     prompts      every upstream prompt and wrapper, as data
     judge        the batched Yes/No scorer (the paper's primitive)
+    self_reward  the 5-point Self-Rewarding judge baseline (generation + score parsing)
+    reward_model the sequence-classification reward-model baseline
+    prompt_search  choosing judge questions on a selection split, reporting on a held-out one
     data         loaders for local files and Hub datasets, with clear errors
     rewardbench  RewardBench tables and metrics
     rmbench      RM-Bench loaders (both formats), the 3x3 style matrix, hard/normal/easy, outputs

@@ -94,6 +94,23 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
     group.add_argument("--trust_remote_code", action="store_true", help="allow model code from the Hub")
 
 
+def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
+                              set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
+    """--dataset and --split of the RewardBench scripts, and --set_name where a script has subset groups."""
+    from ipo import rewardbench
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=rewardbench.HUB_ID,
+                       help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
+    group.add_argument("--split", default="raw", choices=list(rewardbench.SPLITS),
+                       help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
+                            "filtered: the 2,985 pairs of the official leaderboard")  # fmt: skip
+    if set_names:
+        group.add_argument("--set_name", default=None, choices=list(set_names),
+                           help=f"{set_help} (upstream required it; default: all subsets)")  # fmt: skip
+    return group
+
+
 def add_hub_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
     group.add_argument(
@@ -140,26 +157,32 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
     add_batch_args(parser)
 
 
-def add_batch_args(parser: argparse.ArgumentParser) -> None:
+def add_batch_args(parser: argparse.ArgumentParser, prefix_sharing: bool = True) -> None:
+    """--batch_size, --max_batch_tokens, --limit, and --no_prefix_sharing for scorers that share prefixes."""
+    from ipo.judge import DEFAULT_BATCH_SIZE
+
     group = parser.add_argument_group("batching")
     group.add_argument(
         "--batch_size",
         type=int,
-        default=8,
+        default=DEFAULT_BATCH_SIZE,
         help="max sequences per forward pass; the responses of one prompt always share a batch",
     )
     group.add_argument(
         "--max_batch_tokens",
         type=int,
-        default=8192,
-        help="max padded tokens per forward pass (keeps memory flat across short and long inputs)",
+        default=None,
+        help="max padded tokens per forward pass, keeping memory flat across short and long inputs "
+        "(default: 2048 on a CPU, where small passes are faster, 16384 on a GPU; 16384 for generation, "
+        "new tokens included)",
     )
-    group.add_argument(
-        "--no_prefix_sharing",
-        dest="prefix_sharing",
-        action="store_false",
-        help="run every sequence in full instead of computing a prompt's shared token prefix once",
-    )
+    if prefix_sharing:
+        group.add_argument(
+            "--no_prefix_sharing",
+            dest="prefix_sharing",
+            action="store_false",
+            help="run every sequence in full instead of computing a prompt's shared token prefix once",
+        )
     group.add_argument(
         "--limit", type=int, default=None,
         help="score at most N examples per subset (RewardBench) or per data domain (RM-Bench); smoke runs",

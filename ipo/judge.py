@@ -20,12 +20,14 @@ Speed, without changing a score beyond float noise: examples are tokenised once,
 left-padded into batches under a token budget; the model returns logits for the last position only
 (``logits_to_keep=1``), and the normalisation uses only the Yes/No logits in float32. When the
 responses of one prompt share a token prefix (the judge question and the user's prompt), the prefix is
-run once and its key/value cache is reused for each response.
+run once and its key/value cache is reused for each response; likewise the judge question, which every
+prompt of a batch shares (batches are formed per question).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
@@ -42,8 +44,23 @@ YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 
 # Run a batch through the shared-prefix path only when its padded token count drops by at least this
-# fraction: the second forward pass and the cache copy cost something, so a small saving is a loss.
-PREFIX_SHARING_MIN_SAVING = 0.2
+# fraction: each extra forward pass re-reads the weights and the cache rows are copied, which costs
+# about as much as a few dozen tokens (measured on CPU with SmolLM2-135M: 38 ms per pass against
+# 2 ms per token), so only a saving below a few percent of a batch is a loss.
+PREFIX_SHARING_MIN_SAVING = 0.05
+
+# Batching defaults (also the CLI's): many short sequences per pass amortise the per-pass weight read
+# and the judge question; the token budget, not the row count, bounds long inputs and memory. On a CPU
+# small budgets win (less padding, cheaper masked attention; measured with benchmarks/bench_scoring.py:
+# long inputs 1.27x the upstream loop at 2048 tokens, 1.20x at 8192); a GPU wants large passes to keep
+# its matmuls busy (performance.md §3.2 suggests tens of thousands; not measured here).
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "accelerator": 16384}
+
+
+def default_max_batch_tokens(device) -> int:
+    """The token budget per forward pass for ``device`` (a torch.device or its name)."""
+    return DEFAULT_MAX_BATCH_TOKENS["cpu" if str(device).startswith("cpu") else "accelerator"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,8 +194,8 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
-    """(input_ids, attention_mask), both (B, L) long, with padding on the left."""
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
+    """(input_ids, attention_mask), both (B, L) long, padded on ``side`` ("left" or "right")."""
     import torch
 
     longest = max(len(s) for s in sequences)
@@ -186,9 +203,15 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
-            input_ids[row, longest - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, longest - len(seq):] = 1
+            columns = slice(longest - len(seq), longest) if side == "left" else slice(0, len(seq))
+            input_ids[row, columns] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, columns] = 1
     return input_ids, attention_mask
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
+    """(input_ids, attention_mask), both (B, L) long, with padding on the left."""
+    return pad_sequences(sequences, pad_id, "left")
 
 
 @contextlib.contextmanager
@@ -208,6 +231,91 @@ class EncodedPrompt:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Encoding and truncation (shared by every judge that reads a prompt: Yes/No, self-reward, reward model)
+# ---------------------------------------------------------------------------------------------------
+def encode_right_truncated(tokenizer, text: str, max_length: int) -> EncodedPrompt:
+    """Upstream's ``tokenizer.encode(text, max_length=N, truncation=True)``: special tokens added as the
+    tokenizer does, and right truncation, which cuts the end of the text (whatever comes last)."""
+    ids = tokenizer(text).input_ids
+    if len(ids) <= max_length:
+        return EncodedPrompt(ids, False)
+    with _truncation_side(tokenizer, "right"):
+        ids = tokenizer(text, max_length=max_length, truncation=True).input_ids
+    return EncodedPrompt(ids, True)
+
+
+QUESTION_MARK, RESPONSE_MARK = "\x00QUESTION\x00", "\x00RESPONSE\x00"
+
+
+def split_chat_template(tokenizer, user_content: str) -> tuple[str, str, str]:
+    """The chat template rendered once around placeholders, so that prompts are filled by concatenation.
+
+    ``user_content`` is one user turn holding QUESTION_MARK and then RESPONSE_MARK; it is rendered with
+    the generation prompt. Returns (before, between, after) such that before + question + between +
+    response + after is exactly the rendered prompt of that question and response.
+    """
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_content}], tokenize=False,
+                                         add_generation_prompt=True)  # fmt: skip
+    if text.count(QUESTION_MARK) != 1 or text.count(RESPONSE_MARK) != 1:
+        raise IpoError("the chat template does not copy the user message verbatim; use --scoring upstream")
+    before, rest = text.split(QUESTION_MARK)
+    between, after = rest.split(RESPONSE_MARK)
+    return before, between, after
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of chat-rendered text; the template already wrote BOS (if the model uses one) as text."""
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def cut_text(tokenizer, text: str, keep_tokens: int, keep: str) -> str:
+    """The first (keep="start") or last (keep="end") ``keep_tokens`` tokens of ``text``, as text."""
+    if keep_tokens <= 0:
+        return ""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    ids = encoding.input_ids
+    if keep_tokens >= len(ids):
+        return text
+    if tokenizer.is_fast:
+        offsets = encoding["offset_mapping"]
+        if keep == "start":
+            return text[: offsets[keep_tokens - 1][1]]
+        return text[offsets[len(ids) - keep_tokens][0]:]
+    kept = ids[:keep_tokens] if keep == "start" else ids[-keep_tokens:]
+    return tokenizer.decode(kept)
+
+
+def fit_chat_prompt(tokenizer, render: Callable[[str, str], str], instruction: str, response: str,
+                    max_length: int) -> EncodedPrompt:  # fmt: skip
+    """Token ids of ``render(instruction, response)`` within ``max_length``, cutting only the user's text.
+
+    The response's tail goes first, then the instruction's start; everything ``render`` adds around them
+    (a judge instruction, the chat markup, a generation prompt) always stays. Boundaries can merge
+    tokens, so the cut is re-checked and shaved until it fits.
+    """
+    ids = chat_ids(tokenizer, render(instruction, response))
+    if len(ids) <= max_length:
+        return EncodedPrompt(ids, False)
+    for _ in range(8):
+        excess = len(ids) - max_length
+        if excess <= 0:
+            break
+        response_tokens = len(chat_ids(tokenizer, response))
+        if response_tokens > 0:
+            response = cut_text(tokenizer, response, response_tokens - excess, keep="start")
+        else:
+            question_tokens = len(chat_ids(tokenizer, instruction))
+            if question_tokens == 0:
+                break
+            instruction = cut_text(tokenizer, instruction, question_tokens - excess, keep="end")
+        ids = chat_ids(tokenizer, render(instruction, response))
+    if len(ids) > max_length:
+        logger.warning("the prompt without the user's text is %d tokens, over --max_length %d; kept whole",
+                       len(ids), max_length)  # fmt: skip
+    return EncodedPrompt(ids, True)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The judge
 # ---------------------------------------------------------------------------------------------------
 class YesNoJudge:
@@ -219,8 +327,8 @@ class YesNoJudge:
         tokenizer,
         scoring: str = "upstream",
         max_length: int = 1024,
-        batch_size: int = 8,
-        max_batch_tokens: int = 8192,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int | None = None,
         prefix_sharing: bool = True,
     ):
         import torch
@@ -237,7 +345,7 @@ class YesNoJudge:
         self.scoring = scoring
         self.max_length = max_length
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or default_max_batch_tokens(model.device)
         self.prefix_sharing = prefix_sharing
         self.tokens = resolve_yes_no_tokens(tokenizer, scoring)
         self.device = model.device
@@ -256,74 +364,25 @@ class YesNoJudge:
         return self._encode_chat(template, instruction, response)
 
     def _encode_upstream(self, layout, template, instruction, response) -> EncodedPrompt:
-        text = render_upstream(layout, template, instruction, response)
-        ids = self.tokenizer(text).input_ids
-        if len(ids) <= self.max_length:
-            return EncodedPrompt(ids, False)
         # Upstream: tokenizer.encode(prompt, max_length=1024, truncation=True) with the default
         # right truncation, which cuts the end of the prompt (the response, or RM-Bench's question).
-        with _truncation_side(self.tokenizer, "right"):
-            ids = self.tokenizer(text, max_length=self.max_length, truncation=True).input_ids
-        return EncodedPrompt(ids, True)
+        return encode_right_truncated(self.tokenizer, render_upstream(layout, template, instruction, response),
+                                      self.max_length)  # fmt: skip
 
     def _chat_text(self, template: str, instruction: str, response: str) -> str:
         # The chat template is rendered once per judge question, with placeholders, and then filled
         # by plain string concatenation; this is identical to rendering each prompt.
         if template not in self._chat_pieces:
-            q_mark, r_mark = "\x00QUESTION\x00", "\x00RESPONSE\x00"
-            messages = [{"role": "user", "content": chat_user_content(template, q_mark, r_mark)}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            if text.count(q_mark) != 1 or text.count(r_mark) != 1:
-                raise IpoError("the chat template does not copy the user message verbatim; use --scoring upstream")
-            before, rest = text.split(q_mark)
-            middle, after = rest.split(r_mark)
-            self._chat_pieces[template] = (before, middle, after)
+            content = chat_user_content(template, QUESTION_MARK, RESPONSE_MARK)
+            self._chat_pieces[template] = split_chat_template(self.tokenizer, content)
         before, middle, after = self._chat_pieces[template]
         return before + instruction + middle + response + after
 
-    def _chat_ids(self, text: str) -> list[int]:
-        # The rendered template already contains BOS (if the model uses one) as text.
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def _cut(self, text: str, keep_tokens: int, keep: str) -> str:
-        """The first (keep="start") or last (keep="end") ``keep_tokens`` tokens of ``text``, as text."""
-        if keep_tokens <= 0:
-            return ""
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
-        ids = encoding.input_ids
-        if keep_tokens >= len(ids):
-            return text
-        if self.tokenizer.is_fast:
-            offsets = encoding["offset_mapping"]
-            if keep == "start":
-                return text[: offsets[keep_tokens - 1][1]]
-            return text[offsets[len(ids) - keep_tokens][0]:]
-        kept = ids[:keep_tokens] if keep == "start" else ids[-keep_tokens:]
-        return self.tokenizer.decode(kept)
-
     def _encode_chat(self, template, instruction, response) -> EncodedPrompt:
-        ids = self._chat_ids(self._chat_text(template, instruction, response))
-        if len(ids) <= self.max_length:
-            return EncodedPrompt(ids, False)
         # Cut the response's tail first, then the question's start; the judge instruction and the
-        # chat markup always stay. Boundaries can merge tokens, so re-check and shave until it fits.
-        for _ in range(8):
-            excess = len(ids) - self.max_length
-            if excess <= 0:
-                break
-            response_tokens = len(self._chat_ids(response))
-            if response_tokens > 0:
-                response = self._cut(response, response_tokens - excess, keep="start")
-            else:
-                question_tokens = len(self._chat_ids(instruction))
-                if question_tokens == 0:
-                    break
-                instruction = self._cut(instruction, question_tokens - excess, keep="end")
-            ids = self._chat_ids(self._chat_text(template, instruction, response))
-        if len(ids) > self.max_length:
-            logger.warning("the judge instruction alone is %d tokens, over --max_length %d; kept whole",
-                           len(ids), self.max_length)  # fmt: skip
-        return EncodedPrompt(ids, True)
+        # chat markup always stay.
+        render = functools.partial(self._chat_text, template)
+        return fit_chat_prompt(self.tokenizer, render, instruction, response, self.max_length)
 
     # ------------------------------------------------------------------ scoring
     def score_groups(self, groups: Sequence[Sequence[Sequence[int]]]) -> Iterator[tuple[list[int], list[list[float]]]]:
@@ -354,70 +413,82 @@ class YesNoJudge:
         if any(len(seq) == 0 for seq in sequences):
             raise IpoError("cannot score an empty prompt")
         self.stats["sequences"] += len(sequences)
-        prefix_lengths = [common_prefix_length(group) if len(group) > 1 else 0 for group in groups]
-        plain_cost = len(sequences) * max(len(s) for s in sequences)
-        if self.prefix_sharing and min(prefix_lengths) > 0:
-            suffix_longest = max(len(s) - p for group, p in zip(groups, prefix_lengths) for s in group)
-            shared_cost = len(groups) * max(prefix_lengths) + len(sequences) * suffix_longest
-            if shared_cost <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
-                self.stats["shared_prefix_batches"] += 1
-                self.stats["forward_tokens"] += shared_cost
-                with torch.inference_mode():
-                    return self._forward_shared(groups, prefix_lengths)
-        self.stats["forward_tokens"] += plain_cost
+        plain = [(sequences, None)]
+        levels = prefix_levels(groups) if self.prefix_sharing else plain
+        plain_cost, shared_cost = levels_cost(plain), levels_cost(levels)
+        if len(levels) > 1 and shared_cost <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
+            self.stats["shared_prefix_batches"] += 1
+        else:
+            levels, shared_cost = plain, plain_cost
+        self.stats["forward_tokens"] += shared_cost
         with torch.inference_mode():
-            return self._forward(sequences)
+            return self._forward_levels(levels)
 
-    def _model_logits(self, **inputs):
-        if self._keep_last_only:
-            inputs["logits_to_keep"] = 1
-        return self.model(**inputs).logits[:, -1, :]
+    def _forward_levels(self, levels):
+        """Last-position logits (B, V) of the sequences spelled out by a prefix tree (see prefix_levels).
 
-    def _forward(self, sequences):
-        """Last-position logits (B, V) of left-padded sequences."""
-        input_ids, attention_mask = left_pad(sequences, self.pad_id)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self._model_logits(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            position_ids=position_ids.to(self.device),
-            use_cache=False,
-        )
-
-    def _forward_shared(self, groups, prefix_lengths):
-        """Last-position logits of every sequence, running each group's shared prefix once.
-
-        Pass 1 runs the left-padded prefixes (one row per group) and keeps their key/value cache; the
-        cache rows are then repeated for each member, and pass 2 runs the left-padded suffixes on top,
-        with the padding between prefix and suffix masked out and positions continuing the prefix.
+        Each level is one forward pass over its left-padded segments, on top of the key/value cache of
+        the level above, whose rows are first repeated for their children (``owner``). The attention
+        mask is the concatenation of every level's mask, so the padding between segments is masked out,
+        and positions count only real tokens, so each row sees exactly its own sequence.
         """
         import torch
 
-        prefixes = [list(group[0][:n]) for group, n in zip(groups, prefix_lengths)]
-        suffixes = [list(seq[n:]) for group, n in zip(groups, prefix_lengths) for seq in group]
-        owner = torch.tensor([g for g, group in enumerate(groups) for _ in group], dtype=torch.long)
-        prefix_ids, prefix_mask = left_pad(prefixes, self.pad_id)
-        prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=prefix_ids.to(self.device),
-            attention_mask=prefix_mask.to(self.device),
-            position_ids=prefix_positions.to(self.device),
-            use_cache=True,
-            **({"logits_to_keep": 1} if self._keep_last_only else {}),
-        )
-        cache = out.past_key_values
-        cache.reorder_cache(owner.to(self.device))
-        suffix_ids, suffix_mask = left_pad(suffixes, self.pad_id)
-        member_prefix_mask = prefix_mask[owner]
-        attention_mask = torch.cat([member_prefix_mask, suffix_mask], dim=1)
-        positions = member_prefix_mask.sum(-1, keepdim=True) + suffix_mask.cumsum(-1) - 1
-        return self._model_logits(
-            input_ids=suffix_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            position_ids=positions.clamp(min=0).to(self.device),
-            past_key_values=cache,
-            use_cache=True,
-        )
+        cache = mask_above = None
+        for segments, owner in levels:
+            input_ids, segment_mask = left_pad(segments, self.pad_id)
+            if owner is None:
+                attention_mask = segment_mask
+            else:
+                owner = torch.tensor(owner, dtype=torch.long)
+                cache.reorder_cache(owner.to(self.device))
+                attention_mask = torch.cat([mask_above[owner], segment_mask], dim=1)
+            positions = (attention_mask.cumsum(-1) - 1)[:, -input_ids.shape[1]:].clamp(min=0)
+            inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device),
+                      "position_ids": positions.to(self.device)}  # fmt: skip
+            if self._keep_last_only:
+                inputs["logits_to_keep"] = 1
+            if len(levels) == 1:
+                out = self.model(**inputs, use_cache=False)
+            else:
+                out = self.model(**inputs, past_key_values=cache, use_cache=True)
+            cache, mask_above = out.past_key_values, attention_mask
+        return out.logits[:, -1, :]
+
+
+def prefix_levels(groups: Sequence[Sequence[Sequence[int]]]) -> list[tuple[list[list[int]], list[int] | None]]:
+    """The sequences of a batch as a prefix tree of up to three levels, each a list of (segments, owner).
+
+    Level 1 is the token prefix shared by the whole batch (one row: typically the judge question, when
+    a batch holds one subset); level 2, what each group (one prompt's responses) shares beyond it
+    (the user's prompt); level 3, each sequence's remaining tokens (the response and the closing
+    wrapper). ``owner[i]`` is the row of the level above that row i continues; a level with nothing to
+    run is left out, and the owners are composed across it. Every sequence keeps at least one token
+    in the last level, where its logits are read. A segment may be empty (a fully padded row).
+    """
+    sequences = [list(seq) for group in groups for seq in group]
+    if len(sequences) == 1:
+        return [(sequences, None)]
+    batch_prefix = common_prefix_length(sequences)
+    # A group of one runs all but its last token in the group level, so it pads that level, not the last.
+    group_prefix = [max(common_prefix_length(group), batch_prefix) for group in groups]
+    group_of = [g for g, group in enumerate(groups) for _ in group]
+    levels: list[tuple[list[list[int]], list[int] | None]] = []
+    if batch_prefix > 0:
+        levels.append(([sequences[0][:batch_prefix]], None))
+    if any(n > batch_prefix for n in group_prefix):
+        levels.append(([list(group[0][batch_prefix:n]) for group, n in zip(groups, group_prefix)],
+                       [0] * len(groups) if levels else None))  # fmt: skip
+        owner = group_of
+    else:
+        owner = [0] * len(sequences) if levels else None
+    levels.append(([seq[group_prefix[g]:] for seq, g in zip(sequences, group_of)], owner))
+    return levels
+
+
+def levels_cost(levels) -> int:
+    """Padded tokens the forward passes of a prefix tree run (rows x longest segment, summed over levels)."""
+    return sum(len(segments) * max(len(s) for s in segments) for segments, _ in levels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -438,13 +509,18 @@ class YesNoScorer:
 
     def score(self, examples: Sequence[Example]) -> Iterator[list[tuple[Example, list[float], dict]]]:
         encoded, truncated = [], []
-        for example in examples:
+        by_template: dict[str, list[int]] = {}
+        for index, example in enumerate(examples):
             template = self.template_for(example)
             prompts = [self.judge.encode(self.layout, template, example.prompt, r) for r in example.responses]
             encoded.append([p.ids for p in prompts])
             truncated.append(any(p.truncated for p in prompts))
-        for indices, scores in self.judge.score_groups(encoded):
-            yield [(examples[i], s, {"truncated": truncated[i]}) for i, s in zip(indices, scores)]
+            by_template.setdefault(template, []).append(index)
+        # Batches never mix judge questions, so the question's tokens are a prefix the whole batch
+        # shares and the judge runs them once per batch.
+        for members in by_template.values():
+            for indices, scores in self.judge.score_groups([encoded[i] for i in members]):
+                yield [(examples[members[i]], s, {"truncated": truncated[members[i]]}) for i, s in zip(indices, scores)]
 
 
 def load_judge(args) -> tuple[YesNoJudge, dict]:

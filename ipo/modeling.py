@@ -120,9 +120,14 @@ def load_model(
         kwargs["device_map"] = {"": device}
     cls = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
     try:
-        model = cls.from_pretrained(folder, **kwargs)
+        model, loading_info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
     except Exception as err:
         raise _load_error("model", name_or_path, err)
+    if kind == "sequence_classification" and loading_info.get("missing_keys"):
+        # transformers would silently give a causal LM a fresh, random classification head.
+        missing = sorted(loading_info["missing_keys"])
+        raise IpoError(f"{name_or_path} is not a trained sequence-classification reward model: its weights lack "
+                       f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would be random")  # fmt: skip
     model.eval()
     return model, device, torch_dtype
 

@@ -114,16 +114,22 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | os.PathLike, title: s
 
 
 def write_rewardbench_outputs(run: RunDir, records: list[dict], title: str, upstream_file: str,
-                              extra_metrics: dict | None = None, extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
+                              extra_metrics: dict | None = None, notes: str = "",
+                              extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
     """metrics.json, results.md, subset_accuracy.png and upstream's per-subset percent file.
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
-    metrics of an uninterrupted one. ``extra_markdown`` is appended to results.md. Returns (metrics,
-    results markdown).
+    metrics of an uninterrupted one. ``notes`` (markdown) goes under the headline of results.md and
+    ``extra_markdown`` at its end. Returns (metrics, results markdown).
     """
     metrics = rewardbench.compute_metrics(records)
     metrics.update(extra_metrics or {})
-    markdown = rewardbench_markdown(metrics, title) + ("\n" + extra_markdown if extra_markdown else "")
+    markdown = rewardbench_markdown(metrics, title)
+    if notes:
+        headline_end = markdown.index("\n## ")
+        markdown = markdown[:headline_end] + "\n" + notes.rstrip("\n") + "\n" + markdown[headline_end:]
+    if extra_markdown:
+        markdown += "\n" + extra_markdown
     atomic_write_json(run.file("metrics.json"), metrics)
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), rewardbench.upstream_accuracy(metrics))

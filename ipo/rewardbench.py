@@ -117,6 +117,16 @@ def load_rewardbench(dataset: str = HUB_ID, split: str = "raw") -> list[Example]
     return examples
 
 
+def select_subsets(examples: list[Example], subsets: list[str] | None, set_name: str, source: str) -> list[Example]:
+    """The examples of the named subset group (e.g. PAPER_CATEGORIES["code"]); all of them if ``subsets`` is None."""
+    if subsets is None:
+        return examples
+    kept = [e for e in examples if e.subset in subsets]
+    if not kept:
+        raise IpoError(f"{source}: no pairs in the subsets of --set_name {set_name} ({', '.join(subsets)})")
+    return kept
+
+
 def judge_template(subset: str, table: dict[str, str] = REWARDBENCH_PROMPTS) -> tuple[str, bool]:
     """(judge question for ``subset``, whether the subset is known); unknown ones get upstream's fallback."""
     if subset in table:

@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import rewardbench_rows, save_tiny_model, write_jsonl  # noqa: E402
+from helpers import rewardbench_rows, save_tiny_model, save_tiny_reward_model, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,22 @@ def tiny_model_no_template_dir(tmp_path_factory) -> Path:
 def tiny_model_split_yes_dir(tmp_path_factory) -> Path:
     """A tokenizer that never learned Yes/No: every variant is several tokens."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny_split") / "model", with_yes_no=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tmp_path_factory) -> Path:
+    """A random 2-layer LlamaForSequenceClassification with one label and a ChatML template."""
+    return save_tiny_reward_model(tmp_path_factory.mktemp("tiny_rm") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_no_template_dir(tmp_path_factory) -> Path:
+    return save_tiny_reward_model(tmp_path_factory.mktemp("tiny_rm_nt") / "model", chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_two_label_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_reward_model(tmp_path_factory.mktemp("tiny_rm2") / "model", num_labels=2)
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,26 @@ def save_tiny_model(path: Path, chat_template: bool = True, with_yes_no: bool = 
     return path
 
 
+def save_tiny_reward_model(path: Path, num_labels: int = 1, chat_template: bool = True, seed: int = 1) -> Path:
+    """A random 2-layer LlamaForSequenceClassification (the reward-model baseline's kind of model)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = build_tokenizer(chat_template=chat_template)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, num_labels=num_labels,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )  # fmt: skip
+    model = LlamaForSequenceClassification(config).eval()
+    with torch.no_grad():  # a visible spread of rewards (the default init gives logits near 0)
+        model.score.weight.normal_(0.0, 1.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------
 # Data in the benchmarks' schemas
 # ---------------------------------------------------------------------------------------------------
@@ -107,6 +127,30 @@ def rewardbench_rows(n: int = 16, subsets=REWARDBENCH_SUBSETS, long_responses: b
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# Defects of a RewardBench input file that every script must report in one line.
+BAD_REWARDBENCH_FILES = {
+    "missing_column": "has no column 'chosen'",
+    "not_json": "not valid JSON",
+    "missing_file": "no such file",
+    "empty": "empty",
+}
+
+
+def bad_rewardbench_file(case: str, tmp_path: Path) -> Path:
+    """A RewardBench input file with the defect ``case`` (a key of BAD_REWARDBENCH_FILES)."""
+    if case == "missing_column":
+        return write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items() if k != "chosen"} for r in rewardbench_rows(3)])
+    if case == "not_json":
+        path = tmp_path / "bad.json"
+        path.write_text("this is not json")
+        return path
+    if case == "missing_file":
+        return tmp_path / "nope.jsonl"
+    if case == "empty":
+        return write_jsonl(tmp_path / "empty.jsonl", [])
+    raise ValueError(case)
 
 
 # ---------------------------------------------------------------------------------------------------

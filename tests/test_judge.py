@@ -12,8 +12,10 @@ from ipo.judge import (
     YesNoScorer,
     common_prefix_length,
     left_pad,
+    levels_cost,
     p_yes_from_logits,
     plan_batches,
+    prefix_levels,
     resolve_yes_no_tokens,
     yes_no_mass,
 )
@@ -118,6 +120,23 @@ def test_common_prefix_and_left_pad():
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
+def test_prefix_levels_split_a_batch_into_shared_and_own_tokens():
+    # Whole batch shares [1, 2]; the first group also shares [3, 4]; a group of one runs all but its
+    # last token at the group level.
+    groups = [[[1, 2, 3, 4, 5], [1, 2, 3, 4, 6, 7]], [[1, 2, 8, 9]]]
+    assert prefix_levels(groups) == [([[1, 2]], None), ([[3, 4], [8]], [0, 0]), ([[5], [6, 7], [9]], [0, 0, 1])]
+    assert levels_cost(prefix_levels(groups)) == 2 + 2 * 2 + 3 * 2
+    # Nothing shared by the whole batch: the group level comes first; a segment may be empty.
+    assert prefix_levels([[[1, 2], [1, 3]], [[4, 5]]]) == [([[1], [4]], None), ([[2], [3], [5]], [0, 0, 1])]
+    assert prefix_levels([[[1, 2, 3], [1, 2, 4]], [[1, 5], [1, 6]]]) == [
+        ([[1]], None), ([[2], []], [0, 0]), ([[3], [4], [5], [6]], [0, 0, 1, 1])
+    ]
+    # Groups sharing nothing beyond the batch prefix: no group level, the owners skip it.
+    assert prefix_levels([[[1, 2, 3]], [[1, 2, 4]]]) == [([[1, 2]], None), ([[3], [4]], [0, 0])]
+    # A lone sequence is one plain level.
+    assert prefix_levels([[[5, 6, 7]]]) == [([[5, 6, 7]], None)]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Batched == one at a time
 # ---------------------------------------------------------------------------------------------------
@@ -153,6 +172,37 @@ def test_batched_scores_equal_single_scores(tiny_model, scoring, layout):
             assert scores[key] == pytest.approx(single[key], abs=1e-4)
     assert shared.stats["shared_prefix_batches"] > 0  # the shared-prefix path really ran
     assert shared.stats["forward_tokens"] < batched.stats["forward_tokens"]
+
+
+def test_three_level_prefix_tree_equals_single_scores(tiny_model):
+    """Groups of 1, 2 and 3 responses and two judge questions: batch-wide, group and own levels all run."""
+    model, tokenizer = tiny_model
+    answers = ["It is {}.", "It is {} or so.", "Maybe {}."]
+    examples = [Example(id=i, prompt=f"What is {i} plus {i}? Please explain the answer carefully.",
+                        responses=[a.format(2 * i) for a in answers[: 1 + i % 3]], subset="ab"[i % 2])
+                for i in range(9)]  # fmt: skip
+    questions = {"a": "Is the response correct? Answer Yes/No.", "b": "Answer Yes/No."}
+
+    def run(judge):
+        out = {}
+        for batch in YesNoScorer(judge, REWARDBENCH_LAYOUT, lambda e: questions[e.subset]).score(examples):
+            out.update({example.id: scores for example, scores, _ in batch})
+        return out
+
+    single = run(YesNoJudge(model, tokenizer, "upstream", batch_size=1, prefix_sharing=False))
+    shared_judge = YesNoJudge(model, tokenizer, "upstream", batch_size=64)
+    shared = run(shared_judge)
+    assert shared_judge.stats["shared_prefix_batches"] == 2  # one batch per judge question, both shared
+    for key in single:
+        assert shared[key] == pytest.approx(single[key], abs=1e-4)
+    # Raw ids where one group shares nothing: its group-level row is all padding.
+    groups = [[[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 11]], [[12, 13, 14, 15], [16, 17, 18, 19, 20]]]
+    assert prefix_levels(groups)[0] == ([[5, 6, 7, 8], []], None)
+    batched = {g: scores for indices, batch in shared_judge.score_groups(groups) for g, scores in zip(indices, batch)}
+    for g, group in enumerate(groups):
+        for k, seq in enumerate(group):
+            (_, [[alone]]), = shared_judge.score_groups([[seq]])
+            assert math.isfinite(batched[g][k]) and batched[g][k] == pytest.approx(alone, abs=1e-4)
 
 
 def test_upstream_mode_matches_upstreams_loop(tiny_model):

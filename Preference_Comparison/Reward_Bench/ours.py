@@ -33,12 +33,7 @@ logger = cli.logger
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=rewardbench.HUB_ID,
-                      help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
-    data.add_argument("--split", default="raw", choices=list(rewardbench.SPLITS),
-                      help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
-                           "filtered: the 2,985 pairs of the official leaderboard")  # fmt: skip
+    data = cli.add_rewardbench_data_args(parser)
     data.add_argument("--prompt_table", default="paper", choices=list(rewardbench.PROMPT_TABLES),
                       help="paper: the per-subset judge questions; shuffled / same: upstream's "
                            "ours_prompt_shuffle.py / ours_same_prompt.py ablations")  # fmt: skip

@@ -1,0 +1,110 @@
+"""Reward-model baseline on RewardBench: a sequence-classification reward model scores each response; a
+pair is right if chosen gets the higher reward.
+
+This is upstream's Preference_Comparison/Reward_Bench/reward_model.py on the shared `ipo` core. The
+paper's command still works (key, user and set are now optional; without --set_name all subsets run):
+
+    python Preference_Comparison/Reward_Bench/reward_model.py --hf_key K --hf_user U \
+        --model_name Skywork/Skywork-Reward-Llama-3.1-8B-v0.2 --set_name chat
+
+The reward is the raw logit of the one-label head (upstream took the pipeline's sigmoid of it).
+--input_format upstream (default) feeds upstream's raw "Instruction: ...\\nResponse: ..." text; chat feeds
+the reward model's chat template with a user and an assistant turn, as such models are trained.
+
+Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json, results.md,
+subset_accuracy.png and upstream's accuracy_reward-bench_norm_<model>.json (percent, like ours.py;
+upstream wrote fractions here). Re-running the same command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ipo import cli, hub, rewardbench
+from ipo.data import limit_per_group
+from ipo.modeling import load_model_and_tokenizer
+from ipo.report import write_rewardbench_outputs
+from ipo.reward_model import INPUT_FORMATS, RewardModelScorer
+from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+
+logger = cli.logger
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_model_args(parser)
+    cli.add_rewardbench_data_args(parser, rewardbench.PAPER_CATEGORIES,
+                                  "score only this category of the paper (chat includes Chat Hard)")  # fmt: skip
+    scoring = parser.add_argument_group("reward model")
+    scoring.add_argument("--input_format", default="upstream", choices=INPUT_FORMATS,
+                         help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
+                              "chat: the reward model's chat template, user and assistant turns")  # fmt: skip
+    scoring.add_argument("--max_length", type=int, default=1024,
+                         help="max input tokens (upstream's pipeline: 1024, cut on the right)")  # fmt: skip
+    cli.add_batch_args(parser, prefix_sharing=False)
+    cli.add_output_args(parser)
+    cli.add_hub_args(parser)
+    args = parser.parse_args(argv)
+    cli.check_positive(parser, args, "batch_size", "max_batch_tokens", "max_length", "limit")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    cli.consume_secrets(args)
+    seed_everything(args.seed)
+    model_short = cli.model_short_name(args.model_name)
+
+    ###############
+    # Data
+    ###############
+    examples = rewardbench.load_rewardbench(args.dataset, args.split)
+    subsets = rewardbench.PAPER_CATEGORIES[args.set_name] if args.set_name else None
+    examples = rewardbench.select_subsets(examples, subsets, args.set_name, args.dataset)
+    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
+    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
+
+    ###############
+    # Run folder, model, scorer
+    ###############
+    set_suffix = f"-{args.set_name}" if args.set_name else ""
+    default_name = f"rewardbench-{args.split}-{model_short}-rm-{args.input_format}{set_suffix}"
+    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
+    run.check(cli.public_args(args))
+    model, tokenizer, device, dtype = load_model_and_tokenizer(args, kind="sequence_classification")
+    scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,
+                               batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)  # fmt: skip
+    run.start(cli.public_args(args), resolved={
+        "device": device, "dtype": str(dtype), "n_pairs": len(examples), "pad_token_id": scorer.pad_id,
+        "reward": "raw logit of the one-label head, float32",
+    })  # fmt: skip
+
+    ###############
+    # Score (appends to predictions.jsonl batch by batch; resumes what is missing)
+    ###############
+    log = RecordLog(run.file("predictions.jsonl"))
+
+    def make_record(example, rewards, extra):
+        return {**rewardbench.pair_record(example, rewards[0], rewards[1], score_name="score"), **extra}
+
+    score_into_log(scorer, examples, log, make_record, unit="pair", desc="RewardBench (RM)")
+
+    ###############
+    # Metrics and outputs
+    ###############
+    records = log.ordered(e.id for e in examples)
+    metrics, markdown = write_rewardbench_outputs(
+        run, records, title=f"Reward model ({args.input_format} input) on RewardBench {args.split}: {model_short}",
+        upstream_file=f"accuracy_reward-bench_norm_{model_short}.json",
+        extra_metrics={"n_ties": sum(r["tie"] for r in records)},
+    )  # fmt: skip
+    print(markdown)
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-normal"), split_by="subset")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,135 @@
+"""Self-Rewarding baseline on RewardBench: the model writes a 1-5 score for each response under the
+additive 5-point prompt (Yuan et al. 2024); a pair is right if chosen gets the higher score.
+
+This is upstream's Preference_Comparison/Reward_Bench/self_reward.py on the shared `ipo` core. The
+paper's command still works (key, user and set are now optional; without --set_name all subsets run):
+
+    python Preference_Comparison/Reward_Bench/self_reward.py --hf_key K --hf_user U \
+        --model_name mistralai/Mistral-7B-Instruct-v0.2 --set_name set1
+
+Offline, on the embedded SmolLM2-135M-Instruct and one pair per subset of the project's sample pairs:
+
+    python Preference_Comparison/Reward_Bench/self_reward.py \
+        --model_name "$(python -m ipo.assets smollm2)" --dataset data/demo_rewardbench.jsonl --limit 1
+
+--scoring upstream (default) reproduces upstream: raw-text prompt, greedy decoding, the score regex
+searched over prompt + generation, 0 when nothing matches. --scoring chat uses the chat template and reads
+the last "Score: N" of the generated text only; a parse failure on either side makes the pair wrong and
+is reported separately. Decoding is greedy (upstream's temperature=0.1 without do_sample was greedy too).
+
+Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (scores, parse-failure flags and the
+judge's generated texts), metrics.json (with ties and parse failures), results.md, subset_accuracy.png
+and upstream's accuracy_reward-bench_self_<model>-<set>.json. Re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ipo import cli, hub, rewardbench
+from ipo.data import limit_per_group
+from ipo.modeling import load_model_and_tokenizer
+from ipo.report import pct, write_rewardbench_outputs
+from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.self_reward import SCORING_MODES, SelfRewardScorer, compare_scores, parse_failure_metrics
+
+logger = cli.logger
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_model_args(parser)
+    cli.add_rewardbench_data_args(parser, rewardbench.SELF_REWARD_SETS, "score only upstream's subset group")
+    judge = parser.add_argument_group("5-point judge")
+    judge.add_argument("--scoring", default="upstream", choices=SCORING_MODES,
+                       help="upstream: raw-text prompt, score regex over prompt + generation, 0 if none "
+                            "(reproduces upstream); chat: chat template, last 'Score: N' of the generation "
+                            "only, a failure is reported, never a score")  # fmt: skip
+    judge.add_argument("--max_length", type=int, default=2048,
+                       help="max prompt tokens (upstream: 2048, cut on the right in upstream mode)")  # fmt: skip
+    judge.add_argument("--max_new_tokens", type=int, default=200,
+                       help="max generated tokens per judgement (upstream: 200; the prompt asks for 100 words)")  # fmt: skip
+    cli.add_batch_args(parser, prefix_sharing=False)
+    cli.add_output_args(parser)
+    cli.add_hub_args(parser)
+    args = parser.parse_args(argv)
+    cli.check_positive(parser, args, "batch_size", "max_batch_tokens", "max_length", "max_new_tokens", "limit")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+    cli.consume_secrets(args)
+    seed_everything(args.seed)
+    model_short = cli.model_short_name(args.model_name)
+    set_label = args.set_name or "all"
+
+    ###############
+    # Data
+    ###############
+    examples = rewardbench.load_rewardbench(args.dataset, args.split)
+    subsets = rewardbench.SELF_REWARD_SETS[args.set_name] if args.set_name else None
+    examples = rewardbench.select_subsets(examples, subsets, args.set_name, args.dataset)
+    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
+    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
+
+    ###############
+    # Run folder, model, judge
+    ###############
+    run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-self-{args.scoring}-{set_label}",
+                 overwrite=args.overwrite)  # fmt: skip
+    run.check(cli.public_args(args))
+    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
+    scorer = SelfRewardScorer(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                              max_batch_tokens=args.max_batch_tokens, regex_set="rewardbench")  # fmt: skip
+    run.start(cli.public_args(args), resolved={
+        "device": device, "dtype": str(dtype), "n_pairs": len(examples), "decoding": "greedy",
+        "eos_token_ids": sorted(scorer.eos_ids),
+    })  # fmt: skip
+
+    ###############
+    # Judge (appends to predictions.jsonl batch by batch; resumes what is missing)
+    ###############
+    log = RecordLog(run.file("predictions.jsonl"))
+
+    def make_record(example, scores, extra):
+        correct, tie = compare_scores(scores[0], scores[1])
+        return {
+            "id": example.id, "subset": example.subset, "score_chosen": scores[0], "score_rejected": scores[1],
+            "correct": correct, "tie": tie,
+            "parse_failed_chosen": extra["parse_failed"][0], "parse_failed_rejected": extra["parse_failed"][1],
+            "truncated": extra["truncated"],
+            "generated_chosen": extra["generated"][0], "generated_rejected": extra["generated"][1],
+        }  # fmt: skip
+
+    score_into_log(scorer, examples, log, make_record, unit="pair", desc="RewardBench (self-reward)")
+
+    ###############
+    # Metrics and outputs
+    ###############
+    records = log.ordered(e.id for e in examples)
+    failures = parse_failure_metrics(records)
+    failures["n_ties"] = sum(r["tie"] for r in records)
+    notes = (
+        f"Parse failures: {failures['n_parse_failures']} of {2 * len(records)} judgements "
+        f"({pct(failures['parse_failure_rate'])}%), in {failures['pairs_with_parse_failure']} pairs "
+        f"(counted as wrong); accuracy without those pairs: {pct(failures['accuracy_excluding_parse_failures'])}%. "
+        f"Ties: {failures['n_ties']} (counted as wrong)."
+    )
+    metrics, markdown = write_rewardbench_outputs(
+        run, records, title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
+        upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json", extra_metrics=failures,
+        notes=notes,
+    )  # fmt: skip
+    print(markdown)
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-{set_label}-scores"),
+                         split_by="subset")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,252 @@
+"""The Self-Rewarding judge (Yuan et al. 2024, arXiv 2401.10020): the model writes a short justification
+and a 1-5 score for a (question, response) pair under the additive 5-point prompt; the score is parsed
+from the text. The IPO paper's baseline judge (Garg et al., arXiv 2502.16182, §4).
+
+This module is the one implementation of that judge for every script that uses it (RewardBench and
+RM-Bench self_reward.py, DPO/self_reward.py, the API self_reward_gpt.py scripts). Parsing is pure and
+separate from generation, so an API judge parses its replies with the same functions.
+
+Two modes (``scoring``):
+  upstream  as the authors' code: ``SELF_REWARD_PROMPT.format(...)`` as raw text (no chat template),
+            right truncation at ``max_length`` (2048), greedy generation, and the score found by the
+            script's regex set searched over ``decode(prompt + generation, skip_special_tokens=True)``:
+            so the user's own "score 7" can be read as the score, and a failed parse is a 0 (which
+            loses to any parsed score and ties with another failure).
+  chat      the same prompt as the user turn of the model's chat template with a generation prompt;
+            truncation cuts the response, never the rubric; the score is the last "Score: N" (N in
+            1..5) of the generated tokens alone, and anything else is a parse failure (None), never a
+            score.
+
+Generation is batched: prompts are tokenised once, sorted by length and left-padded into batches under
+a token budget that counts the new tokens, and decoded greedily (``do_sample=False`` explicitly; upstream
+passed ``temperature=0.1`` without ``do_sample``, which is greedy with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterator, Sequence
+
+from ipo import IpoError
+from ipo.data import Example
+from ipo.judge import (
+    DEFAULT_BATCH_SIZE,
+    QUESTION_MARK,
+    RESPONSE_MARK,
+    EncodedPrompt,
+    encode_right_truncated,
+    fit_chat_prompt,
+    left_pad,
+    plan_batches,
+    split_chat_template,
+)
+from ipo.prompts import SELF_REWARD_PROMPT
+
+logger = logging.getLogger("ipo")
+
+SCORING_MODES = ("upstream", "chat")
+# Token budget per generation batch, new tokens included. A decoding step re-reads the weights whatever
+# the number of rows, so rows are nearly free there and the budget is larger than the judge's.
+DEFAULT_GENERATION_BATCH_TOKENS = 16384
+SCORE_MIN, SCORE_MAX = 1, 5
+
+# Upstream's score regexes, tried in order (the first pattern that matches anywhere wins), IGNORECASE,
+# from the authors' code at 4466286 (spec ../shared/spec/ipo_upstream.md §3.3, §3.9, §3.12, §3.14):
+UPSTREAM_REGEX_SETS: dict[str, tuple[str, ...]] = {
+    # Reward_Bench/self_reward.py and DPO/self_reward.py (extract_score). The second pattern can only
+    # match where the first already does; it is kept because upstream had it.
+    "rewardbench": (r'Score\s*[:"]*\s*(\d+)', r'"\s*Score\s*[:"]*\s*(\d+)'),
+    # RM_Bench/self_reward.py and RM_Bench/self_reward_gpt.py.
+    "rmbench": (r"score\s*:\s*(\d+)", r"score\s*(\d+)", r"(\d+)\s*/\s*5"),
+    # Reward_Bench/self_reward_gpt.py: exactly one [:"] and exactly one whitespace character.
+    "gpt_rewardbench": (r'Score\s*[:"]\s(\d+)', r'"\s*Score\s*[:"]\s(\d+)'),
+}
+UPSTREAM_NO_MATCH = 0  # upstream's score when no pattern matched
+
+# Chat mode: "score", optional markdown/quotes, a colon, optional markdown/quotes, an integer that is not
+# the start of a decimal ("Score: 4", "**Score:** 4", '"Score": 4', "Score: 4/5"; not "Score: 4.5").
+CHAT_SCORE_PATTERN = re.compile(r"""\bscore\b[\s*"']*:[\s*"']*(\d+)(?!\.?\d)""", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing (pure)
+# ---------------------------------------------------------------------------------------------------
+def parse_score_upstream(text: str, regex_set: str | Sequence[str] = "rewardbench") -> int:
+    """Upstream's extract_score: the first pattern (in order) that matches anywhere in ``text`` gives the
+    score, clamped to 1..5; 0 if none matches.
+
+    Upstream searched the decoded prompt *and* generation, so the template's own closing '"Score: " '
+    never matches (a quote follows the space), but a "score 7" in the user's question does, first.
+    """
+    patterns = UPSTREAM_REGEX_SETS[regex_set] if isinstance(regex_set, str) else regex_set
+    for pattern in patterns:
+        match = re.search(pattern, text, re.IGNORECASE)
+        if match:
+            return min(max(int(match.group(1)), SCORE_MIN), SCORE_MAX)
+    return UPSTREAM_NO_MATCH
+
+
+def parse_score(generated_text: str) -> int | None:
+    """Chat mode: the last "Score: N" of the judge's own text, if N is in 1..5; otherwise None.
+
+    Only the generated tokens are passed here, so nothing the user wrote can be read as a score; the
+    last occurrence is the conclusion the prompt asks for. An out-of-range or missing score is a parse
+    failure, not a clamped score.
+    """
+    matches = CHAT_SCORE_PATTERN.findall(generated_text)
+    if not matches:
+        return None
+    score = int(matches[-1])
+    return score if SCORE_MIN <= score <= SCORE_MAX else None
+
+
+def render_upstream(instruction: str, response: str, prompt: str = SELF_REWARD_PROMPT) -> str:
+    """The raw-text judge prompt, exactly as upstream built it (``SELF_REWARD_PROMPT.format(...)``)."""
+    return prompt.format(instruction=instruction, response=response)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The judge
+# ---------------------------------------------------------------------------------------------------
+class SelfRewardScorer:
+    """Batched greedy 5-point judging; ``.score(examples)`` yields lists of ``(example, scores, extra)``.
+
+    scores: one int per response: upstream mode 0..5 (0 = no match), chat mode 1..5 or None (failure).
+    extra: {"generated": the judge's new text per response, "parse_failed": per response,
+            "truncated": any prompt cut to max_length}.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        scoring: str = "upstream",
+        max_length: int = 2048,
+        max_new_tokens: int = 200,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int | None = None,
+        regex_set: str = "rewardbench",
+        prompt: str = SELF_REWARD_PROMPT,
+    ):
+        if scoring not in SCORING_MODES:
+            raise IpoError(f"unknown scoring mode {scoring!r}; choose from {', '.join(SCORING_MODES)}")
+        if regex_set not in UPSTREAM_REGEX_SETS:
+            raise IpoError(f"unknown regex set {regex_set!r}; choose from {', '.join(UPSTREAM_REGEX_SETS)}")
+        if scoring == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise IpoError("this tokenizer has no chat template, so --scoring chat cannot be used; "
+                           "use --scoring upstream")  # fmt: skip
+        if max_length < 8 or max_new_tokens < 1:
+            raise IpoError(f"--max_length {max_length} / --max_new_tokens {max_new_tokens} are too small")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.scoring = scoring
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_GENERATION_BATCH_TOKENS
+        self.regex_set = regex_set
+        self.prompt = prompt
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self._chat_pieces = None
+        self.stats = {"sequences": 0, "generated_tokens": 0}
+
+    # ------------------------------------------------------------------ prompts
+    def encode(self, instruction: str, response: str) -> EncodedPrompt:
+        if self.scoring == "upstream":
+            return encode_right_truncated(self.tokenizer, render_upstream(instruction, response, self.prompt),
+                                          self.max_length)  # fmt: skip
+        if self._chat_pieces is None:
+            content = render_upstream(QUESTION_MARK, RESPONSE_MARK, self.prompt)
+            self._chat_pieces = split_chat_template(self.tokenizer, content)
+        return fit_chat_prompt(self.tokenizer, self._fill_chat, instruction, response, self.max_length)
+
+    def _fill_chat(self, instruction: str, response: str) -> str:
+        before, between, after = self._chat_pieces
+        return before + instruction + between + response + after
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: Sequence[Sequence[int]]) -> list[int]:
+        """Greedy continuations (token ids, cut after the first end-of-sequence token) of left-padded prompts."""
+        import torch
+
+        input_ids, attention_mask = left_pad(prompts, self.pad_id)
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids.to(self.model.device),
+                attention_mask=attention_mask.to(self.model.device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,  # greedy, stated (upstream's temperature=0.1 without do_sample was greedy too)
+                num_beams=1,
+                pad_token_id=self.pad_id,
+            )
+        continuations = []
+        for row in output[:, input_ids.shape[1]:].tolist():
+            end = next((i + 1 for i, token in enumerate(row) if token in self.eos_ids), len(row))
+            continuations.append(row[:end])
+        self.stats["sequences"] += len(prompts)
+        self.stats["generated_tokens"] += sum(len(c) for c in continuations)
+        return continuations
+
+    def judge(self, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> tuple[int | None, str]:
+        """(score, the judge's own text) of one generation, parsed as the mode prescribes."""
+        generated = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        if self.scoring == "upstream":
+            # Upstream decoded the whole output sequence: the prompt, then the generation.
+            full_text = self.tokenizer.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True)
+            return parse_score_upstream(full_text, self.regex_set), generated
+        return parse_score(generated), generated
+
+    def _failed(self, score) -> bool:
+        return score is None or (self.scoring == "upstream" and score == UPSTREAM_NO_MATCH)
+
+    # ------------------------------------------------------------------ examples
+    def score(self, examples: Sequence[Example]) -> Iterator[list[tuple[Example, list, dict]]]:
+        encoded = [[self.encode(example.prompt, r) for r in example.responses] for example in examples]
+        # The token budget counts the new tokens too: they are what fills the key/value cache.
+        lengths = [[len(p.ids) + self.max_new_tokens for p in prompts] for prompts in encoded]
+        for batch in plan_batches(lengths, self.batch_size, self.max_batch_tokens):
+            flat = [p.ids for g in batch for p in encoded[g]]
+            continuations = iter(self.generate(flat))
+            out = []
+            for g in batch:
+                judged = [self.judge(p.ids, next(continuations)) for p in encoded[g]]
+                scores = [score for score, _ in judged]
+                out.append((examples[g], scores, {
+                    "generated": [text for _, text in judged],
+                    "parse_failed": [self._failed(s) for s in scores],
+                    "truncated": any(p.truncated for p in encoded[g]),
+                }))  # fmt: skip
+            yield out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pairs and metrics (pure)
+# ---------------------------------------------------------------------------------------------------
+def compare_scores(chosen: int | None, rejected: int | None) -> tuple[bool, bool]:
+    """(correct, tie) of a pair: strict > as upstream, so a tie is wrong. A chat-mode parse failure
+    (None) on either side makes the pair wrong and not a tie; upstream's 0 compares like any score."""
+    if chosen is None or rejected is None:
+        return False, False
+    return chosen > rejected, chosen == rejected
+
+
+def parse_failure_metrics(records: Sequence[dict]) -> dict:
+    """Parse failures of pair records holding parse_failed_chosen / parse_failed_rejected and correct.
+
+    n_parse_failures / parse_failure_rate count responses; pairs_with_parse_failure counts pairs with a
+    failure on either side; accuracy_excluding_parse_failures is the accuracy over the other pairs
+    (None if there are none).
+    """
+    failed_pairs = [r for r in records if r["parse_failed_chosen"] or r["parse_failed_rejected"]]
+    clean = [r for r in records if not (r["parse_failed_chosen"] or r["parse_failed_rejected"])]
+    n_failures = sum(r["parse_failed_chosen"] + r["parse_failed_rejected"] for r in records)
+    return {
+        "n_parse_failures": n_failures,
+        "parse_failure_rate": n_failures / (2 * len(records)) if records else None,
+        "pairs_with_parse_failure": len(failed_pairs),
+        "accuracy_excluding_parse_failures": sum(r["correct"] for r in clean) / len(clean) if clean else None,
+    }
