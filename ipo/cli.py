@@ -189,19 +189,6 @@ def add_batch_args(parser: argparse.ArgumentParser, prefix_sharing: bool = True)
     )
 
 
-def add_rewardbench_data_args(parser: argparse.ArgumentParser):
-    """--dataset and --split of the RewardBench scripts; returns the group so a script can add to it."""
-    from ipo import rewardbench
-
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=rewardbench.HUB_ID,
-                       help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
-    group.add_argument("--split", default="raw", choices=list(rewardbench.SPLITS),
-                       help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
-                            "filtered: the 2,985 pairs of the official leaderboard")  # fmt: skip
-    return group
-
-
 def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
     for name in names:
         value = getattr(args, name, None)
