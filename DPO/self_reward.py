@@ -12,12 +12,13 @@ command works as it was:
         --learning_rate 5e-5 --dpo_beta 0.1 --output_dir outputs --run_name self-reward-mistral --merge_adapters \
         --load_in_4bit --dtype float16
 
-Offline, on the embedded SmolLM2-135M-Instruct and the project's demo prompts (a few minutes on a CPU; a model
-this small rarely writes a readable score, so in chat mode expect parse failures and possibly no pairs):
+Offline, on the embedded SmolLM2-135M-Instruct and the project's demo prompts (a few minutes on a CPU). A model
+this small does not follow the rubric: in upstream mode every score is 0 and every pair a tie (kept, as upstream
+kept them); in chat mode no judgement is readable, and the run stops after judging with one line saying so:
 
     python DPO/self_reward.py --model_id "$(python -m ipo.assets smollm2)" --dataset_name data/demo_prompts.jsonl \
-        --prompt_format upstream --max_new_tokens 32 --max_new_tokens_judge 48 --max_steps 2 \
-        --per_device_train_batch_size 2 --lora_r 16 --lora_alpha 32 --merge_adapters
+        --prompt_format upstream --max_new_tokens 32 --max_new_tokens_judge 48 --test_fraction 0.25 --max_steps 2 \
+        --per_device_train_batch_size 2 --lora_r 16 --lora_alpha 32 --warmup_ratio 0 --merge_adapters
 
 The judge's mode follows --prompt_format:
   upstream  raw-text 5-point prompt; upstream's regexes searched over prompt + generation, 0 when none matches
@@ -62,7 +63,7 @@ def add_judge_args(parser) -> None:
     judge.add_argument("--judge_batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                        help="max judgements generated together (greedy; the token budget usually binds first)")
     judge.add_argument("--max_batch_tokens", type=int, default=None,
-                       help="max padded tokens per generation batch, new tokens included (default: 16384)")
+                       help="max padded tokens per generation batch, new tokens included (unset: 16384)")
 
 
 def parse_args(argv=None):
