@@ -428,6 +428,26 @@ def self_reward_request(scoring: str, content: str) -> dict:
 PAIRWISE_ORDERS = (("chosen_first", 1), ("chosen_second", 2))
 
 
+def add_order_args(parser: argparse.ArgumentParser) -> None:
+    """--both_orders / --no_both_orders of the pairwise judges (default: resolved by resolve_orders)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--both_orders", action="store_true", default=None,
+        help="ask each pair twice, chosen response first and second (twice the requests); default: off "
+        "with --scoring upstream (upstream's chosen-first), on with --scoring chat",
+    )  # fmt: skip
+    group.add_argument("--no_both_orders", dest="both_orders", action="store_false", default=None,
+                       help="ask chosen-first only, also with --scoring chat")  # fmt: skip
+
+
+def resolve_orders(args: argparse.Namespace) -> tuple[tuple[str, int], ...]:
+    """The orders to ask; sets ``args.both_orders`` when it was left to the mode (call it in parse_args,
+    so that config.json and resume see the value used)."""
+    if args.both_orders is None:
+        args.both_orders = args.scoring == "chat"
+    return PAIRWISE_ORDERS if args.both_orders else PAIRWISE_ORDERS[:1]
+
+
 def pairwise_requests(scoring: str, template: str, instruction: str, chosen: str, rejected: str,
                       orders=PAIRWISE_ORDERS) -> list[dict]:  # fmt: skip
     """One pairwise request per order; ``template``: ipo.prompts.COMPARE_PROMPT_REWARDBENCH / _RMBENCH."""

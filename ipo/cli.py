@@ -111,8 +111,9 @@ def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequen
     return group
 
 
-def add_rmbench_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """--dataset (several sources) and --domain of the RM-Bench scripts."""
+def add_rmbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
+                          set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
+    """--dataset and --domain of the RM-Bench scripts, and --set_name where a script has domain groups."""
     from ipo import rmbench
 
     group = parser.add_argument_group("data")
@@ -124,6 +125,9 @@ def add_rmbench_data_args(parser: argparse.ArgumentParser) -> argparse._Argument
     group.add_argument("--domain", default=None, choices=list(rmbench.DOMAINS),
                        help="domain of rows without a 'domain' field; default: taken from the file name or "
                             "Hub id (chat_filtered.json -> chat, RM-Bench-safety-refuse -> safety-refuse)")  # fmt: skip
+    if set_names:
+        group.add_argument("--set_name", default=None, choices=list(set_names),
+                           help=f"{set_help} (upstream required it; default: all domains)")  # fmt: skip
     return group
 
 
