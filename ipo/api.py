@@ -1052,8 +1052,10 @@ def style_pair_requests(scoring: str, template: str, example: Example, cells: Se
     """The pairwise requests of one RM-Bench prompt: for each (i, j) in ``cells``, chosen style i against
     rejected style j, in each order (slot = cell index * len(orders) + order index)."""
     chosen, rejected = example.responses[:N_STYLES], example.responses[N_STYLES:]
-    return [body for i, j in cells
-            for body in pairwise_requests(scoring, template, example.prompt, chosen[i], rejected[j], orders)]  # fmt: skip
+    bodies = []
+    for i, j in cells:
+        bodies += pairwise_requests(scoring, template, example.prompt, chosen[i], rejected[j], orders)
+    return bodies
 
 
 def style_pair_fields(verdicts: Sequence[int | None], extra: dict, cells: Sequence[tuple[int, int]],

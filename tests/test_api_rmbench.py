@@ -197,7 +197,9 @@ REJECTED_SCORES = {"concise": 2, "plain": 4, "markdown": 3}
 
 
 def style_of(response):
-    return "markdown" if response.startswith("**Answer:**") else "plain" if response.startswith("The answer") else "concise"
+    if response.startswith("**Answer:**"):
+        return "markdown"
+    return "plain" if response.startswith("The answer") else "concise"
 
 
 def five_point_judge(request):
@@ -281,7 +283,8 @@ def test_binary_gpt_upstream_compares_same_style_pairs_chosen_first(openai_serve
     swapped = [b for b in openai_server.bodies if shown_first(b) == row["rejected"][0]]
     assert len(swapped) == 1
     predictions, metrics = load(out / "both")
-    assert metrics["orders"]["chosen_first"]["accuracy"] == 1.0 and metrics["orders"]["chosen_second"]["accuracy"] == 0.0
+    orders = metrics["orders"]
+    assert orders["chosen_first"]["accuracy"] == 1.0 and orders["chosen_second"]["accuracy"] == 0.0
     assert metrics["agreement"] == 0.0 and metrics["n_answered_both_orders"] == 3 * N_PROMPTS
     assert metrics["normal"] == 0.0 and metrics["tie_rate"] == 1.0  # total position bias: every pair a tie
     assert predictions["safety-refuse/101"]["verdict_chosen_second"][2][2] == 1

@@ -87,8 +87,8 @@ def main(argv=None) -> int:
     logger.info("%d prompts (%s) from %d source(s)", len(examples),
                 ", ".join(f"{d} {n}" for d, n in counts.items()), len(args.dataset))  # fmt: skip
     suffix = "-both-orders" if args.both_orders else ""
-    run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-api-pairwise-{args.pairs}-{args.scoring}{suffix}",
-                 overwrite=args.overwrite)  # fmt: skip
+    default_name = f"rmbench-{model_short}-api-pairwise-{args.pairs}-{args.scoring}{suffix}"
+    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
     run.check(cli.public_args(args))
 
     ###############
