@@ -240,18 +240,49 @@ def style_tie_matrix(chosen_scores, rejected_scores) -> list[list[float]]:
     return _pairwise_fraction(chosen_scores, rejected_scores, np.equal)
 
 
-def hard_normal_easy(matrix: Sequence[Sequence[float]]) -> dict[str, float]:
+def _cells_mean(cells: Sequence[float | None]) -> float | None:
+    """Mean of matrix cells; None if any cell was not measured (a pairwise judge that compared only some)."""
+    return None if any(v is None for v in cells) else sum(cells) / len(cells)
+
+
+def hard_normal_easy(matrix: Sequence[Sequence[float | None]]) -> dict[str, float | None]:
     """hard = strict upper triangle / 3, normal = mean of the diagonal, easy = strict lower triangle / 3.
 
     With 3 styles each triangle has 3 cells, so each value is the mean of its cells (compute_accuracy).
+    A value whose cells include an unmeasured one (None) is None.
     """
     n = len(matrix)
-    cells = n * (n - 1) / 2
     return {
-        "hard": sum(matrix[i][j] for i in range(n) for j in range(i + 1, n)) / cells,
-        "normal": sum(matrix[i][i] for i in range(n)) / n,
-        "easy": sum(matrix[i][j] for i in range(n) for j in range(i)) / cells,
+        "hard": _cells_mean([matrix[i][j] for i in range(n) for j in range(i + 1, n)]),
+        "normal": _cells_mean([matrix[i][i] for i in range(n)]),
+        "easy": _cells_mean([matrix[i][j] for i in range(n) for j in range(i)]),
     }
+
+
+def pairwise_matrices(records: Sequence[dict]) -> tuple[list[list[float | None]], list[list[float | None]]]:
+    """(accuracy matrix, tie matrix) of a pairwise judge's records, for compute_metrics(matrices=...).
+
+    Each record holds ``correct`` and ``tie``: (3, 3) nested lists, cell [i][j] = the verdict on chosen
+    style i vs rejected style j (True/False), None where that pair was not compared. Cell [i][j] of the
+    result is the mean over the records that compared it; None where none did (e.g. off the diagonal,
+    when only chosen_k vs rejected_k was asked, as upstream's binary_gpt.py did).
+    """
+    def mean_matrix(name: str) -> list[list[float | None]]:
+        return [[_mean([r[name][i][j] for r in records if r[name][i][j] is not None]) for j in range(N_STYLES)]
+                for i in range(N_STYLES)]  # fmt: skip
+
+    return mean_matrix("correct"), mean_matrix("tie")
+
+
+def score_matrices(score_name: str = "p_yes") -> Callable[[Sequence[dict]], tuple[list, list]]:
+    """The default ``matrices`` of compute_metrics: both matrices from each record's six scores. A score
+    that is None (a failed API request) becomes NaN, so every comparison with it is wrong and not a tie."""
+    def matrices(records: Sequence[dict]) -> tuple[list, list]:
+        chosen = [r[f"{score_name}_chosen"] for r in records]
+        rejected = [r[f"{score_name}_rejected"] for r in records]
+        return style_accuracy_matrix(chosen, rejected), style_tie_matrix(chosen, rejected)
+
+    return matrices
 
 
 def diagonal_levels(matrix: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -264,22 +295,25 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _block(records: Sequence[dict], score_name: str) -> dict:
-    chosen = [r[f"{score_name}_chosen"] for r in records]
-    rejected = [r[f"{score_name}_rejected"] for r in records]
-    matrix = style_accuracy_matrix(chosen, rejected)
-    ties = style_tie_matrix(chosen, rejected)
+def _mean_weighted(pairs) -> float | None:
+    pairs = [(v, w) for v, w in pairs if v is not None]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def _block(records: Sequence[dict], matrices: Callable) -> dict:
+    matrix, ties = matrices(records)
     return {
         "n": len(records),
         "matrix": matrix,
         **hard_normal_easy(matrix),
         "levels": diagonal_levels(matrix),
-        "tie_rate": sum(map(sum, ties)) / N_STYLES**2,
+        "tie_rate": _mean(v for row in ties for v in row),  # over the comparisons made
         "n_truncated": sum(bool(r.get("truncated")) for r in records),
     }
 
 
-def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
+def compute_metrics(records: Sequence[dict], score_name: str = "p_yes", matrices: Callable | None = None) -> dict:
     """Metrics from prediction records ({domain, <score>_chosen [3], <score>_rejected [3][, truncated]}).
 
     All values are fractions in [0, 1]:
@@ -291,9 +325,13 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
     - levels_by_source: upstream's level_1..3 per data domain (as upstream reported per Hub dataset);
     - official_format: the official script's keys (chat, code, math, safety, hard_acc, normal_acc,
       easy_acc, total_avg_acc), for the domains present.
+    ``matrices`` (records -> accuracy and tie matrices) replaces the comparison of scores, e.g.
+    pairwise_matrices for a judge that compares two responses; values built on cells it did not measure
+    are None (a domain's score too).
     """
     if not records:
         raise IpoError("no predictions to compute metrics from")
+    matrices = matrices or score_matrices(score_name)
     by_domain: dict[str, list[dict]] = defaultdict(list)
     by_source: dict[str, list[dict]] = defaultdict(list)
     for record in records:
@@ -302,8 +340,8 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
     domains = {}
     for name in SCORED_DOMAINS:
         if name in by_domain:
-            block = _block(by_domain[name], score_name)
-            block["score"] = (block["hard"] + block["normal"] + block["easy"]) / 3
+            block = _block(by_domain[name], matrices)
+            block["score"] = _cells_mean([block["hard"], block["normal"], block["easy"]])
             sources = defaultdict(int)
             for record in by_domain[name]:
                 sources[record["domain"]] += 1
@@ -314,7 +352,7 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
     levels_by_source = {}
     for name in DOMAINS:
         if name in by_source:
-            block = _block(by_source[name], score_name)
+            block = _block(by_source[name], matrices)
             levels_by_source[name] = {"n": block["n"], **block["levels"]}
     average = _mean(d["score"] for d in domains.values())
     return {
@@ -324,7 +362,7 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
         "complete": len(present) == len(SCORED_DOMAINS),
         **overall,
         "average": average,
-        "tie_rate": sum(d["tie_rate"] * d["n"] for d in domains.values()) / len(records),
+        "tie_rate": _mean_weighted((d["tie_rate"], d["n"]) for d in domains.values()),
         "n_truncated": sum(d["n_truncated"] for d in domains.values()),
         "domains": domains,
         "levels_by_source": levels_by_source,
@@ -396,25 +434,30 @@ def results_markdown(metrics: dict, title: str) -> str:
 
 
 def write_outputs(run, records: list[dict], title: str, upstream_file: str, score_name: str = "p_yes",
-                  upstream_percent: bool = True, upstream_key: str = "level_{k}") -> tuple[dict, str]:  # fmt: skip
+                  upstream_percent: bool = True, upstream_key: str = "level_{k}", matrices: Callable | None = None,
+                  extra_metrics: dict | None = None, extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
     """metrics.json, results.md, style_matrix_<domain>.png and upstream's level file, in ``run`` (a RunDir).
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
-    metrics of an uninterrupted one. Returns (metrics, results markdown).
+    metrics of an uninterrupted one. ``matrices`` as in compute_metrics; ``extra_metrics`` are added to
+    metrics.json and ``extra_markdown`` to the end of results.md. Returns (metrics, results markdown).
     """
-    from ipo.report import heatmap
+    from ipo.report import heatmap, pct
     from ipo.runs import atomic_write_json, atomic_write_text
 
-    metrics = compute_metrics(records, score_name)
+    metrics = compute_metrics(records, score_name, matrices)
+    metrics.update(extra_metrics or {})
     if not metrics["complete"]:
         logger.warning("domains missing: %s; the overall values average %s only",
                        ", ".join(metrics["domains_missing"]), ", ".join(metrics["domains_present"]))  # fmt: skip
     markdown = results_markdown(metrics, title)
+    if extra_markdown:
+        markdown += "\n" + extra_markdown
     atomic_write_json(run.file("metrics.json"), metrics)
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics, upstream_percent, upstream_key))
     for name, d in metrics["domains"].items():
-        title = f"{name}: hard {100 * d['hard']:.1f}, normal {100 * d['normal']:.1f}, easy {100 * d['easy']:.1f}"
+        title = f"{name}: hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
         heatmap(d["matrix"], run.file(f"style_matrix_{name}.png"), title, row_labels=STYLES,
                 col_labels=[s.replace(" ", "\n") for s in STYLES], xlabel="rejected style", ylabel="chosen style")
     return metrics, markdown
