@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, selfimprove
+from ipo.judge import DEFAULT_BATCH_SIZE
 
 UPSTREAM_MODEL = "mistralai/Mistral-7B-Instruct-v0.1"
 
@@ -32,7 +33,8 @@ UPSTREAM_MODEL = "mistralai/Mistral-7B-Instruct-v0.1"
 def add_judge_args(parser) -> None:
     judge = parser.add_argument_group("Yes/No judge (same model; the scoring mode follows --prompt_format)")
     judge.add_argument("--judge_max_length", type=int, default=1024, help="max judge prompt tokens (upstream: 1024)")
-    judge.add_argument("--judge_batch_size", type=int, default=8, help="max sequences per judge forward pass")
+    judge.add_argument("--judge_batch_size", type=int, default=DEFAULT_BATCH_SIZE,
+                       help="max sequences per judge forward pass (the token budget usually binds first)")
     judge.add_argument("--max_batch_tokens", type=int, default=None,
                        help="max padded tokens per judge forward pass (default: the judge's, 2048 on a CPU where "
                             "small passes are faster, 16384 on a GPU)")  # fmt: skip

@@ -157,7 +157,13 @@ def test_every_stage_resumes_what_is_missing(tiny_model_dir, prompts_file, tmp_p
     assert rescored.keys() == scored.keys()
     for pid in scored:
         assert rescored[pid]["p_yes"] == pytest.approx(scored[pid]["p_yes"], abs=1e-5)
-    assert (rd / "pairs.jsonl").read_text() == pairs
+    # Same pairs; re-scored prompts ran in other batches, so their floats may differ in the last bits.
+    repaired, original = read_jsonl(rd / "pairs.jsonl"), [json.loads(line) for line in pairs.splitlines()]
+    assert len(repaired) == len(original) > 0
+    for new, old in zip(repaired, original):
+        assert {k: v for k, v in new.items() if "score" not in k} == {k: v for k, v in old.items() if "score" not in k}
+        for key in ("scores", "score_chosen", "score_rejected"):
+            assert new[key] == pytest.approx(old[key], abs=1e-5)
     metrics = json.loads((rd / "metrics.json").read_text())
     assert metrics["training"]["resumed_from"].endswith("checkpoint-1")
     from safetensors.torch import load
