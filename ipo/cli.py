@@ -111,6 +111,26 @@ def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequen
     return group
 
 
+def add_rmbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
+                          set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
+    """--dataset and --domain of the RM-Bench scripts, and --set_name where a script has domain groups."""
+    from ipo import rmbench
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", nargs="+", default=list(rmbench.UPSTREAM_HUB_IDS),
+                       help="one or more local .json/.jsonl/.parquet files or Hub ids, in the official RM-Bench "
+                            "format (chosen/rejected lists of 3, e.g. THU-KEG/RM-Bench or data/*_filtered.json) "
+                            "or upstream's flattened one (chosen_1..3, rejected_1..3); default: the five Hub "
+                            "datasets upstream read")  # fmt: skip
+    group.add_argument("--domain", default=None, choices=list(rmbench.DOMAINS),
+                       help="domain of rows without a 'domain' field; default: taken from the file name or "
+                            "Hub id (chat_filtered.json -> chat, RM-Bench-safety-refuse -> safety-refuse)")  # fmt: skip
+    if set_names:
+        group.add_argument("--set_name", default=None, choices=list(set_names),
+                           help=f"{set_help} (upstream required it; default: all domains)")  # fmt: skip
+    return group
+
+
 def add_hub_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
     group.add_argument(

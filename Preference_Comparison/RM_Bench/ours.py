@@ -34,15 +34,7 @@ logger = cli.logger
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", nargs="+", default=list(rmbench.UPSTREAM_HUB_IDS),
-                      help="one or more local .json/.jsonl/.parquet files or Hub ids, in the official RM-Bench "
-                           "format (chosen/rejected lists of 3, e.g. THU-KEG/RM-Bench or data/*_filtered.json) "
-                           "or upstream's flattened one (chosen_1..3, rejected_1..3); default: the five Hub "
-                           "datasets upstream read")  # fmt: skip
-    data.add_argument("--domain", default=None, choices=list(rmbench.DOMAINS),
-                      help="domain of rows without a 'domain' field; default: taken from the file name or "
-                           "Hub id (chat_filtered.json -> chat, RM-Bench-safety-refuse -> safety-refuse)")  # fmt: skip
+    cli.add_rmbench_data_args(parser)
     cli.add_judge_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)

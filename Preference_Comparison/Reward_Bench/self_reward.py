@@ -31,7 +31,14 @@ from ipo.data import limit_per_group
 from ipo.modeling import load_model_and_tokenizer
 from ipo.report import pct, write_rewardbench_outputs
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
-from ipo.self_reward import SCORING_MODES, SelfRewardScorer, compare_scores, parse_failure_metrics
+from ipo.self_reward import (
+    SCORING_MODES,
+    SelfRewardScorer,
+    compare_scores,
+    parse_failure_counts,
+    parse_failure_metrics,
+    parse_failure_note,
+)
 
 logger = cli.logger
 
@@ -113,10 +120,8 @@ def main(argv=None) -> int:
     failures = parse_failure_metrics(records)
     failures["n_ties"] = sum(r["tie"] for r in records)
     notes = (
-        f"Parse failures: {failures['n_parse_failures']} of {2 * len(records)} judgements "
-        f"({pct(failures['parse_failure_rate'])}%), in {failures['pairs_with_parse_failure']} pairs "
-        f"(counted as wrong); accuracy without those pairs: {pct(failures['accuracy_excluding_parse_failures'])}%. "
-        f"Ties: {failures['n_ties']} (counted as wrong)."
+        f"{parse_failure_note(parse_failure_counts(records), 'pairs', args.scoring)} Accuracy without those "
+        f"pairs: {pct(failures['accuracy_excluding_parse_failures'])}%. Ties: {failures['n_ties']} (counted as wrong)."
     )
     metrics, markdown = write_rewardbench_outputs(
         run, records, title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
