@@ -56,6 +56,10 @@ PREFIX_SHARING_MIN_SAVING = 0.05
 # its matmuls busy (performance.md §3.2 suggests tens of thousands; not measured here).
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "accelerator": 16384}
+# Groups are scored a window of about this many forward passes at a time: inside a window sequences may
+# be re-batched by length across prompts (see YesNoJudge._p_yes_window), and each finished window is
+# one resume checkpoint (predictions are appended per window).
+WINDOW_PASSES = 4
 
 
 def default_max_batch_tokens(device) -> int:
@@ -354,7 +358,7 @@ class YesNoJudge:
         self._no = torch.tensor(self.tokens.no_ids, dtype=torch.long, device=self.device)
         self._keep_last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._chat_pieces: dict[str, tuple[str, str, str]] = {}
-        self.stats = {"sequences": 0, "forward_tokens": 0, "shared_prefix_batches": 0}
+        self.stats = {"sequences": 0, "forward_tokens": 0, "shared_prefix_batches": 0, "regrouped_windows": 0}
 
     # ------------------------------------------------------------------ encoding
     def encode(self, layout: str, template: str, instruction: str, response: str) -> EncodedPrompt:
@@ -386,43 +390,74 @@ class YesNoJudge:
 
     # ------------------------------------------------------------------ scoring
     def score_groups(self, groups: Sequence[Sequence[Sequence[int]]]) -> Iterator[tuple[list[int], list[list[float]]]]:
-        """Score token-id sequences, grouped by prompt; yields (group indices, p_yes per group) per batch.
+        """Score token-id sequences, grouped by prompt; yields (group indices, p_yes per group) per window.
 
-        Groups are processed longest first; every yielded score equals what the group's sequences would
-        get one at a time (within float32 noise).
+        Groups are taken longest first, a window of about WINDOW_PASSES forward passes at a time; every
+        yielded score equals what the group's sequences would get one at a time (within float32 noise).
         """
         lengths = [[len(seq) for seq in group] for group in groups]
-        for batch in plan_batches(lengths, self.batch_size, self.max_batch_tokens):
-            members = [groups[g] for g in batch]
-            flat = [p for p in self._p_yes(members).tolist()]
+        windows = plan_batches(lengths, self.batch_size * WINDOW_PASSES, self.max_batch_tokens * WINDOW_PASSES)
+        for window in windows:
+            members = [groups[g] for g in window]
+            flat = self._p_yes_window(members)
             out, start = [], 0
             for group in members:
                 out.append(flat[start:start + len(group)])
                 start += len(group)
-            yield batch, out
+            yield window, out
 
-    def _p_yes(self, groups: Sequence[Sequence[Sequence[int]]]):
-        """(sum of group sizes,) float32 tensor of p'_yes for a batch of groups."""
-        logits = self._last_logits(groups)
-        return p_yes_from_logits(logits, self._yes, self._no).cpu()
+    def _p_yes_window(self, groups: Sequence[Sequence[Sequence[int]]]) -> list[float]:
+        """p'_yes of every sequence of a window of groups (flattened in group order), by the cheaper plan.
 
-    def _last_logits(self, groups):
+        Plan A keeps each group in one pass and runs shared prefixes once (prefix_levels); plan B forgets
+        the groups and batches the window's sequences by length, which wins when a prompt's responses
+        differ a lot in length (RM-Bench: concise vs detailed) and the shared prefix is short. The cost
+        of a plan is the padded tokens its passes run.
+        """
         import torch
 
         sequences = [list(seq) for group in groups for seq in group]
         if any(len(seq) == 0 for seq in sequences):
             raise IpoError("cannot score an empty prompt")
         self.stats["sequences"] += len(sequences)
-        plain = [(sequences, None)]
-        levels = prefix_levels(groups) if self.prefix_sharing else plain
-        plain_cost, shared_cost = levels_cost(plain), levels_cost(levels)
-        if len(levels) > 1 and shared_cost <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
-            self.stats["shared_prefix_batches"] += 1
-        else:
-            levels, shared_cost = plain, plain_cost
-        self.stats["forward_tokens"] += shared_cost
+        group_batches = plan_batches([[len(s) for s in g] for g in groups], self.batch_size, self.max_batch_tokens)
+        starts = [0]
+        for group in groups:
+            starts.append(starts[-1] + len(group))
+        tree_plans = [self._plan_levels([groups[g] for g in batch]) for batch in group_batches]
+        tree_cost = sum(cost for _, cost in tree_plans)
+        sequence_batches = plan_batches([[len(s)] for s in sequences], self.batch_size, self.max_batch_tokens)
+        regrouped_cost = sum(len(b) * max(len(sequences[i]) for i in b) for b in sequence_batches)
+        scores: list[float] = [0.0] * len(sequences)
         with torch.inference_mode():
-            return self._forward_levels(levels)
+            if regrouped_cost < tree_cost:
+                self.stats["regrouped_windows"] += 1
+                self.stats["forward_tokens"] += regrouped_cost
+                for batch in sequence_batches:
+                    logits = self._forward_levels([([sequences[i] for i in batch], None)])
+                    for i, p in zip(batch, p_yes_from_logits(logits, self._yes, self._no).tolist()):
+                        scores[i] = p
+            else:
+                self.stats["forward_tokens"] += tree_cost
+                self.stats["shared_prefix_batches"] += sum(len(levels) > 1 for levels, _ in tree_plans)
+                for batch, (levels, _) in zip(group_batches, tree_plans):
+                    rows = [i for g in batch for i in range(starts[g], starts[g + 1])]
+                    logits = self._forward_levels(levels)
+                    for i, p in zip(rows, p_yes_from_logits(logits, self._yes, self._no).tolist()):
+                        scores[i] = p
+        return scores
+
+    def _plan_levels(self, groups) -> tuple[list, int]:
+        """(prefix tree or a single plain level, its padded-token cost) for one pass's groups."""
+        sequences = [list(seq) for group in groups for seq in group]
+        plain = [(sequences, None)]
+        plain_cost = levels_cost(plain)
+        if self.prefix_sharing:
+            levels = prefix_levels(groups)
+            cost = levels_cost(levels)
+            if len(levels) > 1 and cost <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
+                return levels, cost
+        return plain, plain_cost
 
     def _forward_levels(self, levels):
         """Last-position logits (B, V) of the sequences spelled out by a prefix tree (see prefix_levels).

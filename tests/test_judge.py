@@ -275,3 +275,25 @@ def test_smollm2_batched_equals_upstream_loop(smollm2):
     single = score_all(YesNoJudge(model, tokenizer, "chat", batch_size=1, prefix_sharing=False), examples)
     for key in chat:
         assert chat[key] == pytest.approx(single[key], abs=1e-4)
+
+
+def test_responses_of_very_different_lengths_are_rebatched_by_length(tiny_model):
+    """RM-Bench-like groups (short concise + long detailed responses): batching the window's sequences by
+    length pads less than keeping each group in one pass; scores are unchanged."""
+    model, tokenizer = tiny_model
+    examples = []
+    for i in range(8):
+        short = [f"It is {i}.", f"No, {i}."]
+        long = [f"It is {i} because " + "the sky is blue and " * (30 + 3 * i), "Hello there. " * (40 + 2 * i)]
+        examples.append(Example(id=i, prompt=f"What is {i}?", responses=short + long, subset="s"))
+    single = score_all(YesNoJudge(model, tokenizer, "upstream", batch_size=1, prefix_sharing=False), examples)
+    judge = YesNoJudge(model, tokenizer, "upstream", batch_size=8, max_batch_tokens=1200)
+    scores = score_all(judge, examples)
+    for key in single:
+        assert scores[key] == pytest.approx(single[key], abs=1e-4)
+    assert judge.stats["regrouped_windows"] > 0
+    lengths = [[len(judge.encode(REWARDBENCH_LAYOUT, "Is the response correct? Answer Yes/No.", e.prompt, r).ids)
+                for r in e.responses] for e in examples]
+    group_atomic = sum(sum(1 for g in b for _ in lengths[g]) * max(max(lengths[g]) for g in b)
+                       for b in plan_batches(lengths, 8, 1200))
+    assert judge.stats["forward_tokens"] < group_atomic
