@@ -38,7 +38,7 @@ from collections import defaultdict
 from typing import Callable, Sequence
 
 from ipo import IpoError
-from ipo.data import Example, read_records, require_columns, require_text
+from ipo.data import Example, limit_per_group, read_records, require_columns, require_text
 from ipo.prompts import RMBENCH_PROMPTS
 from ipo.self_reward import parse_failure_counts
 
@@ -201,6 +201,25 @@ def select_domains(examples: list[Example], domains: Sequence[str] | None, set_n
         raise IpoError(f"no prompts of the domains of --set_name {set_name} ({', '.join(domains)}) in --dataset "
                        f"(its domains: {found})")  # fmt: skip
     return kept
+
+
+def load_examples(sources: Sequence[str], domain: str | None = None, limit: int | None = None,
+                  set_name: str | None = None) -> tuple[list[Example], dict[str, int]]:  # fmt: skip
+    """What an RM-Bench script scores, from its --dataset, --domain, --limit and --set_name: the examples
+    (at most ``limit`` per data domain, in file order) and the number per data domain, logged.
+
+    ``set_name`` (a key of SELF_REWARD_SETS) keeps that group's domains; with the default --dataset only
+    the group's Hub datasets are fetched.
+    """
+    domains = SELF_REWARD_SETS[set_name] if set_name else None
+    if domains and list(sources) == default_sources():
+        sources = default_sources(domains)
+    examples = select_domains(load_rmbench(sources, domain), domains, set_name)
+    examples = limit_per_group(examples, limit, key=lambda e: e.domain)
+    counts = domain_counts(examples)
+    logger.info("%d prompts (%s) from %d source(s)", len(examples), ", ".join(f"{d} {n}" for d, n in counts.items()),
+                len(sources))  # fmt: skip
+    return examples, counts
 
 
 def domain_counts(examples: Sequence[Example]) -> dict[str, int]:

@@ -19,10 +19,11 @@ The reward is the raw logit of the one-label head (upstream took the pipeline's 
 the reward model's chat template with a user and an assistant turn.
 
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (reward_chosen / reward_rejected, 3
-each), metrics.json, results.md, style_matrix_<domain>.png and upstream's level file, as upstream wrote it
-(level_<k>_accuracy, fractions) but named accuracy_RM-Bench_norm_<model>.json: upstream named it after
-the last dataset it happened to score (accuracy_RM-Bench-safety-refuse_norm_<model>.json) although it
-holds all five. Re-running the same command resumes an interrupted run.
+each), metrics.json, results.md, style_matrix_<domain>.png and upstream's level file under upstream's
+name, accuracy_RM-Bench-<last data domain>_norm_<model>.json (safety-refuse with the default data, as
+upstream named it after the last dataset of its loop although it holds all of them), with upstream's keys
+level_<k>_accuracy in percent (upstream wrote fractions here and percent everywhere else). Re-running the
+same command resumes an interrupted run.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub, rmbench
-from ipo.data import limit_per_group
 from ipo.modeling import load_model_and_tokenizer
-from ipo.reward_model import INPUT_FORMATS, RewardModelScorer
+from ipo.reward_model import RewardModelScorer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger
@@ -42,13 +42,7 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
     cli.add_rmbench_data_args(parser)
-    scoring = parser.add_argument_group("reward model")
-    scoring.add_argument("--input_format", default="upstream", choices=INPUT_FORMATS,
-                         help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
-                              "chat: the reward model's chat template, user and assistant turns")  # fmt: skip
-    scoring.add_argument("--max_length", type=int, default=1024,
-                         help="max input tokens (upstream's pipeline: 1024, cut on the right)")  # fmt: skip
-    cli.add_batch_args(parser, prefix_sharing=False)
+    cli.add_reward_model_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
@@ -66,11 +60,7 @@ def main(argv=None) -> int:
     ###############
     # Data: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples = rmbench.load_rmbench(args.dataset, args.domain)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.domain)
-    counts = rmbench.domain_counts(examples)
-    logger.info("%d prompts (%s) from %d source(s)", len(examples),
-                ", ".join(f"{d} {n}" for d, n in counts.items()), len(args.dataset))  # fmt: skip
+    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
 
     ###############
     # Run folder (checked before the slow model load), model, scorer
@@ -98,8 +88,9 @@ def main(argv=None) -> int:
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rmbench.write_outputs(
         run, records, title=f"Reward model ({args.input_format} input) on RM-Bench: {model_short}",
-        upstream_file=f"accuracy_RM-Bench_norm_{model_short}.json", score_name="reward",
-        upstream_percent=False, upstream_key="level_{k}_accuracy",
+        # Upstream named its file after the last dataset of its loop (safety-refuse), though it holds all.
+        upstream_file=f"accuracy_RM-Bench-{examples[-1].domain}_norm_{model_short}.json", score_name="reward",
+        upstream_key="level_{k}_accuracy",
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -32,10 +32,9 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub, rmbench
-from ipo.data import limit_per_group
 from ipo.modeling import load_model_and_tokenizer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
-from ipo.self_reward import SCORING_MODES, SelfRewardScorer, parse_failure_counts, parse_failure_note
+from ipo.self_reward import SelfRewardScorer, parse_failure_counts, parse_failure_note
 
 logger = cli.logger
 
@@ -43,19 +42,9 @@ logger = cli.logger
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
-    cli.add_rmbench_data_args(parser, rmbench.SELF_REWARD_SETS,
-                              "score only upstream's domain group: set1 = chat, code, math; "
-                              "set2 = safety-response, safety-refuse")  # fmt: skip
-    judge = parser.add_argument_group("5-point judge")
-    judge.add_argument("--scoring", default="upstream", choices=SCORING_MODES,
-                       help="upstream: raw-text prompt, upstream's RM-Bench score regexes over prompt + generation, "
-                            "0 if none (reproduces upstream); chat: chat template, last 'Score: N' of the "
-                            "generation only, a failure is reported, never a score")  # fmt: skip
-    judge.add_argument("--max_length", type=int, default=2048,
-                       help="max prompt tokens (upstream: 2048, cut on the right in upstream mode)")  # fmt: skip
-    judge.add_argument("--max_new_tokens", type=int, default=200,
-                       help="max generated tokens per judgement (upstream: 200; the prompt asks for 100 words)")  # fmt: skip
-    cli.add_batch_args(parser, prefix_sharing=False)
+    groups = "; ".join(f"{name} = {', '.join(domains)}" for name, domains in rmbench.SELF_REWARD_SETS.items())
+    cli.add_rmbench_data_args(parser, rmbench.SELF_REWARD_SETS, f"score only upstream's domain group: {groups}")
+    cli.add_self_reward_args(parser, "upstream's RM-Bench score regexes")
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
@@ -74,15 +63,7 @@ def main(argv=None) -> int:
     ###############
     # Data: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    domains = rmbench.SELF_REWARD_SETS[args.set_name] if args.set_name else None
-    sources = args.dataset
-    if domains and sources == rmbench.default_sources():
-        sources = rmbench.default_sources(domains)  # upstream's Hub datasets: fetch only the set's
-    examples = rmbench.select_domains(rmbench.load_rmbench(sources, args.domain), domains, args.set_name)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.domain)
-    counts = rmbench.domain_counts(examples)
-    logger.info("%d prompts (%s) from %d source(s)", len(examples),
-                ", ".join(f"{d} {n}" for d, n in counts.items()), len(sources))  # fmt: skip
+    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit, args.set_name)
 
     ###############
     # Run folder (checked before the slow model load), model, judge
