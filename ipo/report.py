@@ -12,8 +12,8 @@ from ipo.rewardbench import SUBSET_MAPPING
 from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -94,14 +94,16 @@ def subset_bar_chart(metrics: dict, path: str | os.PathLike, title: str) -> None
 def heatmap(matrix: Sequence[Sequence[float]], path: str | os.PathLike, title: str,
             row_labels: Sequence[str], col_labels: Sequence[str],
             xlabel: str = "", ylabel: str = "") -> None:  # fmt: skip
-    """An annotated heat map of a small matrix of fractions, shown in percent."""
+    """An annotated heat map of a small matrix of fractions, shown in percent; None cells (not measured)
+    are left blank and marked "-"."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.3 * len(col_labels) + 1.5, 1.1 * len(row_labels) + 1))
-    image = ax.imshow([[100 * v for v in row] for row in matrix], vmin=0, vmax=100, cmap="viridis")
+    image = ax.imshow([[float("nan") if v is None else 100 * v for v in row] for row in matrix], vmin=0, vmax=100,
+                      cmap="viridis")  # fmt: skip
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
-            ax.text(j, i, f"{100 * value:.1f}", ha="center", va="center",
-                    color="white" if value < 0.6 else "black")  # fmt: skip
+            ax.text(j, i, pct(value, 1), ha="center", va="center",
+                    color="white" if value is not None and value < 0.6 else "black")  # fmt: skip
     ax.set_xticks(range(len(col_labels)), col_labels)
     ax.set_yticks(range(len(row_labels)), row_labels)
     ax.set_xlabel(xlabel)

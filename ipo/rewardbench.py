@@ -84,6 +84,15 @@ SELF_REWARD_SETS = {
              "alpacaeval-length", "llmbar-natural"],
 }  # fmt: skip
 
+# Upstream Reward_Bench/self_reward_gpt.py hard-coded these 14 subsets and had no --set_name (spec §3.12): set2
+# and set3 without alpacaeval-hard. Here they are one more optional set of that script.
+SELF_REWARD_GPT_SETS = {
+    "upstream14": ["alpacaeval-length", "donotanswer", "hep-go", "hep-js", "hep-rust", "llmbar-adver-manual",
+                   "llmbar-adver-neighbor", "llmbar-natural", "mt-bench-easy", "mt-bench-hard", "mt-bench-med",
+                   "refusals-offensive", "xstest-should-refuse", "xstest-should-respond"],
+    **SELF_REWARD_SETS,
+}  # fmt: skip
+
 
 # Judge-question tables: the paper's, and upstream's two ablations (ours_prompt_shuffle.py, where each
 # subset deliberately gets another subset's question, and ours_same_prompt.py, one question for all).

@@ -315,18 +315,49 @@ def parsed_accuracy_matrix(chosen_scores, rejected_scores, chosen_failed, reject
             for i in range(N_STYLES)]  # fmt: skip
 
 
-def hard_normal_easy(matrix: Sequence[Sequence[float]]) -> dict[str, float]:
+def _cells_mean(cells: Sequence[float | None]) -> float | None:
+    """Mean of matrix cells; None if any cell was not measured (a pairwise judge that compared only some)."""
+    return None if any(v is None for v in cells) else sum(cells) / len(cells)
+
+
+def hard_normal_easy(matrix: Sequence[Sequence[float | None]]) -> dict[str, float | None]:
     """hard = strict upper triangle / 3, normal = mean of the diagonal, easy = strict lower triangle / 3.
 
     With 3 styles each triangle has 3 cells, so each value is the mean of its cells (compute_accuracy).
+    A value whose cells include an unmeasured one (None) is None.
     """
     n = len(matrix)
-    cells = n * (n - 1) / 2
     return {
-        "hard": sum(matrix[i][j] for i in range(n) for j in range(i + 1, n)) / cells,
-        "normal": sum(matrix[i][i] for i in range(n)) / n,
-        "easy": sum(matrix[i][j] for i in range(n) for j in range(i)) / cells,
+        "hard": _cells_mean([matrix[i][j] for i in range(n) for j in range(i + 1, n)]),
+        "normal": _cells_mean([matrix[i][i] for i in range(n)]),
+        "easy": _cells_mean([matrix[i][j] for i in range(n) for j in range(i)]),
     }
+
+
+def pairwise_matrices(records: Sequence[dict]) -> tuple[list[list[float | None]], list[list[float | None]]]:
+    """(accuracy matrix, tie matrix) of a pairwise judge's records, for compute_metrics(matrices=...).
+
+    Each record holds ``correct`` and ``tie``: (3, 3) nested lists, cell [i][j] = the verdict on chosen
+    style i vs rejected style j (True/False), None where that pair was not compared. Cell [i][j] of the
+    result is the mean over the records that compared it; None where none did (e.g. off the diagonal,
+    when only chosen_k vs rejected_k was asked, as upstream's binary_gpt.py did).
+    """
+    def mean_matrix(name: str) -> list[list[float | None]]:
+        return [[_mean([r[name][i][j] for r in records if r[name][i][j] is not None]) for j in range(N_STYLES)]
+                for i in range(N_STYLES)]  # fmt: skip
+
+    return mean_matrix("correct"), mean_matrix("tie")
+
+
+def score_matrices(score_name: str = "p_yes") -> Callable[[Sequence[dict]], tuple[list, list]]:
+    """The default ``matrices`` of compute_metrics: both matrices from each record's six scores. A score
+    that is None (a failed API request) becomes NaN, so every comparison with it is wrong and not a tie."""
+    def matrices(records: Sequence[dict]) -> tuple[list, list]:
+        chosen = [r[f"{score_name}_chosen"] for r in records]
+        rejected = [r[f"{score_name}_rejected"] for r in records]
+        return style_accuracy_matrix(chosen, rejected), style_tie_matrix(chosen, rejected)
+
+    return matrices
 
 
 def diagonal_levels(matrix: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -339,6 +370,12 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _mean_weighted(pairs) -> float | None:
+    pairs = [(v, w) for v, w in pairs if v is not None]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
 def _has_parse_flags(records: Sequence[dict]) -> bool:
     return "parse_failed_chosen" in records[0]
 
@@ -348,41 +385,36 @@ def _parse_failure_block(records: Sequence[dict], score_name: str) -> dict:
     counts = parse_failure_counts(records)
     matrix = parsed_accuracy_matrix(*([r[f"{score_name}_{side}"] for r in records] for side in ("chosen", "rejected")),
                                     *([r[f"parse_failed_{side}"] for r in records] for side in ("chosen", "rejected")))  # fmt: skip
-    complete = all(v is not None for row in matrix for v in row)
     return {
         "n_judgements": counts["n_judgements"],
         "n_parse_failures": counts["n_parse_failures"],
         "parse_failure_rate": counts["parse_failure_rate"],
         "prompts_with_parse_failure": counts["records_with_parse_failure"],
         "matrix_excluding_parse_failures": matrix,
-        "score_excluding_parse_failures": (sum(hard_normal_easy(matrix).values()) / 3) if complete else None,
+        "score_excluding_parse_failures": _cells_mean(list(hard_normal_easy(matrix).values())),
     }
 
 
-def _block(records: Sequence[dict], score_name: str) -> dict:
-    chosen = [r[f"{score_name}_chosen"] for r in records]
-    rejected = [r[f"{score_name}_rejected"] for r in records]
-    matrix = style_accuracy_matrix(chosen, rejected)
-    ties = style_tie_matrix(chosen, rejected)
+def _block(records: Sequence[dict], matrices: Callable) -> dict:
+    matrix, ties = matrices(records)
     return {
         "n": len(records),
         "matrix": matrix,
         **hard_normal_easy(matrix),
         "levels": diagonal_levels(matrix),
-        "tie_rate": sum(map(sum, ties)) / N_STYLES**2,
-        "n_ties": round(sum(map(sum, ties)) * len(records)),  # tied (chosen_i, rejected_j) comparisons
+        "tie_rate": _mean(v for row in ties for v in row),  # over the comparisons made
         "n_truncated": sum(bool(r.get("truncated")) for r in records),
     }
 
 
-def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
+def compute_metrics(records: Sequence[dict], score_name: str = "p_yes", matrices: Callable | None = None) -> dict:
     """Metrics from prediction records ({domain, <score>_chosen [3], <score>_rejected [3][, truncated]}).
 
     All values are fractions in [0, 1]:
     - domains: per scored domain (chat, code, math, safety = safety-refuse + safety-response pooled):
       n, sources (prompts per data domain), matrix, hard, normal, easy, score = mean(hard, normal, easy),
       levels (the diagonal), tie_rate (share of its 9 comparisons per prompt that tie), n_ties (tied
-      comparisons), n_truncated; and, when the records carry parse_failed_chosen / _rejected (the 5-point
+      comparisons; with scores only, not ``matrices``), n_truncated; and, when the records carry parse_failed_chosen / _rejected (the 5-point
       judge), n_judgements, n_parse_failures, parse_failure_rate, prompts_with_parse_failure,
       matrix_excluding_parse_failures and score_excluding_parse_failures (its hard/normal/easy mean; None
       if a cell has no parsed comparison);
@@ -393,9 +425,14 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
       easy_acc, total_avg_acc), for the domains present;
     - with parse-failure flags, the overall n_judgements, n_parse_failures, parse_failure_rate,
       prompts_with_parse_failure and average_excluding_parse_failures (None unless every domain has one).
+    ``matrices`` (records -> accuracy and tie matrices) replaces the comparison of scores, e.g.
+    pairwise_matrices for a judge that compares two responses; values built on cells it did not measure
+    are None (a domain's score too).
     """
     if not records:
         raise IpoError("no predictions to compute metrics from")
+    score_based = matrices is None  # every prompt then makes all 9 comparisons
+    matrices = matrices or score_matrices(score_name)
     by_domain: dict[str, list[dict]] = defaultdict(list)
     by_source: dict[str, list[dict]] = defaultdict(list)
     for record in records:
@@ -404,13 +441,15 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
     domains = {}
     for name in SCORED_DOMAINS:
         if name in by_domain:
-            block = _block(by_domain[name], score_name)
-            block["score"] = (block["hard"] + block["normal"] + block["easy"]) / 3
+            block = _block(by_domain[name], matrices)
+            block["score"] = _cells_mean([block["hard"], block["normal"], block["easy"]])
+            if score_based:
+                block["n_ties"] = round(block["tie_rate"] * N_STYLES**2 * block["n"])
             sources = defaultdict(int)
             for record in by_domain[name]:
                 sources[record["domain"]] += 1
             block["sources"] = {d: sources[d] for d in DOMAINS if d in sources}
-            if _has_parse_flags(records):
+            if score_based and _has_parse_flags(records):
                 block.update(_parse_failure_block(by_domain[name], score_name))
             domains[name] = block
     present = list(domains)
@@ -418,11 +457,11 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
     levels_by_source = {}
     for name in DOMAINS:
         if name in by_source:
-            block = _block(by_source[name], score_name)
+            block = _block(by_source[name], matrices)
             levels_by_source[name] = {"n": block["n"], **block["levels"]}
     average = _mean(d["score"] for d in domains.values())
     parse_failures = {}
-    if _has_parse_flags(records):
+    if score_based and _has_parse_flags(records):
         counts = parse_failure_counts(records)
         clean_scores = [d["score_excluding_parse_failures"] for d in domains.values()]
         parse_failures = {
@@ -439,8 +478,8 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes") -> dict:
         "complete": len(present) == len(SCORED_DOMAINS),
         **overall,
         "average": average,
-        "tie_rate": sum(d["tie_rate"] * d["n"] for d in domains.values()) / len(records),
-        "n_ties": sum(d["n_ties"] for d in domains.values()),
+        "tie_rate": _mean_weighted((d["tie_rate"], d["n"]) for d in domains.values()),
+        **({"n_ties": sum(d["n_ties"] for d in domains.values())} if score_based else {}),
         **parse_failures,
         "n_truncated": sum(d["n_truncated"] for d in domains.values()),
         "domains": domains,
@@ -525,26 +564,31 @@ def results_markdown(metrics: dict, title: str, notes: str = "") -> str:
 
 
 def write_outputs(run, records: list[dict], title: str, upstream_file: str, score_name: str = "p_yes",
-                  upstream_percent: bool = True, upstream_key: str = "level_{k}", notes: str = "") -> tuple[dict, str]:  # fmt: skip
+                  upstream_percent: bool = True, upstream_key: str = "level_{k}", matrices: Callable | None = None,
+                  extra_metrics: dict | None = None, notes: str = "", extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
     """metrics.json, results.md, style_matrix_<domain>.png and upstream's level file, in ``run`` (a RunDir).
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
-    metrics of an uninterrupted one. ``notes`` (markdown) goes under results.md's headline. Returns
-    (metrics, results markdown).
+    metrics of an uninterrupted one. ``matrices`` as in compute_metrics; ``extra_metrics`` are added to
+    metrics.json; ``notes`` (markdown) go under results.md's headline and ``extra_markdown`` at its end.
+    Returns (metrics, results markdown).
     """
-    from ipo.report import heatmap
+    from ipo.report import heatmap, pct
     from ipo.runs import atomic_write_json, atomic_write_text
 
-    metrics = compute_metrics(records, score_name)
+    metrics = compute_metrics(records, score_name, matrices)
+    metrics.update(extra_metrics or {})
     if not metrics["complete"]:
         logger.warning("domains missing: %s; the overall values average %s only",
                        ", ".join(metrics["domains_missing"]), ", ".join(metrics["domains_present"]))  # fmt: skip
     markdown = results_markdown(metrics, title, notes)
+    if extra_markdown:
+        markdown += "\n" + extra_markdown
     atomic_write_json(run.file("metrics.json"), metrics)
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics, upstream_percent, upstream_key))
     for name, d in metrics["domains"].items():
-        title = f"{name}: hard {100 * d['hard']:.1f}, normal {100 * d['normal']:.1f}, easy {100 * d['easy']:.1f}"
+        title = f"{name}: hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
         heatmap(d["matrix"], run.file(f"style_matrix_{name}.png"), title, row_labels=STYLES,
                 col_labels=[s.replace(" ", "\n") for s in STYLES], xlabel="rejected style", ylabel="chosen style")
     return metrics, markdown

@@ -114,7 +114,9 @@ class SelfRewardScorer:
 
     scores: one int per response: upstream mode 0..5 (0 = no match), chat mode 1..5 or None (failure).
     extra: {"generated": the judge's new text per response, "parse_failed": per response,
-            "truncated": any prompt cut to max_length}.
+            "truncated": any prompt cut to max_length}; upstream mode adds "decoded": per response, the
+            decoded prompt + generation that upstream parsed (and that upstream's DPO/self_reward.py broke
+            score ties by).
     """
 
     def __init__(
@@ -193,12 +195,17 @@ class SelfRewardScorer:
 
     def judge(self, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> tuple[int | None, str]:
         """(score, the judge's own text) of one generation, parsed as the mode prescribes."""
+        score, generated, _ = self._judge(prompt_ids, new_ids)
+        return score, generated
+
+    def _judge(self, prompt_ids, new_ids) -> tuple[int | None, str, str | None]:
+        """(score, the judge's own text, upstream mode: the decoded prompt + generation, else None)."""
         generated = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         if self.scoring == "upstream":
             # Upstream decoded the whole output sequence: the prompt, then the generation.
             full_text = self.tokenizer.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True)
-            return parse_score_upstream(full_text, self.regex_set), generated
-        return parse_score(generated), generated
+            return parse_score_upstream(full_text, self.regex_set), generated, full_text
+        return parse_score(generated), generated, None
 
     def _failed(self, score) -> bool:
         return score is None or (self.scoring == "upstream" and score == UPSTREAM_NO_MATCH)
@@ -213,13 +220,16 @@ class SelfRewardScorer:
             continuations = iter(self.generate(flat))
             out = []
             for g in batch:
-                judged = [self.judge(p.ids, next(continuations)) for p in encoded[g]]
-                scores = [score for score, _ in judged]
-                out.append((examples[g], scores, {
-                    "generated": [text for _, text in judged],
+                judged = [self._judge(p.ids, next(continuations)) for p in encoded[g]]
+                scores = [score for score, _, _ in judged]
+                extra = {
+                    "generated": [text for _, text, _ in judged],
                     "parse_failed": [self._failed(s) for s in scores],
                     "truncated": any(p.truncated for p in encoded[g]),
-                }))  # fmt: skip
+                }
+                if self.scoring == "upstream":
+                    extra["decoded"] = [full_text for _, _, full_text in judged]
+                out.append((examples[g], scores, extra))
             yield out
 
 

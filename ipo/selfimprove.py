@@ -5,6 +5,7 @@ holds, so re-running a killed command redoes only what is missing:
 
     responses.jsonl   prompt, category, N sampled responses          (sample, appended per batch)
     scored.jsonl      the same plus one judge score per response      (score, appended per batch)
+                      (the 5-point judge: also its text and parse-failure flags)
     pairs.jsonl       prompt, chosen, rejected, scores, split          (pairs, written at once)
     adapter/          the LoRA adapter and its tokenizer               (train, resumes from checkpoints/)
     merged/           the adapter merged into the base                 (merge, written at once)
@@ -12,8 +13,14 @@ holds, so re-running a killed command redoes only what is missing:
     metrics.json      what the round did
 
 Round k samples and judges with the merged model of round k-1 (round 1: the base model). The judge is
-pluggable (``JudgeSpec``): the IPO Yes/No judge here, the 5-point Self-Rewarding judge in
-DPO/self_reward.py; only the scorer and its tie-break rule change.
+pluggable (``JudgeSpec``): the IPO Yes/No judge (DPO/ours.py) or the 5-point Self-Rewarding judge of
+ipo/self_reward.py (DPO/self_reward.py); only the scorer, what scored.jsonl keeps and the tie-break rule
+change. A response without a score (the 5-point judge's chat-mode parse failure) is never chosen or
+rejected; a prompt with fewer than two scored responses gives no pair.
+
+The command-line flags and the run both scripts share are at the end of this module (``add_loop_args``,
+``run_from_args``); each stage frees its model before the next loads one (upstream's DPO/self_reward.py
+kept the sampling model resident while loading the training model, and ran out of memory).
 
 Modes follow ``prompt_format``:
   upstream  raw instructions for sampling; DPO records ``[INST] x [/INST]`` + response + ``<|eot_id|>``;
@@ -25,6 +32,7 @@ Modes follow ``prompt_format``:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from collections import Counter
@@ -34,6 +42,7 @@ from typing import Callable, Iterable, Sequence
 
 from ipo import IpoError
 from ipo.data import Example, read_records, require_columns, require_text, row_ids
+from ipo.judge import DEFAULT_BATCH_SIZE
 from ipo.prompts import DPO_CATEGORY_PROMPTS, DPO_FALLBACK_CATEGORY, UPSTREAM_END_MARKER, UPSTREAM_INST_PROMPT
 from ipo.runs import RecordLog, atomic_write_json, atomic_write_jsonl, read_jsonl, score_into_log
 from ipo.training import ADAPTER_DIR
@@ -160,14 +169,23 @@ def degenerate_reason(responses: Sequence[str], scores: Sequence[float], chosen:
 
 def build_pairs(scored: Iterable[dict], score_field: str, tie_break: str, drop_degenerate: bool, seed: int,
                 test_ids: set[str] = frozenset(), judge_text_field: str | None = None) -> tuple[list[dict], Counter]:  # fmt: skip
-    """One pair per scored prompt: chosen = best score, rejected = worst. Returns (pairs, dropped counts)."""
+    """One pair per scored prompt: chosen = best score, rejected = worst. Returns (pairs, dropped counts).
+
+    A None score (no score could be read) takes no part: the pair is drawn from the other responses, and a
+    prompt with fewer than two scored responses gives no pair (dropped as 'too_few_scored').
+    """
     pairs, dropped = [], Counter()
     for record in scored:
         scores, responses = record[score_field], record["responses"]
         texts = record.get(judge_text_field) if judge_text_field else None
+        candidates = [i for i, score in enumerate(scores) if score is not None]
+        if len(candidates) < 2:
+            dropped["too_few_scored"] += 1
+            continue
         rng = random.Random(f"ties/{seed}/{record['id']}")
-        order = rank_responses(scores, tie_break, judge_texts=texts, rng=rng)
-        chosen, rejected = order[0], order[-1]
+        order = rank_responses([scores[i] for i in candidates], tie_break, rng=rng,
+                               judge_texts=[texts[i] for i in candidates] if texts is not None else None)  # fmt: skip
+        chosen, rejected = candidates[order[0]], candidates[order[-1]]
         reason = degenerate_reason(responses, scores, chosen, rejected)
         if reason and drop_degenerate:
             dropped[reason] += 1
@@ -218,16 +236,28 @@ class JudgeSpec:
     yielding lists of (example, scores, extra), like ipo.judge.YesNoScorer."""
 
     name: str
-    score_field: str  # the scored.jsonl field the pairs are built from
+    score_field: str  # the scored.jsonl field the pairs are built from (None: no score, never in a pair)
     tie_break: str  # see rank_responses
     build: Callable
     judge_text_field: str | None = None  # for tie_break="judge_text"
+    failure_field: str | None = None  # per-response parse-failure flags, counted in metrics.json
+    record_fields: Callable[[list, dict], dict] | None = None  # (scores, extra) -> scored.jsonl fields
+    uses_category: bool = True  # the judge's question depends on the prompt's category (the column is required)
     resolved: dict = field(default_factory=dict)  # filled by build(): token ids etc., for config.json
+
+    def fields(self, scores: Sequence, extra: dict) -> dict:
+        """What scored.jsonl keeps of one prompt's judgement (default: the scores as floats, and ``extra``)."""
+        if self.record_fields is not None:
+            return self.record_fields(scores, extra)
+        return {self.score_field: [float(s) for s in scores], **extra}
 
 
 def yes_no_judge_spec(prompt_format: str, scoring: str, max_length: int = 1024, batch_size: int = 8,
-                      max_batch_tokens: int = 8192, prefix_sharing: bool = True) -> JudgeSpec:  # fmt: skip
-    """The paper's judge: P(Yes) with the category's question (appendix A.1), shared with RewardBench."""
+                      max_batch_tokens: int | None = None, prefix_sharing: bool = True) -> JudgeSpec:  # fmt: skip
+    """The paper's judge: P(Yes) with the category's question (appendix A.1), shared with RewardBench.
+
+    ``max_batch_tokens`` None: the judge's per-device default (ipo.judge.default_max_batch_tokens).
+    """
     from ipo.judge import YesNoJudge, YesNoScorer
     from ipo.prompts import REWARDBENCH_LAYOUT
 
@@ -239,6 +269,54 @@ def yes_no_judge_spec(prompt_format: str, scoring: str, max_length: int = 1024, 
         spec.resolved.update(scoring=scoring, yes_no_tokens=judge.tokens.as_dict())
         return YesNoScorer(judge, REWARDBENCH_LAYOUT,
                            lambda e: DPO_CATEGORY_PROMPTS[judge_key(e.domain, prompt_format)])  # fmt: skip
+
+    spec.build = build
+    return spec
+
+
+def strip_common_prefix(texts: Sequence[str]) -> list[str]:
+    """The texts without the start they all share: string order (and equality) is unchanged, and what is
+    kept is only the part that can decide it."""
+    prefix = os.path.commonprefix(list(texts))
+    return [text[len(prefix):] for text in texts]
+
+
+def self_reward_fields(scores: Sequence, extra: dict) -> dict:
+    """scored.jsonl fields of the 5-point judge: score (upstream: 0..5, 0 = nothing parsed; chat: 1..5 or
+    None), parse_failed, judge_text (the judge's own generation), truncated, and in upstream mode
+    upstream_sort_text: the decoded judge prompt + generation that upstream sorted tied scores by, from
+    where this prompt's texts first differ (the shared rubric and instruction are cut; the order is kept)."""
+    fields = {"score": list(scores), "parse_failed": list(extra["parse_failed"]),
+              "judge_text": list(extra["generated"]), "truncated": extra["truncated"]}  # fmt: skip
+    if "decoded" in extra:
+        fields["upstream_sort_text"] = strip_common_prefix(extra["decoded"])
+    return fields
+
+
+def self_reward_judge_spec(scoring: str, max_length: int = 2048, max_new_tokens: int = 128,
+                           batch_size: int = DEFAULT_BATCH_SIZE, max_batch_tokens: int | None = None) -> JudgeSpec:  # fmt: skip
+    """The Self-Rewarding judge (Yuan et al. 2024; ipo/self_reward.py): a greedy justification and a 1-5 score
+    under the additive 5-point prompt (appendix A.4) for every response, whatever its category.
+
+    upstream: raw-text prompt, upstream's DPO regexes over prompt + generation, 0 when nothing matches (a
+    score like any other); ties are broken as upstream's sort of (score, decoded text) tuples did. chat: the
+    chat template, the last "Score: N" of the generation; a failure is None (no candidate); ties at random.
+    """
+    from ipo.self_reward import SelfRewardScorer
+
+    upstream = scoring == "upstream"  # upstream passed the category to its judge and ignored it
+    spec = JudgeSpec("self_reward_5_point", "score", "judge_text" if upstream else "random", build=None,
+                     judge_text_field="upstream_sort_text" if upstream else None, failure_field="parse_failed",
+                     record_fields=self_reward_fields, uses_category=False)  # fmt: skip
+
+    def build(model, tokenizer):
+        scorer = SelfRewardScorer(model, tokenizer, scoring=scoring, max_length=max_length,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  max_batch_tokens=max_batch_tokens, regex_set="rewardbench")  # fmt: skip
+        spec.resolved.update(scoring=scoring, decoding="greedy", max_length=max_length, max_new_tokens=max_new_tokens,
+                             regex_set="rewardbench" if upstream else "last 'Score: N' of the generation",
+                             eos_token_ids=sorted(scorer.eos_ids))  # fmt: skip
+        return scorer
 
     spec.build = build
     return spec
@@ -275,8 +353,12 @@ def _progress(total: int, done: int, desc: str, unit: str):
 
 
 def sample_into_log(sampler, tokenizer, prompts: Sequence[Prompt], log: RecordLog, prompt_format: str,
-                    desc: str = "sampling") -> int:  # fmt: skip
-    """Sample responses for the prompts ``log`` lacks, appending one record per prompt as batches finish."""
+                    desc: str = "sampling", cut_at: str | None = None) -> int:  # fmt: skip
+    """Sample responses for the prompts ``log`` lacks, appending one record per prompt as batches finish.
+
+    ``cut_at``: a literal marker each response is cut at (then stripped), as upstream DPO/self_reward.py did
+    with '<|eot_id|>'; this matters once a model trained on upstream's records writes the marker as text.
+    """
     from ipo.sampling import encode_prompt
 
     todo = [p for p in prompts if p.id not in log]
@@ -290,17 +372,20 @@ def sample_into_log(sampler, tokenizer, prompts: Sequence[Prompt], log: RecordLo
             records = []
             for sample in batch:
                 prompt = by_id[str(sample.prompt_id)]
+                responses = sample.responses
+                if cut_at:
+                    responses = [r.split(cut_at)[0].strip() if cut_at in r else r for r in responses]
                 records.append({"id": prompt.id, "prompt": prompt.instruction, "category": prompt.category,
-                                "responses": sample.responses, "n_tokens": sample.n_tokens,
+                                "responses": responses, "n_tokens": sample.n_tokens,
                                 "finished": sample.finished})  # fmt: skip
             log.append(records)
             bar.update(len(batch))
     return len(todo)
 
 
-def score_responses_into_log(scorer, responses: Sequence[dict], log: RecordLog, score_field: str,
+def score_responses_into_log(scorer, responses: Sequence[dict], log: RecordLog, judge: JudgeSpec,
                              desc: str = "judging") -> int:  # fmt: skip
-    """Judge every response of the records ``log`` lacks; one scored record per prompt."""
+    """Judge every response of the records ``log`` lacks; one scored record per prompt (``judge.fields``)."""
     by_id = {str(r["id"]): r for r in responses}
     examples = [Example(id=r["id"], prompt=r["prompt"], responses=r["responses"], domain=r["category"])
                 for r in responses]  # fmt: skip
@@ -308,7 +393,7 @@ def score_responses_into_log(scorer, responses: Sequence[dict], log: RecordLog, 
     def make_record(example, scores, extra):
         record = by_id[str(example.id)]
         return {"id": record["id"], "prompt": record["prompt"], "category": record["category"],
-                "responses": record["responses"], score_field: [float(s) for s in scores], **extra}  # fmt: skip
+                "responses": record["responses"], **judge.fields(scores, extra)}  # fmt: skip
 
     return score_into_log(scorer, examples, log, make_record, unit="prompt", desc=desc)
 
@@ -318,7 +403,11 @@ def write_pairs(round_dir: RoundDir, scored: Sequence[dict], judge: JudgeSpec, p
     """pairs.jsonl from scored.jsonl (pure selection, written at once). Returns the pair statistics."""
     pairs, dropped = build_pairs(scored, judge.score_field, judge.tie_break, drop_degenerate=prompt_format == "chat",
                                  seed=seed, test_ids=test_ids, judge_text_field=judge.judge_text_field)  # fmt: skip
-    stats = pair_stats(pairs, dropped, len(scored))
+    n_unscored = sum(score is None for record in scored for score in record[judge.score_field])
+    stats = pair_stats(pairs, dropped, len(scored), n_unscored)
+    if n_unscored:
+        logger.warning("%d of %d responses have no score (the judge's text had none) and are never chosen or "
+                       "rejected", n_unscored, sum(len(r["responses"]) for r in scored))  # fmt: skip
     if dropped:
         logger.info("dropped %d of %d pairs: %s", sum(dropped.values()), len(scored),
                     ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items())))  # fmt: skip
@@ -327,16 +416,21 @@ def write_pairs(round_dir: RoundDir, scored: Sequence[dict], judge: JudgeSpec, p
         logger.warning("%d pairs have tied scores or identical texts; kept, as upstream did (chat mode drops them)",
                        kept_degenerate)  # fmt: skip
     if not any(p["split"] == "train" for p in pairs):
-        raise IpoError(f"no training pairs left in round {round_dir.index} ({len(scored)} prompts, "
-                       f"{sum(dropped.values())} degenerate pairs dropped)")  # fmt: skip
+        reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items())) or "none"
+        hint = (f"; {n_unscored} responses had no readable score: the judge model does not follow the rubric "
+                f"(see judge_text in {round_dir.scored})" if n_unscored else "")  # fmt: skip
+        raise IpoError(f"no training pairs in round {round_dir.index}: {len(scored)} prompts, {len(pairs)} pairs "
+                       f"({stats['n_test']} held out), dropped: {reasons}{hint}")  # fmt: skip
     atomic_write_jsonl(round_dir.pairs, pairs)
     return stats
 
 
-def pair_stats(pairs: Sequence[dict], dropped: Counter, n_prompts: int) -> dict:
+def pair_stats(pairs: Sequence[dict], dropped: Counter, n_prompts: int, n_unscored: int = 0) -> dict:
+    """dropped counts prompts without a pair, by reason; n_unscored_responses counts responses without a score."""
     return {"n_prompts": n_prompts, "n_pairs": len(pairs),
             "n_train": sum(p["split"] == "train" for p in pairs), "n_test": sum(p["split"] == "test" for p in pairs),
-            "dropped": dict(sorted(dropped.items())), "kept_degenerate": sum(1 for p in pairs if p["degenerate"])}  # fmt: skip
+            "dropped": dict(sorted(dropped.items())), "kept_degenerate": sum(1 for p in pairs if p["degenerate"]),
+            "n_unscored_responses": n_unscored}  # fmt: skip
 
 
 def export_pairs(pairs: Sequence[dict], prompt_format: str, train_path: str | None, test_path: str | None,
@@ -355,13 +449,22 @@ def mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def judge_summary(scored: Sequence[dict], score_field: str, test_ids: set[str]) -> dict:
-    """Mean judge score of all responses, of each prompt's best and worst, overall and per split."""
+def judge_summary(scored: Sequence[dict], score_field: str, test_ids: set[str], failure_field: str | None = None) -> dict:
+    """Mean judge score of all responses, of each prompt's best and worst, overall and per split.
+
+    Responses without a score (None) are left out of the means and counted; with ``failure_field`` the
+    parse failures are counted too (upstream mode's 0 is such a failure, and still in the means).
+    """
     def part(records):
-        return {"n_prompts": len(records),
-                "mean": mean(s for r in records for s in r[score_field]),
-                "mean_best": mean(max(r[score_field]) for r in records),
-                "mean_worst": mean(min(r[score_field]) for r in records)}  # fmt: skip
+        scored_lists = [[s for s in r[score_field] if s is not None] for r in records]
+        summary = {"n_prompts": len(records), "n_responses": sum(len(r[score_field]) for r in records),
+                   "n_unscored": sum(len(r[score_field]) - len(s) for r, s in zip(records, scored_lists)),
+                   "mean": mean(s for scores in scored_lists for s in scores),
+                   "mean_best": mean(max(scores) for scores in scored_lists if scores),
+                   "mean_worst": mean(min(scores) for scores in scored_lists if scores)}  # fmt: skip
+        if failure_field:
+            summary["n_parse_failures"] = sum(sum(map(bool, r[failure_field])) for r in records)
+        return summary
 
     return {"all": part(scored), "train": part([r for r in scored if str(r["id"]) not in test_ids]),
             "test": part([r for r in scored if str(r["id"]) in test_ids])}  # fmt: skip
@@ -391,6 +494,7 @@ class LoopSettings:
     quantized: bool = False  # 4-bit for sampling and judging
     trust_remote_code: bool = False
     sample_batch_size: int = 16
+    cut_responses_at: str | None = None  # see sample_into_log
     run_name: str = "run"
     train_path: str | None = None
     test_path: str | None = None
@@ -454,14 +558,13 @@ def run_loop(run_path: Path, prompts: Sequence[Prompt], s: LoopSettings, judge: 
             model, tokenizer = _load(model_path, s)
             sampler = Sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=salt)
             sample_into_log(sampler, tokenizer, prompts, RecordLog(rd.responses), s.prompt_format,
-                            desc=f"round {k}: sampling")  # fmt: skip
+                            desc=f"round {k}: sampling", cut_at=s.cut_responses_at)  # fmt: skip
             metrics["sampling"] = sampler.resolved()
             if s.stop_after == "sample":
                 return stop("sample")
             responses = RecordLog(rd.responses).ordered(order)
             scorer = judge.build(model, tokenizer)
-            score_responses_into_log(scorer, responses, RecordLog(rd.scored), judge.score_field,
-                                     desc=f"round {k}: judging")  # fmt: skip
+            score_responses_into_log(scorer, responses, RecordLog(rd.scored), judge, desc=f"round {k}: judging")
             metrics["judge_settings"] = {"name": judge.name, **judge.resolved}
             del model, scorer, sampler
             free_memory()
@@ -471,7 +574,8 @@ def run_loop(run_path: Path, prompts: Sequence[Prompt], s: LoopSettings, judge: 
         if s.stop_after in ("sample", "score"):
             return stop(s.stop_after)
         scored = RecordLog(rd.scored).ordered(order)
-        metrics["judge"] = judge_summary(scored, judge.score_field, test_ids)
+        metrics["judge"] = judge_summary(scored, judge.score_field, test_ids, judge.failure_field)
+        save()
 
         ###############
         # Pairs
@@ -528,17 +632,17 @@ def run_loop(run_path: Path, prompts: Sequence[Prompt], s: LoopSettings, judge: 
                     tokenizer = load_tokenizer(str(rd.adapter))
                 sampler = Sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=salt)
                 sample_into_log(sampler, tokenizer, prompts, RecordLog(rd.after_responses), s.prompt_format,
-                                desc=f"round {k}: sampling after DPO")  # fmt: skip
+                                desc=f"round {k}: sampling after DPO", cut_at=s.cut_responses_at)  # fmt: skip
                 del model, sampler
                 free_memory()
             if not rd.complete(rd.after_scored, prompts):
                 model, tokenizer = _load(model_path, s)
                 score_responses_into_log(judge.build(model, tokenizer), RecordLog(rd.after_responses).ordered(order),
-                                         RecordLog(rd.after_scored), judge.score_field,
-                                         desc=f"round {k}: judging after DPO")  # fmt: skip
+                                         RecordLog(rd.after_scored), judge, desc=f"round {k}: judging after DPO")  # fmt: skip
                 del model
                 free_memory()
-            after = judge_summary(RecordLog(rd.after_scored).ordered(order), judge.score_field, test_ids)
+            after = judge_summary(RecordLog(rd.after_scored).ordered(order), judge.score_field, test_ids,
+                                  judge.failure_field)  # fmt: skip
             metrics["after"] = {"judge": "this round's policy", "before": metrics["judge"], "after": after}
         save()
         results.append(metrics)
@@ -565,6 +669,7 @@ def loop_markdown(rounds: Sequence[dict], title: str) -> str:
     def num(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 
+    failures = any("n_parse_failures" in m.get("judge", {}).get("all", {}) for m in rounds)
     rows = []
     for m in rounds:
         pairs, judge, training = m.get("pairs", {}), m.get("judge", {}).get("all", {}), m.get("training", {})
@@ -573,13 +678,165 @@ def loop_markdown(rounds: Sequence[dict], title: str) -> str:
         rows.append([
             m["round"], m.get("n_prompts", "-"),
             f"{pairs['n_train']}/{pairs['n_test']}" if pairs else "-", "-" if dropped is None else dropped,
+            *([f"{judge['n_parse_failures']}/{judge['n_responses']}" if "n_parse_failures" in judge else "-"]
+              if failures else []),
             num(judge.get("mean")), num(judge.get("mean_best")), num(judge.get("mean_worst")),
             num(training.get("train_loss")), num(training.get("eval_rewards/accuracies"), 2),
             num(after.get("before", {}).get("all", {}).get("mean")), num(after.get("after", {}).get("all", {}).get("mean")),
         ])  # fmt: skip
-    headers = ["round", "prompts", "pairs train/test", "dropped", "judge mean", "best", "worst", "train loss",
-               "eval reward acc", "judge before", "judge after"]  # fmt: skip
+    headers = ["round", "prompts", "pairs train/test", "dropped", *(["parse failures"] if failures else []),
+               "judge mean", "best", "worst", "train loss", "eval reward acc", "judge before", "judge after"]  # fmt: skip
     notes = ("Judge scores are the mean P(Yes) (or the scorer's score) over all sampled responses, and over each "
              "prompt's best and worst. 'judge before/after': the round's judge on the responses of the model "
              "before and after this round's DPO, same prompts and random streams.\n")  # fmt: skip
+    if failures:
+        notes += ("'parse failures': judgements without a readable score, of all responses. Upstream mode scores "
+                  "them 0 (as upstream did, a 0 counts in the means and can be a pair's rejected side); chat mode "
+                  "leaves them out of the means and of the pairs.\n")  # fmt: skip
     return f"# {title}\n\n" + markdown_table(headers, rows) + "\n" + notes
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: what DPO/ours.py and DPO/self_reward.py share (everything but the judge)
+# ---------------------------------------------------------------------------------------------------
+def add_loop_args(parser, default_model: str, judge_args: Callable | None = None,
+                  training_defaults: dict | None = None) -> None:  # fmt: skip
+    """The flags of a self-improvement script: model, prompts and pair files, sampling, ``judge_args(parser)``
+    (the script's judge group), training (``training_defaults`` override TrainingOptions' values), the
+    loop, outputs and the Hub. Upstream's flags are all accepted."""
+    import argparse
+
+    from ipo import cli
+    from ipo.sampling import add_sampling_args
+    from ipo.training import add_training_args
+
+    cli.add_model_args(parser, default_model=default_model)
+    parser.add_argument("--model_id", dest="model_name", default=argparse.SUPPRESS,
+                        help="upstream's name for --model_name: policy, judge and DPO reference of round 1")  # fmt: skip
+    data = parser.add_argument_group("prompts and pair files")
+    data.add_argument("--dataset_name", default=DEFAULT_PROMPTS,
+                      help="prompt pool: a Hub dataset or a local json/jsonl/parquet file with a column "
+                           "'instruction' and, where the judge's question depends on it, 'category' (chat, code, "
+                           "math, safety)")  # fmt: skip
+    data.add_argument("--split_name", default=DEFAULT_SPLIT, help="split of a Hub --dataset_name")
+    data.add_argument("--max_prompts", type=int, default=None, help="use only the first N prompts (smoke runs)")
+    data.add_argument("--test_fraction", type=float, default=0.1,
+                      help="seeded fraction of prompts held out of training; their pairs are the eval set "
+                           "(upstream evaluated on the training pairs); 0 = no eval set")  # fmt: skip
+    data.add_argument("--train_path", default=None,
+                      help="also write round 1's training pairs here, as upstream's DPO-format JSON list")
+    data.add_argument("--test_path", default=None,
+                      help="also write round 1's held-out pairs here (never the training pairs)")
+    data.add_argument("--mapped_path", default=None,
+                      help="also write upstream's intermediate 'Assistant:/Response:' JSON here")
+    data.add_argument("--dataset_id", default=None,
+                      help="accepted for upstream's command and unused: upstream read it only in a fallback that "
+                           "trained on human UltraFeedback labels; train on a preference dataset with "
+                           "DPO/train_preferences.py")  # fmt: skip
+    add_sampling_args(parser)
+    if judge_args is not None:
+        judge_args(parser)
+    add_training_args(parser, training_defaults)
+    loop = parser.add_argument_group("the loop")
+    loop.add_argument("--rounds", type=int, default=1,
+                      help="self-improvement rounds; round k samples and judges with round k-1's merged model "
+                           "(the paper ran 1)")  # fmt: skip
+    loop.add_argument("--stop_after", choices=list(STAGES), default=None,
+                      help="run the stages up to this one (those already done are skipped), then stop")
+    loop.add_argument("--just_sample", action="store_true",
+                      help="upstream's flag: stop once the pairs are written (= --stop_after pairs)")
+    loop.add_argument("--judge_after", action="store_true",
+                      help="after training, sample the same prompts from the trained model and judge them with "
+                           "the round's judge: before/after scores in metrics.json")  # fmt: skip
+    cli.add_output_args(parser)
+    hub_group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
+    hub_group.add_argument("--push_to_hub", action="store_true",
+                           help="upload the last round's merged model (or its adapter) with its tokenizer")
+    hub_group.add_argument("--hub_repo_id", default=None,
+                           help="target repo, 'user/name' or 'name' (upstream: dpo-ultrafeedback-<model>)")
+
+
+def check_loop_args(parser, args) -> None:
+    """One-line usage errors for the flags of ``add_loop_args``."""
+    from ipo import cli
+
+    cli.check_positive(parser, args, "rounds", "max_prompts", "num_return_sequences", "max_new_tokens",
+                       "sample_batch_size")  # fmt: skip
+    if args.num_return_sequences < 2:
+        parser.error("--num_return_sequences must be at least 2 to form a pair")
+    if not 0 <= args.test_fraction < 1:
+        parser.error(f"--test_fraction must be in [0, 1), got {args.test_fraction}")
+    if args.test_path and args.train_path and same_path(args.test_path, args.train_path):
+        parser.error("--test_path equals --train_path: the evaluation would run on the training pairs; "
+                     "give another file, or omit --test_path")  # fmt: skip
+    if args.test_path and args.test_fraction == 0:
+        parser.error("--test_path needs held-out pairs: set --test_fraction > 0")
+    if args.just_sample and args.stop_after not in (None, "pairs"):
+        parser.error(f"--just_sample means --stop_after pairs, not {args.stop_after}")
+
+
+def same_path(a: str, b: str) -> bool:
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+def run_from_args(args, judge: JudgeSpec, method: str, run_prefix: str, cut_responses_at: str | None = None) -> int:
+    """A self-improvement script's run, from its parsed flags: prompts, run folder, the loop, outputs, upload.
+
+    ``method`` titles results.md; the default run folder is <run_prefix>-<model>-<prompt_format>.
+    """
+    from ipo import cli, hub
+    from ipo.runs import RunDir, atomic_write_text, seed_everything
+    from ipo.sampling import check_can_generate, sampling_settings_from_args
+    from ipo.training import options_from_args
+
+    cli.setup_logging(args.log_level)
+    seed_everything(args.seed)
+    model_short = cli.model_short_name(args.model_name)
+    if args.dataset_id:
+        logger.warning("--dataset_id %s is not used: the pairs are self-generated from --dataset_name "
+                       "(upstream used it only in a fallback on human labels)", args.dataset_id)  # fmt: skip
+
+    ###############
+    # Prompts, model check, run folder
+    ###############
+    prompts = load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
+                           require_category=judge.uses_category)  # fmt: skip
+    logger.info("%d prompts from %s", len(prompts), args.dataset_name)
+    stop_ids = check_can_generate(args.model_name, args.trust_remote_code)
+    run = RunDir(args.output_dir, args.run_name or f"{run_prefix}-{model_short}-{args.prompt_format}",
+                 overwrite=args.overwrite)  # fmt: skip
+    run.check(cli.public_args(args))
+    settings = LoopSettings(
+        model=args.model_name, prompt_format=args.prompt_format, sampling=sampling_settings_from_args(args),
+        training=options_from_args(args), rounds=args.rounds,
+        stop_after=args.stop_after or ("pairs" if args.just_sample else None), test_fraction=args.test_fraction,
+        seed=args.seed, merge_final=args.merge_adapters, judge_after=args.judge_after, dtype=args.dtype,
+        device=args.device, quantized=args.quantized, trust_remote_code=args.trust_remote_code,
+        sample_batch_size=args.sample_batch_size, cut_responses_at=cut_responses_at, run_name=run.path.name,
+        train_path=args.train_path, test_path=args.test_path, mapped_path=args.mapped_path,
+    )  # fmt: skip
+    run.start(cli.public_args(args), resolved={"n_prompts": len(prompts), "stop_token_ids": stop_ids,
+                                                "judge": judge.name, "tie_break": judge.tie_break,
+                                                "cut_responses_at": cut_responses_at})  # fmt: skip
+
+    ###############
+    # The loop: sample -> judge -> pairs -> DPO -> merge (-> judge after), per round
+    ###############
+    result = run_loop(run.path, prompts, settings, judge, on_resolved=lambda found: run.update_resolved(**found))
+
+    ###############
+    # Outputs
+    ###############
+    summary = {"rounds": result.rounds, "stopped_after": result.stopped_after, "final_model": result.final_model}
+    atomic_write_json(run.file("metrics.json"), summary)
+    markdown = loop_markdown(result.rounds, f"{method} ({args.prompt_format}): {model_short}")
+    atomic_write_text(run.file("results.md"), markdown)
+    print(markdown)
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        if result.stopped_after or not result.final_model:
+            raise IpoError("--push_to_hub: nothing trained yet to upload (the run stopped before training)")
+        repo = args.hub_repo_id or f"dpo-ultrafeedback-{args.model_name.replace('/', '-')}"
+        hub.push_folder(result.final_model, repo if "/" in repo else hub.repo_id(None, repo),
+                        what="merged model" if result.final_model.endswith("merged") else "LoRA adapter")  # fmt: skip
+    return 0

@@ -114,9 +114,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict | None = N
     add("--max_steps", type=int, default=d["max_steps"],
         help="stop after this many optimizer steps; -1 runs --num_train_epochs (smoke runs: 2)")
     add("--per_device_train_batch_size", type=int, default=d["per_device_train_batch_size"],
-        help="pairs per device per step (paper: 6)")
+        help="pairs per device per step (upstream: 6 in DPO/ours.py, 8 in DPO/self_reward.py)")
     add("--per_device_eval_batch_size", type=int, default=d["per_device_eval_batch_size"],
-        help="pairs per device per evaluation step (paper: 3)")
+        help="pairs per device per evaluation step (upstream: 3 in DPO/ours.py, 4 in DPO/self_reward.py)")
     add("--gradient_accumulation_steps", type=int, default=d["gradient_accumulation_steps"],
         help="micro-batches per optimizer step (paper: 1)")
     add("--lr_scheduler_type", default=d["lr_scheduler_type"], help="learning-rate schedule (paper: cosine)")
@@ -151,7 +151,8 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict | None = N
     add("--save_steps", type=int, default=d["save_steps"],
         help="write a resumable checkpoint every N steps (paper: 500); a killed run resumes from the last one")
     add("--save_total_limit", type=int, default=d["save_total_limit"], help="checkpoints kept (paper: 2)")
-    add("--eval_steps", type=int, default=d["eval_steps"], help="evaluate on the held-out pairs every N steps (paper: 300)")
+    add("--eval_steps", type=int, default=d["eval_steps"],
+        help="evaluate on the held-out pairs every N steps (upstream: 300 in DPO/ours.py, 700 in DPO/self_reward.py)")
     add("--report_to", default=d["report_to"], choices=list(REPORT_TO),
         help="where training metrics go; nothing leaves the machine unless you pick wandb (upstream: always wandb)")
     add("--wandb_project", default=d["wandb_project"],

@@ -217,3 +217,27 @@ def flatten_rmbench_rows(rows: list[dict]) -> list[dict]:
 def write_json(path: Path, rows) -> Path:
     path.write_text(json.dumps(rows), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# API judges (against tests/openai_server.py)
+# ---------------------------------------------------------------------------------------------------
+API_MODEL = "tiny-judge"  # the id the test server serves
+
+
+def api_argv(server, data, out, *extra, run_name: str = "r") -> list[str]:
+    """Arguments of an API judge script against the test server: --base_url at index 1, --model's value
+    API_MODEL; ``data``: one path or a list (RM-Bench's several files)."""
+    datasets = [str(d) for d in data] if isinstance(data, (list, tuple)) else [str(data)]
+    return ["--base_url", server.base_url, "--model", API_MODEL, "--dataset", *datasets, "--output_dir", str(out),
+            "--run_name", run_name, "--retry_base_delay", "0.001", "--log_level", "warning", *extra]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def load_run(run_dir: Path, key: str = "id") -> tuple[dict, dict]:
+    """({record[key]: record} of predictions.jsonl, metrics.json) of a run folder."""
+    predictions = {p[key]: p for p in read_jsonl(Path(run_dir) / "predictions.jsonl")}
+    return predictions, json.loads((Path(run_dir) / "metrics.json").read_text())

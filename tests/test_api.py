@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from helpers import REPO, rewardbench_rows, run_script, run_subprocess, write_jsonl
+from helpers import API_MODEL as MODEL
+from helpers import REPO, api_argv, load_run, read_jsonl, rewardbench_rows, run_script, run_subprocess, write_jsonl
 from ipo import IpoError, api
 from ipo.prompts import (
     COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream,
@@ -26,7 +27,6 @@ from ipo.prompts import (
 
 OURS = "Preference_Comparison/Reward_Bench/ours_gpt.py"
 BINARY = "Preference_Comparison/Reward_Bench/binary_gpt.py"
-MODEL = "tiny-judge"
 N_PAIRS = 16
 ROWS = rewardbench_rows(N_PAIRS)  # what the scripts read; responses are unique texts, used to aim faults
 
@@ -292,18 +292,7 @@ def rb_file(tmp_path):
     return write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(N_PAIRS))
 
 
-def argv_for(server, data, out, *extra, run_name="r"):
-    return ["--base_url", server.base_url, "--model", MODEL, "--dataset", str(data), "--output_dir", str(out),
-            "--run_name", run_name, "--retry_base_delay", "0.001", "--log_level", "warning", *extra]
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def load_run(run_dir):
-    predictions = {p["id"]: p for p in read_jsonl(run_dir / "predictions.jsonl")}
-    return predictions, json.loads((run_dir / "metrics.json").read_text())
+argv_for = api_argv
 
 
 def test_help():

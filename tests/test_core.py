@@ -108,3 +108,24 @@ def test_argument_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'train'" in err
+
+
+def test_install_files_pin_every_package_and_agree_on_torch():
+    """requirements.txt pins everything (an unpinned torch pulls a multi-GB CUDA build); the conda spec is valid
+    YAML whose pip section installs the same torch and then requirements.txt."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    requirements = [line.split("#")[0].strip() for line in (root / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in requirements if line]
+    assert requirements[0] == "torch==2.13.0"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.+]*", line) for line in requirements), requirements
+
+    spec = yaml.safe_load((root / "environment.yaml").read_text())
+    assert spec["name"] == "ipo"
+    pip_section = next(item["pip"] for item in spec["dependencies"] if isinstance(item, dict))
+    assert pip_section[0] == requirements[0]
+    assert "-r requirements.txt" in pip_section

@@ -40,7 +40,7 @@ def last_error_line(capsys):
     return err.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("script", [OURS, "DPO/sample_responses.py", "DPO/merge_peft.py",
+@pytest.mark.parametrize("script", [OURS, "DPO/self_reward.py", "DPO/sample_responses.py", "DPO/merge_peft.py",
                                     "DPO/Evals/create_subset.py", "DPO/Evals/sample_mmlu.py"])  # fmt: skip
 def test_help(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -93,7 +93,8 @@ def test_the_papers_command_end_to_end(tiny_model_dir, prompts_file, tmp_path, m
     metrics = json.loads((run / "metrics.json").read_text())
     round_metrics = metrics["rounds"][0]
     assert round_metrics["pairs"] == {"n_prompts": 10, "n_pairs": 10, "n_train": 8, "n_test": 2, "dropped": {},
-                                      "kept_degenerate": round_metrics["pairs"]["kept_degenerate"]}  # fmt: skip
+                                      "kept_degenerate": round_metrics["pairs"]["kept_degenerate"],
+                                      "n_unscored_responses": 0}  # fmt: skip
     assert round_metrics["training"]["n_train"] == 8 and "eval_loss" in round_metrics["training"]
     # --merge_adapters merged; --push_to_hub uploaded the merged model, once
     assert metrics["final_model"] == str(round_dir / "merged")

@@ -45,21 +45,13 @@ def parse_args(argv=None):
         "chosen first only; chat: temperature 0, markdown (**, [ ]) ignored when reading the verdict, both "
         "orders"
     ))  # fmt: skip
-    orders = parser.add_mutually_exclusive_group()
-    orders.add_argument(
-        "--both_orders", action="store_true", default=None,
-        help="ask each pair twice, chosen response first and second (twice the requests); default: off "
-        "with --scoring upstream (upstream's chosen-first), on with --scoring chat",
-    )  # fmt: skip
-    orders.add_argument("--no_both_orders", dest="both_orders", action="store_false", default=None,
-                        help="ask chosen-first only, also with --scoring chat")  # fmt: skip
+    api.add_order_args(parser)
     cli.add_rewardbench_data_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
     api.check_api_args(parser, args)
-    if args.both_orders is None:  # resolved now, so that config.json and resume see the value used
-        args.both_orders = args.scoring == "chat"
+    api.resolve_orders(args)
     return args
 
 
@@ -69,7 +61,7 @@ def main(argv=None) -> int:
     cli.consume_secrets(args)
     model_short = cli.model_short_name(args.model)
     client = api.ApiClient.from_args(args)  # a missing key fails here, before anything is written
-    orders = api.PAIRWISE_ORDERS if args.both_orders else api.PAIRWISE_ORDERS[:1]
+    orders = api.resolve_orders(args)
 
     ###############
     # Data and run folder

@@ -21,8 +21,7 @@ import sys
 
 from ipo import cli, hub, rewardbench
 from ipo.data import limit_per_group
-from ipo.judge import YesNoJudge, YesNoScorer
-from ipo.modeling import load_model_and_tokenizer
+from ipo.judge import YesNoScorer, load_judge
 from ipo.prompts import REWARDBENCH_LAYOUT
 from ipo.report import write_rewardbench_outputs
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
@@ -71,15 +70,8 @@ def main(argv=None) -> int:
     run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-{args.scoring}{suffix}",
                  overwrite=args.overwrite)  # fmt: skip
     run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
-    judge = YesNoJudge(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
-                       batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                       prefix_sharing=args.prefix_sharing)  # fmt: skip
-    run.start(cli.public_args(args), resolved={
-        "device": device, "dtype": str(dtype), "yes_no_tokens": judge.tokens.as_dict(), "n_pairs": len(examples),
-    })  # fmt: skip
-    logger.info("Yes ids %s %s, No ids %s %s", judge.tokens.yes_ids, judge.tokens.yes_tokens,
-                judge.tokens.no_ids, judge.tokens.no_tokens)  # fmt: skip
+    judge, resolved = load_judge(args)
+    run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(examples)})
 
     ###############
     # Score (appends to predictions.jsonl batch by batch; resumes what is missing)

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from ipo import cli, hub, rewardbench
 from ipo.data import limit_per_group
-from ipo.judge import YesNoJudge, YesNoScorer
-from ipo.modeling import load_model_and_tokenizer
+from ipo.judge import YesNoScorer, load_judge
 from ipo.prompt_search import expand, load_candidate_prompts, prompts_fingerprint, results_markdown, summarize
 from ipo.prompts import REWARDBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_text, score_into_log, seed_everything
@@ -79,14 +78,9 @@ def main(argv=None) -> int:
                  overwrite=args.overwrite)  # fmt: skip
     fingerprint = {"prompts_sha256": prompts_fingerprint(prompts)}
     run.check(cli.public_args(args), fingerprint)
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
-    judge = YesNoJudge(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
-                       batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                       prefix_sharing=args.prefix_sharing)  # fmt: skip
-    run.start(cli.public_args(args), resolved={
-        "device": device, "dtype": str(dtype), "yes_no_tokens": judge.tokens.as_dict(), "n_pairs": len(pairs),
-        "n_scorings": len(examples),
-    }, fingerprint_extra=fingerprint)  # fmt: skip
+    judge, resolved = load_judge(args)
+    run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(pairs), "n_scorings": len(examples)},
+              fingerprint_extra=fingerprint)  # fmt: skip
 
     ###############
     # Score every candidate (appends to predictions.jsonl batch by batch; resumes what is missing)
