@@ -177,6 +177,36 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
     add_batch_args(parser)
 
 
+def add_reward_model_args(parser: argparse.ArgumentParser) -> None:
+    """--input_format and --max_length of the reward-model baselines (RewardBench and RM-Bench), and batching."""
+    from ipo.reward_model import INPUT_FORMATS
+
+    group = parser.add_argument_group("reward model")
+    group.add_argument("--input_format", default="upstream", choices=INPUT_FORMATS,
+                       help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
+                            "chat: the reward model's chat template, user and assistant turns")  # fmt: skip
+    group.add_argument("--max_length", type=int, default=1024,
+                       help="max input tokens (upstream's pipeline: 1024, cut on the right)")  # fmt: skip
+    add_batch_args(parser, prefix_sharing=False)
+
+
+def add_self_reward_args(parser: argparse.ArgumentParser, upstream_parsing: str) -> None:
+    """--scoring, --max_length and --max_new_tokens of the 5-point self-reward judge, and batching;
+    ``upstream_parsing`` says which of upstream's regex sets the script's upstream mode reads."""
+    from ipo.self_reward import SCORING_MODES
+
+    group = parser.add_argument_group("5-point judge")
+    group.add_argument("--scoring", default="upstream", choices=SCORING_MODES,
+                       help=f"upstream: raw-text prompt, {upstream_parsing} over prompt + generation, 0 if none "
+                            "(reproduces upstream); chat: chat template, last 'Score: N' of the generation "
+                            "only, a failure is reported, never a score")  # fmt: skip
+    group.add_argument("--max_length", type=int, default=2048,
+                       help="max prompt tokens (upstream: 2048, cut on the right in upstream mode)")  # fmt: skip
+    group.add_argument("--max_new_tokens", type=int, default=200,
+                       help="max generated tokens per judgement (upstream: 200; the prompt asks for 100 words)")  # fmt: skip
+    add_batch_args(parser, prefix_sharing=False)
+
+
 def add_batch_args(parser: argparse.ArgumentParser, prefix_sharing: bool = True) -> None:
     """--batch_size, --max_batch_tokens, --limit, and --no_prefix_sharing for scorers that share prefixes."""
     from ipo.judge import DEFAULT_BATCH_SIZE

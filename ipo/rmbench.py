@@ -21,9 +21,12 @@ the diagonal, per Hub dataset (so safety-refuse and safety-response separately).
 ``levels_by_source`` and in upstream's ``accuracy-rm-bench-<model>-yesno.json``.
 
 Used by Preference_Comparison/RM_Bench/{ours,reward_model,self_reward}.py with any scorer whose
-``.score(examples)`` yields ``(example, six scores, extra)`` batches (ipo.judge.YesNoScorer and the
-baselines' scorers): ``load_rmbench`` -> Examples with responses [c1, c2, c3, r1, r2, r3];
-``record_maker`` -> predictions.jsonl lines; ``write_outputs`` -> metrics, tables, heat maps.
+``.score(examples)`` yields ``(example, six scores, extra)`` batches (ipo.judge.YesNoScorer,
+ipo.reward_model.RewardModelScorer, ipo.self_reward.SelfRewardScorer): ``load_rmbench`` -> Examples with
+responses [c1, c2, c3, r1, r2, r3]; ``record_maker`` / ``prediction_record`` -> predictions.jsonl lines;
+``write_outputs`` -> metrics, tables, heat maps. Records of the 5-point judge carry parse-failure flags
+per response; the metrics then count them per domain. A score of None (a chat-mode parse failure) loses
+every comparison and ties with nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from collections import defaultdict
 from typing import Callable, Sequence
 
 from ipo import IpoError
-from ipo.data import Example, read_records, require_columns, require_text
+from ipo.data import Example, limit_per_group, read_records, require_columns, require_text
 from ipo.prompts import RMBENCH_PROMPTS
+from ipo.self_reward import parse_failure_counts
 
 logger = logging.getLogger("ipo")
 
@@ -55,6 +59,14 @@ UPSTREAM_HUB_IDS = tuple(
 HUB_SPLIT = "train"  # the only split of both (upstream: load_dataset(name)["train"])
 # Prompts per data domain in the official filtered release (../shared/spec/ipo_upstream.md §3.14).
 OFFICIAL_SIZES = {"chat": 129, "code": 228, "math": 529, "safety-refuse": 284, "safety-response": 157}
+
+# Upstream RM_Bench/self_reward.py's --set_name groups of data domains (spec ../shared/spec/ipo_upstream.md
+# §3.14; the authors ran the 5-point judge in two halves). RM_Bench/self_reward_gpt.py split differently
+# (set1 = chat, code, math, safety-response; set2 = safety-refuse) and is not this table.
+SELF_REWARD_SETS: dict[str, tuple[str, ...]] = {
+    "set1": ("chat", "code", "math"),
+    "set2": ("safety-response", "safety-refuse"),
+}
 
 # predictions.jsonl is keyed by "<domain>/<id>": the per-domain files reuse ids (chat and code share 23).
 RECORD_KEY = "key"
@@ -174,6 +186,42 @@ def load_rmbench(sources: Sequence[str] = UPSTREAM_HUB_IDS, domain: str | None =
     return examples
 
 
+def default_sources(domains: Sequence[str] | None = None) -> list[str]:
+    """Upstream's Hub datasets (the default --dataset), only those of ``domains`` when given."""
+    return [h for h in UPSTREAM_HUB_IDS if domains is None or domain_from_name(h) in domains]
+
+
+def select_domains(examples: list[Example], domains: Sequence[str] | None, set_name: str) -> list[Example]:
+    """The examples of the named group of data domains (e.g. SELF_REWARD_SETS["set2"]); all if None."""
+    if domains is None:
+        return examples
+    kept = [e for e in examples if e.domain in domains]
+    if not kept:
+        found = ", ".join(domain_counts(examples)) or "none"
+        raise IpoError(f"no prompts of the domains of --set_name {set_name} ({', '.join(domains)}) in --dataset "
+                       f"(its domains: {found})")  # fmt: skip
+    return kept
+
+
+def load_examples(sources: Sequence[str], domain: str | None = None, limit: int | None = None,
+                  set_name: str | None = None) -> tuple[list[Example], dict[str, int]]:  # fmt: skip
+    """What an RM-Bench script scores, from its --dataset, --domain, --limit and --set_name: the examples
+    (at most ``limit`` per data domain, in file order) and the number per data domain, logged.
+
+    ``set_name`` (a key of SELF_REWARD_SETS) keeps that group's domains; with the default --dataset only
+    the group's Hub datasets are fetched.
+    """
+    domains = SELF_REWARD_SETS[set_name] if set_name else None
+    if domains and list(sources) == default_sources():
+        sources = default_sources(domains)
+    examples = select_domains(load_rmbench(sources, domain), domains, set_name)
+    examples = limit_per_group(examples, limit, key=lambda e: e.domain)
+    counts = domain_counts(examples)
+    logger.info("%d prompts (%s) from %d source(s)", len(examples), ", ".join(f"{d} {n}" for d, n in counts.items()),
+                len(sources))  # fmt: skip
+    return examples, counts
+
+
 def domain_counts(examples: Sequence[Example]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for example in examples:
@@ -184,18 +232,22 @@ def domain_counts(examples: Sequence[Example]) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------------
 # Records
 # ---------------------------------------------------------------------------------------------------
-def prediction_record(example: Example, scores: Sequence[float], extra: dict | None = None,
+def by_side(name: str, values: Sequence) -> dict[str, list]:
+    """Per-response values [chosen x3, rejected x3] as {<name>_chosen: [3], <name>_rejected: [3]}."""
+    if len(values) != 2 * N_STYLES:
+        raise ValueError(f"expected {2 * N_STYLES} values of {name}, got {len(values)}")
+    return {f"{name}_chosen": list(values[:N_STYLES]), f"{name}_rejected": list(values[N_STYLES:])}
+
+
+def prediction_record(example: Example, scores: Sequence[float | None], extra: dict | None = None,
                       score_name: str = "p_yes") -> dict:  # fmt: skip
     """One predictions.jsonl line: key, id, domain, subset, <score>_chosen [3], <score>_rejected [3], extra."""
-    if len(scores) != 2 * N_STYLES:
-        raise ValueError(f"expected {2 * N_STYLES} scores for {example.id}, got {len(scores)}")
     return {
         RECORD_KEY: example.id,
         "id": example.meta.get("id", example.id),
         "domain": example.domain,
         "subset": example.subset,
-        f"{score_name}_chosen": list(scores[:N_STYLES]),
-        f"{score_name}_rejected": list(scores[N_STYLES:]),
+        **by_side(score_name, scores),
         **(extra or {}),
     }
 
@@ -226,7 +278,8 @@ def style_accuracy_matrix(chosen_scores, rejected_scores) -> list[list[float]]:
             [concise, detailed plain, detailed markdown].
     Returns:
         (3, 3) nested lists, M[i][j] = mean_n [chosen_scores[n, i] > rejected_scores[n, j]]: rows are the
-        chosen style, columns the rejected style; strict >, so a tie counts as wrong.
+        chosen style, columns the rejected style; strict >, so a tie counts as wrong. A None score (a
+        chat-mode parse failure) becomes NaN, which loses every comparison on either side.
     """
     import numpy as np
 
@@ -234,10 +287,32 @@ def style_accuracy_matrix(chosen_scores, rejected_scores) -> list[list[float]]:
 
 
 def style_tie_matrix(chosen_scores, rejected_scores) -> list[list[float]]:
-    """(3, 3) fraction of prompts where chosen_i and rejected_j score exactly the same (same shapes)."""
+    """(3, 3) fraction of prompts where chosen_i and rejected_j score exactly the same (same shapes; a
+    None score ties with nothing)."""
     import numpy as np
 
     return _pairwise_fraction(chosen_scores, rejected_scores, np.equal)
+
+
+def parsed_accuracy_matrix(chosen_scores, rejected_scores, chosen_failed, rejected_failed) -> list[list[float | None]]:
+    """The 3x3 accuracy matrix over parsed judgements only (the 5-point judge's parse failures left out).
+
+    Args:
+        chosen_scores, rejected_scores: (N, 3) scores as for style_accuracy_matrix (None allowed).
+        chosen_failed, rejected_failed: (N, 3) booleans, True where that judgement failed to parse.
+    Returns:
+        (3, 3) nested lists, M[i][j] = mean of [chosen_i > rejected_j] over the prompts where neither
+        chosen_i nor rejected_j failed; None where no prompt qualifies.
+    """
+    import numpy as np
+
+    chosen = np.asarray(chosen_scores, dtype=float)[:, :, None]
+    rejected = np.asarray(rejected_scores, dtype=float)[:, None, :]
+    parsed = ~np.asarray(chosen_failed, dtype=bool)[:, :, None] & ~np.asarray(rejected_failed, dtype=bool)[:, None, :]
+    wins = ((chosen > rejected) & parsed).sum(axis=0)
+    counts = parsed.sum(axis=0)
+    return [[float(wins[i, j] / counts[i, j]) if counts[i, j] else None for j in range(N_STYLES)]
+            for i in range(N_STYLES)]  # fmt: skip
 
 
 def _cells_mean(cells: Sequence[float | None]) -> float | None:
@@ -301,6 +376,25 @@ def _mean_weighted(pairs) -> float | None:
     return sum(v * w for v, w in pairs) / total if total else None
 
 
+def _has_parse_flags(records: Sequence[dict]) -> bool:
+    return "parse_failed_chosen" in records[0]
+
+
+def _parse_failure_block(records: Sequence[dict], score_name: str) -> dict:
+    """Parse failures of one domain's records and its score without them (the 5-point judge)."""
+    counts = parse_failure_counts(records)
+    matrix = parsed_accuracy_matrix(*([r[f"{score_name}_{side}"] for r in records] for side in ("chosen", "rejected")),
+                                    *([r[f"parse_failed_{side}"] for r in records] for side in ("chosen", "rejected")))  # fmt: skip
+    return {
+        "n_judgements": counts["n_judgements"],
+        "n_parse_failures": counts["n_parse_failures"],
+        "parse_failure_rate": counts["parse_failure_rate"],
+        "prompts_with_parse_failure": counts["records_with_parse_failure"],
+        "matrix_excluding_parse_failures": matrix,
+        "score_excluding_parse_failures": _cells_mean(list(hard_normal_easy(matrix).values())),
+    }
+
+
 def _block(records: Sequence[dict], matrices: Callable) -> dict:
     matrix, ties = matrices(records)
     return {
@@ -319,18 +413,25 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes", matrices
     All values are fractions in [0, 1]:
     - domains: per scored domain (chat, code, math, safety = safety-refuse + safety-response pooled):
       n, sources (prompts per data domain), matrix, hard, normal, easy, score = mean(hard, normal, easy),
-      levels (the diagonal), tie_rate (share of its 9 comparisons per prompt that tie), n_truncated;
+      levels (the diagonal), tie_rate (share of its 9 comparisons per prompt that tie), n_ties (tied
+      comparisons; with scores only, not ``matrices``), n_truncated; and, when the records carry parse_failed_chosen / _rejected (the 5-point
+      judge), n_judgements, n_parse_failures, parse_failure_rate, prompts_with_parse_failure,
+      matrix_excluding_parse_failures and score_excluding_parse_failures (its hard/normal/easy mean; None
+      if a cell has no parsed comparison);
     - hard / normal / easy / average: the official overall values, means over ``domains_present`` only.
       They are the official RM-Bench numbers only when ``complete`` (all four domains scored);
     - levels_by_source: upstream's level_1..3 per data domain (as upstream reported per Hub dataset);
     - official_format: the official script's keys (chat, code, math, safety, hard_acc, normal_acc,
-      easy_acc, total_avg_acc), for the domains present.
+      easy_acc, total_avg_acc), for the domains present;
+    - with parse-failure flags, the overall n_judgements, n_parse_failures, parse_failure_rate,
+      prompts_with_parse_failure and average_excluding_parse_failures (None unless every domain has one).
     ``matrices`` (records -> accuracy and tie matrices) replaces the comparison of scores, e.g.
     pairwise_matrices for a judge that compares two responses; values built on cells it did not measure
     are None (a domain's score too).
     """
     if not records:
         raise IpoError("no predictions to compute metrics from")
+    score_based = matrices is None  # every prompt then makes all 9 comparisons
     matrices = matrices or score_matrices(score_name)
     by_domain: dict[str, list[dict]] = defaultdict(list)
     by_source: dict[str, list[dict]] = defaultdict(list)
@@ -342,10 +443,14 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes", matrices
         if name in by_domain:
             block = _block(by_domain[name], matrices)
             block["score"] = _cells_mean([block["hard"], block["normal"], block["easy"]])
+            if score_based:
+                block["n_ties"] = round(block["tie_rate"] * N_STYLES**2 * block["n"])
             sources = defaultdict(int)
             for record in by_domain[name]:
                 sources[record["domain"]] += 1
             block["sources"] = {d: sources[d] for d in DOMAINS if d in sources}
+            if score_based and _has_parse_flags(records):
+                block.update(_parse_failure_block(by_domain[name], score_name))
             domains[name] = block
     present = list(domains)
     overall = {key: _mean(d[key] for d in domains.values()) for key in ("hard", "normal", "easy")}
@@ -355,6 +460,17 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes", matrices
             block = _block(by_source[name], matrices)
             levels_by_source[name] = {"n": block["n"], **block["levels"]}
     average = _mean(d["score"] for d in domains.values())
+    parse_failures = {}
+    if score_based and _has_parse_flags(records):
+        counts = parse_failure_counts(records)
+        clean_scores = [d["score_excluding_parse_failures"] for d in domains.values()]
+        parse_failures = {
+            "n_judgements": counts["n_judgements"],
+            "n_parse_failures": counts["n_parse_failures"],
+            "parse_failure_rate": counts["parse_failure_rate"],
+            "prompts_with_parse_failure": counts["records_with_parse_failure"],
+            "average_excluding_parse_failures": None if None in clean_scores else _mean(clean_scores),
+        }
     return {
         "n_prompts": len(records),
         "domains_present": present,
@@ -363,6 +479,8 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes", matrices
         **overall,
         "average": average,
         "tie_rate": _mean_weighted((d["tie_rate"], d["n"]) for d in domains.values()),
+        **({"n_ties": sum(d["n_ties"] for d in domains.values())} if score_based else {}),
+        **parse_failures,
         "n_truncated": sum(d["n_truncated"] for d in domains.values()),
         "domains": domains,
         "levels_by_source": levels_by_source,
@@ -395,8 +513,9 @@ def upstream_accuracy(metrics: dict, percent: bool = True, key: str = "level_{k}
 # ---------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------
-def results_markdown(metrics: dict, title: str) -> str:
-    """results.md: overall and per-domain hard/normal/easy, each domain's matrix, upstream's levels."""
+def results_markdown(metrics: dict, title: str, notes: str = "") -> str:
+    """results.md: overall and per-domain hard/normal/easy, parse failures (5-point judge), each domain's
+    matrix, upstream's levels. ``notes`` (markdown) goes under the headline."""
     from ipo.report import markdown_table, pct
 
     out = [f"# {title}\n"]
@@ -408,6 +527,8 @@ def results_markdown(metrics: dict, title: str) -> str:
         out.append(f"{metrics['n_prompts']} prompts. **Incomplete: only {present} scored; missing "
                    f"{', '.join(metrics['domains_missing'])}.** The overall values below average the domains "
                    f"present and are not the official RM-Bench overall.\n")  # fmt: skip
+    if notes:
+        out.append(notes.rstrip("\n") + "\n")
     out.append("hard = chosen response in a plainer style than the rejected one (upper triangle), normal = "
                "same style (diagonal), easy = chosen fancier (lower triangle); a tie counts as wrong.\n")  # fmt: skip
     rows = [
@@ -420,6 +541,15 @@ def results_markdown(metrics: dict, title: str) -> str:
                  pct(metrics["average"]), pct(metrics["tie_rate"]), metrics["n_truncated"]])  # fmt: skip
     out.append(markdown_table(["domain", "prompts", "hard %", "normal %", "easy %", "average %", "ties %",
                                "truncated"], rows))  # fmt: skip
+    if "n_parse_failures" in metrics:
+        out.append("## Parse failures (5-point judge)\n")
+        rows = [[name, d["n_judgements"], d["n_parse_failures"], pct(d["parse_failure_rate"]),
+                 d["prompts_with_parse_failure"], pct(d["score_excluding_parse_failures"])]
+                for name, d in metrics["domains"].items()]  # fmt: skip
+        rows.append([label, metrics["n_judgements"], metrics["n_parse_failures"], pct(metrics["parse_failure_rate"]),
+                     metrics["prompts_with_parse_failure"], pct(metrics["average_excluding_parse_failures"])])  # fmt: skip
+        out.append(markdown_table(["domain", "judgements", "parse failures", "failures %", "prompts with a failure",
+                                   "average % without failed judgements"], rows))  # fmt: skip
     out.append("## Style matrices (% of prompts where chosen row-style beats rejected column-style)\n")
     for name, d in metrics["domains"].items():
         sources = ", ".join(f"{s} {n}" for s, n in d["sources"].items())
@@ -435,12 +565,13 @@ def results_markdown(metrics: dict, title: str) -> str:
 
 def write_outputs(run, records: list[dict], title: str, upstream_file: str, score_name: str = "p_yes",
                   upstream_percent: bool = True, upstream_key: str = "level_{k}", matrices: Callable | None = None,
-                  extra_metrics: dict | None = None, extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
+                  extra_metrics: dict | None = None, notes: str = "", extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
     """metrics.json, results.md, style_matrix_<domain>.png and upstream's level file, in ``run`` (a RunDir).
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
     metrics of an uninterrupted one. ``matrices`` as in compute_metrics; ``extra_metrics`` are added to
-    metrics.json and ``extra_markdown`` to the end of results.md. Returns (metrics, results markdown).
+    metrics.json; ``notes`` (markdown) go under results.md's headline and ``extra_markdown`` at its end.
+    Returns (metrics, results markdown).
     """
     from ipo.report import heatmap, pct
     from ipo.runs import atomic_write_json, atomic_write_text
@@ -450,7 +581,7 @@ def write_outputs(run, records: list[dict], title: str, upstream_file: str, scor
     if not metrics["complete"]:
         logger.warning("domains missing: %s; the overall values average %s only",
                        ", ".join(metrics["domains_missing"]), ", ".join(metrics["domains_present"]))  # fmt: skip
-    markdown = results_markdown(metrics, title)
+    markdown = results_markdown(metrics, title, notes)
     if extra_markdown:
         markdown += "\n" + extra_markdown
     atomic_write_json(run.file("metrics.json"), metrics)

@@ -244,6 +244,30 @@ def compare_scores(chosen: int | None, rejected: int | None) -> tuple[bool, bool
     return chosen > rejected, chosen == rejected
 
 
+def parse_failure_flags(record: dict) -> list[bool]:
+    """The parse-failure flags of one prediction record: ``parse_failed_chosen`` then
+    ``parse_failed_rejected``, each one flag (a RewardBench pair) or a list of flags (RM-Bench's 3 styles)."""
+    flags: list[bool] = []
+    for side in ("chosen", "rejected"):
+        value = record[f"parse_failed_{side}"]
+        flags += [bool(v) for v in value] if isinstance(value, (list, tuple)) else [bool(value)]
+    return flags
+
+
+def parse_failure_counts(records: Sequence[dict]) -> dict:
+    """n_judgements, n_parse_failures, parse_failure_rate (per judgement; None without records) and
+    records_with_parse_failure (records with a failure on either side) of prediction records."""
+    flags = [parse_failure_flags(r) for r in records]
+    n_judgements = sum(map(len, flags))
+    n_failures = sum(map(sum, flags))
+    return {
+        "n_judgements": n_judgements,
+        "n_parse_failures": n_failures,
+        "parse_failure_rate": n_failures / n_judgements if n_judgements else None,
+        "records_with_parse_failure": sum(any(f) for f in flags),
+    }
+
+
 def parse_failure_metrics(records: Sequence[dict]) -> dict:
     """Parse failures of pair records holding parse_failed_chosen / parse_failed_rejected and correct.
 
@@ -251,12 +275,22 @@ def parse_failure_metrics(records: Sequence[dict]) -> dict:
     failure on either side; accuracy_excluding_parse_failures is the accuracy over the other pairs
     (None if there are none).
     """
-    failed_pairs = [r for r in records if r["parse_failed_chosen"] or r["parse_failed_rejected"]]
-    clean = [r for r in records if not (r["parse_failed_chosen"] or r["parse_failed_rejected"])]
-    n_failures = sum(r["parse_failed_chosen"] + r["parse_failed_rejected"] for r in records)
+    counts = parse_failure_counts(records)
+    clean = [r for r in records if not any(parse_failure_flags(r))]
     return {
-        "n_parse_failures": n_failures,
-        "parse_failure_rate": n_failures / (2 * len(records)) if records else None,
-        "pairs_with_parse_failure": len(failed_pairs),
+        "n_parse_failures": counts["n_parse_failures"],
+        "parse_failure_rate": counts["parse_failure_rate"],
+        "pairs_with_parse_failure": counts["records_with_parse_failure"],
         "accuracy_excluding_parse_failures": sum(r["correct"] for r in clean) / len(clean) if clean else None,
     }
+
+
+def parse_failure_note(counts: dict, unit: str, scoring: str) -> str:
+    """The results.md sentence on parse failures, from ``parse_failure_counts`` (``unit``: "pairs",
+    "prompts"). It says what a failure did to the comparisons in this ``scoring`` mode."""
+    from ipo.report import pct
+
+    effect = ("each scored 0, below any parsed score, as upstream" if scoring == "upstream"
+              else "every comparison with a failed judgement counts as wrong")  # fmt: skip
+    return (f"Parse failures: {counts['n_parse_failures']} of {counts['n_judgements']} judgements "
+            f"({pct(counts['parse_failure_rate'])}%), in {counts['records_with_parse_failure']} {unit} ({effect}).")  # fmt: skip

@@ -39,7 +39,6 @@ from __future__ import annotations
 import sys
 
 from ipo import api, cli, hub, rmbench
-from ipo.data import limit_per_group
 from ipo.prompts import COMPARE_PROMPT_RMBENCH
 from ipo.runs import RecordLog, RunDir, score_into_log
 
@@ -81,11 +80,7 @@ def main(argv=None) -> int:
     ###############
     # Data and run folder: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples = rmbench.load_rmbench(args.dataset, args.domain)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.domain)
-    counts = rmbench.domain_counts(examples)
-    logger.info("%d prompts (%s) from %d source(s)", len(examples),
-                ", ".join(f"{d} {n}" for d, n in counts.items()), len(args.dataset))  # fmt: skip
+    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
     suffix = "-both-orders" if args.both_orders else ""
     default_name = f"rmbench-{model_short}-api-pairwise-{args.pairs}-{args.scoring}{suffix}"
     run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub, rmbench
-from ipo.data import limit_per_group
 from ipo.judge import YesNoScorer, load_judge
 from ipo.prompts import RMBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
@@ -53,11 +52,7 @@ def main(argv=None) -> int:
     ###############
     # Data: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples = rmbench.load_rmbench(args.dataset, args.domain)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.domain)
-    counts = rmbench.domain_counts(examples)
-    logger.info("%d prompts (%s) from %d source(s)", len(examples),
-                ", ".join(f"{d} {n}" for d, n in counts.items()), len(args.dataset))  # fmt: skip
+    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
 
     ###############
     # Run folder (checked before the slow model load), model, judge

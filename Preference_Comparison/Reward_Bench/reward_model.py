@@ -24,7 +24,7 @@ from ipo import cli, hub, rewardbench
 from ipo.data import limit_per_group
 from ipo.modeling import load_model_and_tokenizer
 from ipo.report import write_rewardbench_outputs
-from ipo.reward_model import INPUT_FORMATS, RewardModelScorer
+from ipo.reward_model import RewardModelScorer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger
@@ -35,13 +35,7 @@ def parse_args(argv=None):
     cli.add_model_args(parser)
     cli.add_rewardbench_data_args(parser, rewardbench.PAPER_CATEGORIES,
                                   "score only this category of the paper (chat includes Chat Hard)")  # fmt: skip
-    scoring = parser.add_argument_group("reward model")
-    scoring.add_argument("--input_format", default="upstream", choices=INPUT_FORMATS,
-                         help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
-                              "chat: the reward model's chat template, user and assistant turns")  # fmt: skip
-    scoring.add_argument("--max_length", type=int, default=1024,
-                         help="max input tokens (upstream's pipeline: 1024, cut on the right)")  # fmt: skip
-    cli.add_batch_args(parser, prefix_sharing=False)
+    cli.add_reward_model_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)

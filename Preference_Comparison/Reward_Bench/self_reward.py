@@ -31,7 +31,13 @@ from ipo.data import limit_per_group
 from ipo.modeling import load_model_and_tokenizer
 from ipo.report import pct, write_rewardbench_outputs
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
-from ipo.self_reward import SCORING_MODES, SelfRewardScorer, compare_scores, parse_failure_metrics
+from ipo.self_reward import (
+    SelfRewardScorer,
+    compare_scores,
+    parse_failure_counts,
+    parse_failure_metrics,
+    parse_failure_note,
+)
 
 logger = cli.logger
 
@@ -40,16 +46,7 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
     cli.add_rewardbench_data_args(parser, rewardbench.SELF_REWARD_SETS, "score only upstream's subset group")
-    judge = parser.add_argument_group("5-point judge")
-    judge.add_argument("--scoring", default="upstream", choices=SCORING_MODES,
-                       help="upstream: raw-text prompt, score regex over prompt + generation, 0 if none "
-                            "(reproduces upstream); chat: chat template, last 'Score: N' of the generation "
-                            "only, a failure is reported, never a score")  # fmt: skip
-    judge.add_argument("--max_length", type=int, default=2048,
-                       help="max prompt tokens (upstream: 2048, cut on the right in upstream mode)")  # fmt: skip
-    judge.add_argument("--max_new_tokens", type=int, default=200,
-                       help="max generated tokens per judgement (upstream: 200; the prompt asks for 100 words)")  # fmt: skip
-    cli.add_batch_args(parser, prefix_sharing=False)
+    cli.add_self_reward_args(parser, "score regex")
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
@@ -113,10 +110,8 @@ def main(argv=None) -> int:
     failures = parse_failure_metrics(records)
     failures["n_ties"] = sum(r["tie"] for r in records)
     notes = (
-        f"Parse failures: {failures['n_parse_failures']} of {2 * len(records)} judgements "
-        f"({pct(failures['parse_failure_rate'])}%), in {failures['pairs_with_parse_failure']} pairs "
-        f"(counted as wrong); accuracy without those pairs: {pct(failures['accuracy_excluding_parse_failures'])}%. "
-        f"Ties: {failures['n_ties']} (counted as wrong)."
+        f"{parse_failure_note(parse_failure_counts(records), 'pairs', args.scoring)} Accuracy without those "
+        f"pairs: {pct(failures['accuracy_excluding_parse_failures'])}%. Ties: {failures['n_ties']} (counted as wrong)."
     )
     metrics, markdown = write_rewardbench_outputs(
         run, records, title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
