@@ -1029,16 +1029,6 @@ def style_answer_fields(extra: dict, keys: Sequence[str]) -> dict:
     return fields
 
 
-def style_parse_failures(records: Sequence[dict]) -> dict:
-    """Unparsed answers of 5-point RM-Bench records (``parse_failed_chosen`` / ``_rejected``, 3 flags each):
-    n_parse_failures (responses), parse_failure_rate (of all responses), prompts_with_parse_failure."""
-    flags = [r["parse_failed_chosen"] + r["parse_failed_rejected"] for r in records]
-    n_failures = sum(map(sum, flags))
-    return {"n_parse_failures": n_failures,
-            "parse_failure_rate": n_failures / (2 * N_STYLES * len(records)) if records else None,
-            "prompts_with_parse_failure": sum(any(f) for f in flags)}  # fmt: skip
-
-
 # Which (chosen style, rejected style) pairs the pairwise judge compares: upstream's RM_Bench/binary_gpt.py
 # asked chosen_k vs rejected_k (the diagonal, 3 per prompt); all 9 give the official hard/normal/easy.
 STYLE_PAIRS = {

@@ -41,6 +41,7 @@ from ipo import api, cli, hub, rmbench
 from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.report import pct
 from ipo.runs import RecordLog, RunDir, score_into_log
+from ipo.self_reward import parse_failure_counts
 
 logger = cli.logger
 REGEX_SET = "rmbench"  # RM_Bench/self_reward.py's and self_reward_gpt.py's regexes (ipo.self_reward)
@@ -110,16 +111,16 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    parse_failures = api.style_parse_failures(records)
+    parse_failures = parse_failure_counts(records)  # metrics.json gets these from rmbench.compute_metrics
     notes = (
-        f"Answers without a score: {parse_failures['n_parse_failures']} of {2 * rmbench.N_STYLES * len(records)} "
-        f"({pct(parse_failures['parse_failure_rate'])}%), in {parse_failures['prompts_with_parse_failure']} "
+        f"Answers without a score: {parse_failures['n_parse_failures']} of {parse_failures['n_judgements']} "
+        f"({pct(parse_failures['parse_failure_rate'])}%), in {parse_failures['records_with_parse_failure']} "
         "prompts; each loses every comparison it is in (upstream scored it 0). Ties count as wrong."
     )
     metrics, markdown = api.write_rmbench_outputs(
         run, records, client, title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-scores.json", score_name="score",
-        extra_metrics=parse_failures, extra_markdown=notes,
+        extra_markdown=notes,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)
