@@ -30,7 +30,7 @@ import json
 import sys
 from pathlib import Path
 
-from ipo import IpoError, cli, hub
+from ipo import cli, hub
 from ipo.preference_data import DATASET_FORMATS, check_data_for_loss, load_preference_data, to_unpaired
 from ipo.recipes import load_recipe, recipe_defaults
 from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything

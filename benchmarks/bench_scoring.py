@@ -26,7 +26,6 @@ measured bf16 matmul throughput.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys

@@ -105,7 +105,6 @@ def load_model(
     kind: "causal_lm" (judge, sampling) or "sequence_classification" (reward-model baseline).
     Returns (model, resolved_device, resolved_torch_dtype).
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     device = resolve_device(device)

@@ -610,8 +610,7 @@ def run_loop(run_path: Path, prompts: Sequence[Prompt], s: LoopSettings, judge: 
         ###############
         if k < s.rounds or s.merge_final:
             if not (rd.merged / "config.json").is_file():
-                merged = merge_adapter(rd.adapter, rd.merged, dtype=s.dtype)
-                del merged
+                merge_adapter(rd.adapter, rd.merged, dtype=s.dtype)  # returns the merged model: drop it now
                 free_memory()
             metrics["merged"] = final = str(rd.merged)
             save()

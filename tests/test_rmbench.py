@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import REPO, flatten_rmbench_rows, rmbench_rows, run_script, run_subprocess, write_json, write_jsonl
+from helpers import flatten_rmbench_rows, rmbench_rows, run_script, run_subprocess, write_json, write_jsonl
 from ipo import IpoError, rmbench
 from ipo.data import Example
 from ipo.judge import YesNoJudge, YesNoScorer

@@ -5,7 +5,7 @@ import torch
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.modeling import load_model, load_tokenizer
+from ipo.modeling import load_tokenizer
 from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.self_reward import (
     UPSTREAM_REGEX_SETS,
