@@ -54,8 +54,8 @@ def setup_logging(level: str = "info") -> None:
         force=True,
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    # bitsandbytes (imported by peft even without 4-bit) asks CPU users to `pip install kernels` for a 4-bit
-    # kernel that nothing here uses unless --load_in_4bit; real problems still come through as errors.
+    # bitsandbytes (imported by peft even without 4-bit) asks every CPU user to `pip install kernels` for a
+    # faster 4-bit CPU kernel; only 4-bit runs on a CPU would use it, and they work without (more slowly).
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
