@@ -159,3 +159,20 @@ def test_smollm2_on_the_demo_data(smollm2_dir, tmp_path):
     assert metrics["n_pairs"] == 20 and all(v is not None for v in metrics["sections"].values())
     config = json.loads((tmp_path / "demo" / "config.json").read_text())
     assert config["resolved"]["yes_no_tokens"]["yes_ids"] == [9230]
+
+
+@pytest.mark.smollm2
+def test_a_local_gguf_file_scores_as_its_converted_folder(smollm2_dir, tmp_path):
+    """--model_name may be the .gguf file itself (transformers dequantises it with gguf_file=); the scores
+    match the plain folder ipo.assets converted from the same file."""
+    from ipo.assets import smollm2_gguf
+
+    rows = [json.loads(line) for line in (REPO / "data/demo_rewardbench.jsonl").read_text().splitlines()[:3]]
+    data = write_jsonl(tmp_path / "three.jsonl", rows)
+    scores = {}
+    for name, model in (("gguf", smollm2_gguf()), ("folder", smollm2_dir)):
+        argv = ["--model_name", str(model), "--dataset", str(data), "--output_dir", str(tmp_path), "--run_name", name]
+        assert run_script(SCRIPT, argv) == 0
+        scores[name] = [p for r in read_predictions(tmp_path / name) for p in (r["p_yes_chosen"], r["p_yes_rejected"])]
+    assert len(scores["gguf"]) == 6
+    assert scores["gguf"] == pytest.approx(scores["folder"], abs=1e-5)
