@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import sys
 
-from ipo import cli, selfimprove
-from ipo.judge import DEFAULT_BATCH_SIZE
+from ipo import cli
+from ipo.selfimprove import loop as selfimprove
+from ipo.judges.yes_no import DEFAULT_BATCH_SIZE
 
 UPSTREAM_MODEL = "mistralai/Mistral-7B-Instruct-v0.1"
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import sys
 
-from ipo import cli, hub, selfimprove
+from ipo import cli, hub
+from ipo.selfimprove import loop as selfimprove
 from ipo.modeling import load_model_and_tokenizer
 from ipo.runs import RecordLog, RunDir, seed_everything
-from ipo.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
+from ipo.selfimprove.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
 
 logger = cli.logger
 

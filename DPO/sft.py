@@ -30,10 +30,10 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
-from ipo.preference_data import DATASET_FORMATS, SFT_FORMATS, load_sft_data
-from ipo.recipes import load_recipe, recipe_defaults
+from ipo.training.preference_data import DATASET_FORMATS, SFT_FORMATS, load_sft_data
+from ipo.training.recipes import load_recipe, recipe_defaults
 from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
-from ipo.training import (
+from ipo.training.dpo import (
     TRAIN_LOG_FILE, add_sft_args, check_options, is_main_process, merge_adapter, options_from_args, train_sft,
     train_summary, wait_for_everyone,
 )  # fmt: skip
@@ -41,7 +41,7 @@ from ipo.training import (
 logger = cli.logger
 
 SUMMARY_FILE = "train_summary.json"
-# SFT defaults where they differ from the DPO step's (ipo.training.TrainingOptions)
+# SFT defaults where they differ from the DPO step's (ipo.training.dpo.TrainingOptions)
 SFT_DEFAULTS = {"learning_rate": 1e-4, "per_device_train_batch_size": 8, "max_length": 1024}
 
 

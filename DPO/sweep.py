@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from ipo import IpoError, cli
-from ipo.recipes import expand_grid, load_recipe
+from ipo.training.recipes import expand_grid, load_recipe
 from ipo.report import markdown_table
 from ipo.runs import atomic_write_json, atomic_write_text
 

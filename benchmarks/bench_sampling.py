@@ -1,7 +1,7 @@
 """Sampling speed: the batched, seeded sampler against upstream's loop, in one process on the same model.
 
 Upstream (DPO/ours.py, DPO/sample_responses.py) called ``generate`` once per response: 4 calls per prompt,
-batch size 1, ``do_sample=True``. ``ipo.sampling.Sampler`` makes one call for many prompts with N rows each.
+batch size 1, ``do_sample=True``. ``ipo.selfimprove.sampling.Sampler`` makes one call for many prompts with N rows each.
 Both sample the same prompts with the same settings (temperature 0.7, top-k 50); the rate is new response
 tokens per second (up to and excluding the stop token), so early stops count the same on both sides.
 
@@ -57,7 +57,7 @@ def upstream_loop(model, tokenizer, prompt_ids, n, max_new_tokens, stop_ids) -> 
     """Upstream's sampler: one generate call per response, batch 1, transformers' own sampling."""
     import torch
 
-    from ipo.sampling import cut_at_stop
+    from ipo.selfimprove.sampling import cut_at_stop
 
     tokens = 0
     for ids in prompt_ids:
@@ -72,7 +72,7 @@ def upstream_loop(model, tokenizer, prompt_ids, n, max_new_tokens, stop_ids) -> 
 
 
 def compare(model, tokenizer, args, label: str) -> dict:
-    from ipo.sampling import Sampler, SamplingSettings, encode_prompt
+    from ipo.selfimprove.sampling import Sampler, SamplingSettings, encode_prompt
 
     if model.device.type == "cuda":
         import torch
@@ -116,7 +116,7 @@ def dpo_step(model_dir: str, samples, tokenizer, args, device: str) -> dict:
     """Time one optimizer step of the paper's DPO setup on pairs built from the samples."""
     import torch
 
-    from ipo.training import TrainingOptions, build_trainer
+    from ipo.training.dpo import TrainingOptions, build_trainer
 
     prompts = bench_prompts(args.num_prompts)
     records = [{"prompt": f"[INST] {prompts[s.prompt_id]} [/INST]", "chosen": s.responses[0], "rejected": s.responses[1]}

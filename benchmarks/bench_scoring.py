@@ -2,7 +2,7 @@
 
 The upstream loop (spec §2, A13) scores one sequence at a time: ``model(input_ids).logits[:, -1, :]``
 (transformers computes the logits of every position), a softmax over the whole vocabulary, and the sum
-of the Yes/No probabilities. The project's scorer is ``ipo.judge.YesNoScorer`` with its default
+of the Yes/No probabilities. The project's scorer is ``ipo.judges.yes_no.YesNoScorer`` with its default
 settings: length-sorted batches under a token budget, the last position's logits only, the Yes/No
 logits alone in float32, and each shared token prefix (the judge question of a batch, the prompt of a
 pair) run once.
@@ -128,8 +128,8 @@ def upstream_style_scores(model, tokenizer, examples: list[Example]) -> list[flo
 
 
 def project_scores(judge, examples: list[Example]) -> list[float]:
-    """ipo.judge.YesNoScorer on the same pairs; p'_yes per response in the examples' order."""
-    from ipo.judge import YesNoScorer
+    """ipo.judges.yes_no.YesNoScorer on the same pairs; p'_yes per response in the examples' order."""
+    from ipo.judges.yes_no import YesNoScorer
 
     scorer = YesNoScorer(judge, REWARDBENCH_LAYOUT, judge_question)
     by_id = {}
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     cli.setup_logging("warning")
     import torch
 
-    from ipo.judge import YesNoJudge
+    from ipo.judges.yes_no import YesNoJudge
     from ipo.modeling import load_model, load_tokenizer, resolve_device
 
     torch.set_num_threads(args.threads)

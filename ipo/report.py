@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ipo import rewardbench
-from ipo.rewardbench import SUBSET_MAPPING
+from ipo.benchmarks import rewardbench
+from ipo.benchmarks.rewardbench import SUBSET_MAPPING
 from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Iterable
 
 from ipo import IpoError
-from ipo.cli import SECRET_ARGS
 
 logger = logging.getLogger("ipo")
 
+# Arguments that may carry a secret: accepted for upstream's commands, never saved anywhere.
+SECRET_ARGS = frozenset({"hf_key", "hf_api", "api_key", "openai_key"})
 TRACKED_LIBRARIES = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
     "huggingface_hub", "tokenizers", "sentence-transformers", "openai", "wandb", "ipo",

@@ -40,7 +40,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from ipo.judge import NO_VARIANTS, YES_VARIANTS
+from ipo.judges.yes_no import NO_VARIANTS, YES_VARIANTS
 
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""API judges (ipo.api, Reward_Bench/ours_gpt.py, Reward_Bench/binary_gpt.py).
+"""API judges (ipo.judges.api, Reward_Bench/ours_gpt.py, Reward_Bench/binary_gpt.py).
 
 Pure parsing and retry functions on hand-built inputs; the client and both scripts against a real
 OpenAI-compatible HTTP server on 127.0.0.1 (tests/openai_server.py, the tiny model behind it) through the
@@ -20,7 +20,8 @@ import pytest
 
 from helpers import API_MODEL as MODEL
 from helpers import REPO, api_argv, load_run, read_jsonl, rewardbench_rows, run_script, run_subprocess, write_jsonl
-from ipo import IpoError, api
+from ipo import IpoError
+from ipo.judges import api
 from ipo.prompts import (
     COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream,
 )  # fmt: skip

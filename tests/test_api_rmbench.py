@@ -1,5 +1,5 @@
 """API judges on RM-Bench (RM_Bench/ours_gpt.py, self_reward_gpt.py, binary_gpt.py) and the pieces of
-ipo.api / ipo.rmbench they add: 3x3 metrics with unmeasured cells (a pairwise judge that compared only
+ipo.judges.api / ipo.benchmarks.rmbench they add: 3x3 metrics with unmeasured cells (a pairwise judge that compared only
 the same-style pairs), failed responses that lose their comparisons, failure accounting, the cache.
 
 Against the real OpenAI-compatible HTTP server of tests/openai_server.py through the real `openai` SDK:
@@ -15,7 +15,8 @@ import pytest
 from helpers import (
     API_MODEL, api_argv, load_run, load_script, read_jsonl, rmbench_rows, run_script, run_subprocess, write_json,
 )  # fmt: skip
-from ipo import api, rmbench
+from ipo.judges import api
+from ipo.benchmarks import rmbench
 from ipo.data import Example
 from ipo.prompts import COMPARE_PROMPT_RMBENCH, RMBENCH_LAYOUT, SELF_REWARD_PROMPT, render_upstream
 

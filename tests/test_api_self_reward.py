@@ -13,7 +13,7 @@ import pytest
 
 from helpers import API_MODEL, api_argv, load_run, rewardbench_rows, run_script, write_jsonl
 from ipo.prompts import SELF_REWARD_PROMPT, SELF_REWARD_PROMPT_BULLET
-from ipo.rewardbench import SELF_REWARD_GPT_SETS
+from ipo.benchmarks.rewardbench import SELF_REWARD_GPT_SETS
 
 SCRIPT = "Preference_Comparison/Reward_Bench/self_reward_gpt.py"
 N_PAIRS = 16

@@ -258,7 +258,7 @@ def test_a_later_failure_leaves_earlier_files_intact(tiny_model_dir, prompts_fil
 
 
 def test_merge_peft(tiny_model_dir, tmp_path, capsys):
-    from ipo.training import TrainingOptions, train_dpo
+    from ipo.training.dpo import TrainingOptions, train_dpo
 
     pairs = [{"prompt": f"[INST] q{i} [/INST]", "chosen": "Yes", "rejected": "No"} for i in range(4)]
     adapter = train_dpo(str(tiny_model_dir), pairs, TrainingOptions(max_steps=1, per_device_train_batch_size=2,
@@ -310,7 +310,7 @@ def test_create_subset_is_seeded(tmp_path, capsys):
 
 
 def test_sample_mmlu_generates_and_grades(tiny_model_dir, tmp_path, monkeypatch):
-    from ipo import sampling
+    from ipo.selfimprove import sampling
 
     source = write_jsonl(tmp_path / "mmlu.jsonl", MMLU_ROWS)
     argv = ["--model_name", str(tiny_model_dir), "--dataset_name", str(source), "--output_dir", str(tmp_path),

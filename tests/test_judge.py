@@ -7,7 +7,7 @@ import torch
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.judge import (
+from ipo.judges.yes_no import (
     YesNoJudge,
     YesNoScorer,
     common_prefix_length,

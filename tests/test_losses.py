@@ -1,4 +1,4 @@
-"""The preference losses of ipo.losses against the golden vectors of ../shared/spec/losses.md section 2.6
+"""The preference losses of ipo.training.losses against the golden vectors of ../shared/spec/losses.md section 2.6
 (float64, atol 1e-6), against TRL 1.16's own loss code, and their RPO properties."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ipo import losses as L
+from ipo.training import losses as L
 
 ATOL = 1e-6
 BETA = 0.1

@@ -1,4 +1,4 @@
-"""Preference-dataset loading (ipo.preference_data) on small hand-written fixtures of every layout."""
+"""Preference-dataset loading (ipo.training.preference_data) on small hand-written fixtures of every layout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from helpers import write_jsonl
 from ipo import IpoError
-from ipo.preference_data import (
+from ipo.training.preference_data import (
     balanced_unpaired_batches,
     check_data_for_loss,
     hh_to_messages,

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import REPO, rewardbench_rows, run_script, run_subprocess, write_jsonl
 from ipo import IpoError
-from ipo.prompt_search import (
+from ipo.benchmarks.prompt_search import (
     PAPER,
     candidates_for,
     load_candidate_prompts,
@@ -107,7 +107,7 @@ def test_bad_prompt_files(tmp_path, content, message):
 # The script, with a scripted judge: the answer is known
 # ---------------------------------------------------------------------------------------------------
 def test_script_selects_on_selection_pairs_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
-    from ipo import judge
+    from ipo.judges import yes_no as judge
 
     rows = rewardbench_rows(12, subsets=["alpacaeval-easy"])
     pair_ids = [r["id"] for r in rows]

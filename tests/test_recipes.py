@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ipo import IpoError
-from ipo.losses import LOSS_TYPES
-from ipo.recipes import RECIPE_KEYS, expand_grid, load_recipe
+from ipo.training.losses import LOSS_TYPES
+from ipo.training.recipes import RECIPE_KEYS, expand_grid, load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TRAINING_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)

@@ -110,7 +110,7 @@ def test_self_reward_end_to_end(tiny_model_dir, rewardbench_file, tmp_path, caps
 
 def test_self_reward_counts_failures_as_wrong_and_reports_them(tiny_model_dir, tmp_path, monkeypatch):
     """Scripted judge replies: a chat-mode parse failure loses the pair, and the report says so."""
-    from ipo import self_reward
+    from ipo.judges import self_reward
 
     replies = {1000: [(5, False), (None, True)], 1001: [(3, False), (3, False)], 1002: [(None, True), (2, False)]}
 

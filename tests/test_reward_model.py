@@ -6,7 +6,7 @@ import torch
 from ipo import IpoError
 from ipo.data import Example
 from ipo.modeling import load_model, load_tokenizer
-from ipo.reward_model import RewardModelScorer, rewards_from_logits
+from ipo.judges.reward_model import RewardModelScorer, rewards_from_logits
 
 
 @pytest.fixture(scope="module")

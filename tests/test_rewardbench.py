@@ -4,7 +4,7 @@ import pytest
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.rewardbench import (
+from ipo.benchmarks.rewardbench import (
     EXAMPLE_COUNTS,
     PAPER_CATEGORIES,
     SUBSET_MAPPING,

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from helpers import flatten_rmbench_rows, rmbench_rows, run_script, run_subprocess, write_json, write_jsonl
-from ipo import IpoError, rmbench
+from ipo import IpoError
+from ipo.benchmarks import rmbench
 from ipo.data import Example
-from ipo.judge import YesNoJudge, YesNoScorer
+from ipo.judges.yes_no import YesNoJudge, YesNoScorer
 from ipo.prompts import RMBENCH_LAYOUT, render_upstream
 from test_judge import naive_upstream_p_yes
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import flatten_rmbench_rows, rmbench_rows, run_script, run_subprocess, write_json, write_jsonl
-from ipo import rmbench
+from ipo.benchmarks import rmbench
 from test_rmbench import flat, read_predictions, rmbench_files  # noqa: F401 (a fixture)
 
 RM_SCRIPT = "Preference_Comparison/RM_Bench/reward_model.py"
@@ -154,7 +154,7 @@ def scripted_rows():
 def scripted_judge(monkeypatch):
     """SelfRewardScorer.generate answers each prompt with REPLIES[its response]; prompt building, decoding
     and parsing stay real."""
-    from ipo.self_reward import SelfRewardScorer
+    from ipo.judges.self_reward import SelfRewardScorer
 
     def generate(self, prompts):
         replies = []

@@ -1,4 +1,4 @@
-"""ipo.sampling: stop tokens, cutting by token ids, per-row random streams, batch invariance, Gumbel-max."""
+"""ipo.selfimprove.sampling: stop tokens, cutting by token ids, per-row random streams, batch invariance, Gumbel-max."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ipo import IpoError
-from ipo.sampling import (
+from ipo.selfimprove.sampling import (
     GumbelMaxSampling, Sampler, SamplingSettings, check_can_generate, cut_at_stop, encode_prompt, row_seed,
     stop_token_ids,
 )  # fmt: skip

@@ -7,7 +7,7 @@ from ipo import IpoError
 from ipo.data import Example
 from ipo.modeling import load_tokenizer
 from ipo.prompts import SELF_REWARD_PROMPT
-from ipo.self_reward import (
+from ipo.judges.self_reward import (
     UPSTREAM_REGEX_SETS,
     SelfRewardScorer,
     parse_score,

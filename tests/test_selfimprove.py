@@ -1,4 +1,4 @@
-"""ipo.selfimprove: categories, prompt loading, pair selection (ties, duplicates), held-out split, records."""
+"""ipo.selfimprove.loop: categories, prompt loading, pair selection (ties, duplicates), held-out split, records."""
 
 import json
 import random
@@ -9,7 +9,7 @@ import pytest
 from helpers import write_jsonl
 from ipo import IpoError
 from ipo.prompts import CODE_PROMPT, DPO_CATEGORY_PROMPTS, DPO_CHAT_PROMPT, MATH_PROMPT, SAFE_RESPONSE_PROMPT
-from ipo.selfimprove import (
+from ipo.selfimprove.loop import (
     build_pairs, dpo_record, export_pairs, held_out_ids, judge_key, load_prompts, mapped_record, rank_responses,
 )  # fmt: skip
 
@@ -171,8 +171,8 @@ def test_export_pairs_keeps_test_apart(tmp_path):
 def test_training_sees_the_prompt_the_sampler_used(tiny_model_dir, tmp_path, prompt_format):
     """chat: TRL renders the conversational record with the same chat template the sampler used."""
     from ipo.modeling import load_tokenizer
-    from ipo.sampling import encode_prompt
-    from ipo.training import TrainingOptions, build_trainer
+    from ipo.selfimprove.sampling import encode_prompt
+    from ipo.training.dpo import TrainingOptions, build_trainer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     pair = {"prompt": "What is 2 plus 2?", "chosen": "The answer is 4.", "rejected": "No"}

@@ -1,4 +1,4 @@
-"""DPO/sft.py and ipo.preference_data.load_sft_data: data layouts, two SFT steps, adapter, merge, --no_lora."""
+"""DPO/sft.py and ipo.training.preference_data.load_sft_data: data layouts, two SFT steps, adapter, merge, --no_lora."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from helpers import load_script, run_script, write_jsonl
 from ipo import IpoError
-from ipo.preference_data import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, load_sft_data
+from ipo.training.preference_data import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, load_sft_data
 from test_train_preferences import pairs
 
 SCRIPT = "DPO/sft.py"

@@ -1,4 +1,4 @@
-"""DPO/train_preferences.py and the PreferenceLossTrainer: every loss trains, matches ipo.losses on independently
+"""DPO/train_preferences.py and the PreferenceLossTrainer: every loss trains, matches ipo.training.losses on independently
 computed log-probs, RPO skips one-sided batches, recipes, resume, bad input."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 
 from helpers import load_script, run_script, write_jsonl
 from ipo import IpoError
-from ipo.losses import paired_preference_loss, rpo_unpaired_loss
-from ipo.training import (
+from ipo.training.losses import paired_preference_loss, rpo_unpaired_loss
+from ipo.training.dpo import (
     BalancedBatchSampler, TrainingOptions, build_trainer, custom_trainer_class, cut_long_prompt, train_summary,
 )  # fmt: skip
 
@@ -113,7 +113,7 @@ def test_precomputed_reference_log_probs_give_the_same_training(tiny_model_dir, 
 
 
 # ---------------------------------------------------------------------------------------------------
-# The loss the trainer computes = ipo.losses on log-probs computed here by a plain forward
+# The loss the trainer computes = ipo.training.losses on log-probs computed here by a plain forward
 # ---------------------------------------------------------------------------------------------------
 def independent_logps(model, batch):
     """Summed completion log-probs per row from full logits (no fused head), for the policy and the base."""
@@ -134,7 +134,7 @@ def prompt_embeddings(trainer, prompts):
     tokenizer = trainer.processing_class
     texts = [tokenizer.decode(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False),
                               skip_special_tokens=True) for p in prompts]  # fmt: skip
-    from ipo.embeddings import PromptEmbedder
+    from ipo.training.embeddings import PromptEmbedder
 
     return PromptEmbedder().encode(texts)
 
@@ -259,7 +259,7 @@ def test_recipe_values_and_command_line_overrides(tmp_path):
 
 
 def test_every_recipe_setting_is_a_flag_of_train_preferences():
-    from ipo.recipes import RECIPE_KEYS
+    from ipo.training.recipes import RECIPE_KEYS
 
     parser = load_script(SCRIPT).build_parser(default_model="m")
     flags = {option[2:] for action in parser._actions for option in action.option_strings}

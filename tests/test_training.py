@@ -1,4 +1,4 @@
-"""ipo.training: the paper's defaults reach TRL, LoRA trains only the adapter, resume, merge, 4-bit."""
+"""ipo.training.dpo: the paper's defaults reach TRL, LoRA trains only the adapter, resume, merge, 4-bit."""
 
 import argparse
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ipo import IpoError
-from ipo.training import (
+from ipo.training.dpo import (
     TrainingOptions, add_training_args, build_dpo_config, build_lora_config, build_trainer, check_options,
     merge_adapter, options_from_args, read_adapter_config, train_dpo,
 )  # fmt: skip

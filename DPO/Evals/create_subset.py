@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ipo import cli, hub
 from ipo.data import read_records
-from ipo.evals import seeded_subset_indices
+from ipo.benchmarks.mmlu import seeded_subset_indices
 from ipo.runs import atomic_write_jsonl
 
 logger = cli.logger

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from ipo import cli, hub
 from ipo.data import read_records, require_columns, row_ids
-from ipo.evals import answer_index, extract_choice, mmlu_metrics
+from ipo.benchmarks.mmlu import answer_index, extract_choice, mmlu_metrics
 from ipo.modeling import load_model_and_tokenizer, load_tokenizer
 from ipo.prompts import UPSTREAM_INST_PROMPT, mmlu_instruction
 from ipo.report import markdown_table, pct
 from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, seed_everything
-from ipo.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
-from ipo.selfimprove import Prompt, sample_into_log
+from ipo.selfimprove.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
+from ipo.selfimprove.loop import Prompt, sample_into_log
 
 logger = cli.logger
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     if args.adapter:
         from peft import PeftModel
 
-        from ipo.training import read_adapter_config
+        from ipo.training.dpo import read_adapter_config
 
         read_adapter_config(args.adapter)
         model = PeftModel.from_pretrained(model, args.adapter).eval()

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import sys
 
-from ipo import api, cli, hub, rmbench
+from ipo import cli, hub
+from ipo.judges import api
+from ipo.benchmarks import rmbench
 from ipo.prompts import COMPARE_PROMPT_RMBENCH
 from ipo.runs import RecordLog, RunDir, score_into_log
 

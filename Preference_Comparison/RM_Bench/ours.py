@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import sys
 
-from ipo import cli, hub, rmbench
-from ipo.judge import YesNoScorer, load_judge
+from ipo import cli, hub
+from ipo.benchmarks import rmbench
+from ipo.judges.yes_no import YesNoScorer, load_judge
 from ipo.prompts import RMBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import sys
 
-from ipo import api, cli, hub, rmbench
+from ipo import cli, hub
+from ipo.judges import api
+from ipo.benchmarks import rmbench
 from ipo.prompts import RMBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, score_into_log
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import sys
 
-from ipo import cli, hub, rmbench
+from ipo import cli, hub
+from ipo.benchmarks import rmbench
 from ipo.modeling import load_model_and_tokenizer
-from ipo.reward_model import RewardModelScorer
+from ipo.judges.reward_model import RewardModelScorer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger

@@ -37,14 +37,16 @@ from __future__ import annotations
 
 import sys
 
-from ipo import api, cli, hub, rmbench
+from ipo import cli, hub
+from ipo.judges import api
+from ipo.benchmarks import rmbench
 from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.report import pct
 from ipo.runs import RecordLog, RunDir, score_into_log
-from ipo.self_reward import parse_failure_counts
+from ipo.judges.self_reward import parse_failure_counts
 
 logger = cli.logger
-REGEX_SET = "rmbench"  # RM_Bench/self_reward.py's and self_reward_gpt.py's regexes (ipo.self_reward)
+REGEX_SET = "rmbench"  # RM_Bench/self_reward.py's and self_reward_gpt.py's regexes (ipo.judges.self_reward)
 
 
 def parse_args(argv=None):

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import sys
 
-from ipo import api, cli, hub, rewardbench
+from ipo import cli, hub
+from ipo.judges import api
+from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.prompts import COMPARE_PROMPT_REWARDBENCH
 from ipo.runs import RecordLog, RunDir, score_into_log

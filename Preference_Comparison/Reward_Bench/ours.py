@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import sys
 
-from ipo import cli, hub, rewardbench
+from ipo import cli, hub
+from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
-from ipo.judge import YesNoScorer, load_judge
+from ipo.judges.yes_no import YesNoScorer, load_judge
 from ipo.prompts import REWARDBENCH_LAYOUT
 from ipo.report import write_rewardbench_outputs
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import sys
 
-from ipo import api, cli, hub, rewardbench
+from ipo import cli, hub
+from ipo.judges import api
+from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.prompts import REWARDBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, score_into_log

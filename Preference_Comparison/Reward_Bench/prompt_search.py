@@ -24,10 +24,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ipo import cli, hub, rewardbench
+from ipo import cli, hub
+from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
-from ipo.judge import YesNoScorer, load_judge
-from ipo.prompt_search import expand, load_candidate_prompts, prompts_fingerprint, results_markdown, summarize
+from ipo.judges.yes_no import YesNoScorer, load_judge
+from ipo.benchmarks.prompt_search import expand, load_candidate_prompts, prompts_fingerprint, results_markdown, summarize
 from ipo.prompts import REWARDBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_text, score_into_log, seed_everything
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import sys
 
-from ipo import cli, hub, rewardbench
+from ipo import cli, hub
+from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.modeling import load_model_and_tokenizer
 from ipo.report import write_rewardbench_outputs
-from ipo.reward_model import RewardModelScorer
+from ipo.judges.reward_model import RewardModelScorer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger

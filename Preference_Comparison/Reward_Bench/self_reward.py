@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import sys
 
-from ipo import cli, hub, rewardbench
+from ipo import cli, hub
+from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.modeling import load_model_and_tokenizer
 from ipo.report import pct, write_rewardbench_outputs
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
-from ipo.self_reward import (
+from ipo.judges.self_reward import (
     SelfRewardScorer,
     compare_scores,
     parse_failure_counts,

@@ -35,15 +35,17 @@ from __future__ import annotations
 
 import sys
 
-from ipo import api, cli, hub, rewardbench
+from ipo import cli, hub
+from ipo.judges import api
+from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.prompts import SELF_REWARD_PROMPT_BULLET
 from ipo.report import pct
 from ipo.runs import RecordLog, RunDir, score_into_log
-from ipo.self_reward import compare_scores, parse_failure_metrics
+from ipo.judges.self_reward import compare_scores, parse_failure_metrics
 
 logger = cli.logger
-REGEX_SET = "gpt_rewardbench"  # upstream self_reward_gpt.py's own regexes (ipo.self_reward.UPSTREAM_REGEX_SETS)
+REGEX_SET = "gpt_rewardbench"  # upstream self_reward_gpt.py's own regexes (ipo.judges.self_reward.UPSTREAM_REGEX_SETS)
 
 
 def parse_args(argv=None):

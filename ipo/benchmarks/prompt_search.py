@@ -23,7 +23,7 @@ from typing import Sequence
 from ipo import IpoError
 from ipo.data import Example
 from ipo.report import markdown_table, pct
-from ipo.rewardbench import judge_template, section_scores
+from ipo.benchmarks.rewardbench import judge_template, section_scores
 
 PAPER = "paper"  # candidate id of the paper's own question when it is not among the candidates
 

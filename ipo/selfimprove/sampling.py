@@ -296,7 +296,7 @@ class Sampler:
 
         Prompts are sorted by length (less padding); the order of the yielded samples follows that.
         """
-        from ipo.judge import plan_batches
+        from ipo.judges.yes_no import plan_batches
 
         n = self.settings.num_return_sequences
         lengths = [[len(ids) + self.settings.max_new_tokens] * n for _, ids in prompts]
@@ -306,7 +306,7 @@ class Sampler:
     def _generate(self, prompts) -> list[Sample]:
         import torch
 
-        from ipo.judge import left_pad
+        from ipo.judges.yes_no import left_pad
 
         n = self.settings.num_return_sequences
         if any(len(ids) == 0 for _, ids in prompts):

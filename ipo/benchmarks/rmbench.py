@@ -21,8 +21,8 @@ the diagonal, per Hub dataset (so safety-refuse and safety-response separately).
 ``levels_by_source`` and in upstream's ``accuracy-rm-bench-<model>-yesno.json``.
 
 Used by Preference_Comparison/RM_Bench/{ours,reward_model,self_reward}.py with any scorer whose
-``.score(examples)`` yields ``(example, six scores, extra)`` batches (ipo.judge.YesNoScorer,
-ipo.reward_model.RewardModelScorer, ipo.self_reward.SelfRewardScorer): ``load_rmbench`` -> Examples with
+``.score(examples)`` yields ``(example, six scores, extra)`` batches (ipo.judges.yes_no.YesNoScorer,
+ipo.judges.reward_model.RewardModelScorer, ipo.judges.self_reward.SelfRewardScorer): ``load_rmbench`` -> Examples with
 responses [c1, c2, c3, r1, r2, r3]; ``record_maker`` / ``prediction_record`` -> predictions.jsonl lines;
 ``write_outputs`` -> metrics, tables, heat maps. Records of the 5-point judge carry parse-failure flags
 per response; the metrics then count them per domain. A score of None (a chat-mode parse failure) loses
@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 from ipo import IpoError
 from ipo.data import Example, limit_per_group, read_records, require_columns, require_text
 from ipo.prompts import RMBENCH_PROMPTS
-from ipo.self_reward import parse_failure_counts
+from ipo.judges.self_reward import parse_failure_counts
 
 logger = logging.getLogger("ipo")
 

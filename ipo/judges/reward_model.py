@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.judge import (
+from ipo.judges.yes_no import (
     DEFAULT_BATCH_SIZE,
     EncodedPrompt,
     default_max_batch_tokens,
@@ -49,7 +49,7 @@ def rewards_from_logits(logits):
 
 class RewardModelScorer:
     """Scores every response of each Example with a reward model; ``.score(examples)`` yields lists of
-    ``(example, rewards, extra)`` per batch, like ipo.judge.YesNoScorer; extra = {"truncated": ...}."""
+    ``(example, rewards, extra)`` per batch, like ipo.judges.yes_no.YesNoScorer; extra = {"truncated": ...}."""
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from ipo import IpoError
 from ipo.data import read_records
-from ipo.losses import UNPAIRED_LOSS_TYPES
+from ipo.training.losses import UNPAIRED_LOSS_TYPES
 
 DATASET_FORMATS = (
     "auto", "standard", "conversational", "implicit", "conversational_implicit", "hh", "sharegpt", "unpaired",
@@ -306,7 +306,7 @@ def check_data_for_loss(data: PreferenceData, loss_type: str) -> None:
     """Refuse a loss that cannot train on this data, with the flag that fixes it.
 
     Every loss but those of UNPAIRED_LOSS_TYPES (including TRL's own, e.g. hinge) trains on pairs; whether
-    the name is a known loss is ipo.training.check_options' job.
+    the name is a known loss is ipo.training.dpo.check_options' job.
     """
     if loss_type in UNPAIRED_LOSS_TYPES and data.paired:
         raise IpoError(

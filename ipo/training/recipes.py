@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from ipo import IpoError
-from ipo.losses import LOSS_TYPES
+from ipo.training.losses import LOSS_TYPES
 
 _NUMBER = (int, float)
 # name -> accepted YAML types. Every name is a flag of the training scripts (without "--"); they follow

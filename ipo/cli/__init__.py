@@ -13,11 +13,10 @@ import warnings
 from typing import Callable, Sequence
 
 from ipo import IpoError
+from ipo.runs import SECRET_ARGS
 
 logger = logging.getLogger("ipo")
 
-# Arguments that may carry a secret: accepted for upstream's commands, never saved anywhere.
-SECRET_ARGS = frozenset({"hf_key", "hf_api", "api_key", "openai_key"})
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -100,7 +99,7 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
 def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
                               set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
     """--dataset and --split of the RewardBench scripts, and --set_name where a script has subset groups."""
-    from ipo import rewardbench
+    from ipo.benchmarks import rewardbench
 
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=rewardbench.HUB_ID,
@@ -117,7 +116,7 @@ def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequen
 def add_rmbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
                           set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
     """--dataset and --domain of the RM-Bench scripts, and --set_name where a script has domain groups."""
-    from ipo import rmbench
+    from ipo.benchmarks import rmbench
 
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", nargs="+", default=list(rmbench.UPSTREAM_HUB_IDS),
@@ -182,7 +181,7 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
 
 def add_reward_model_args(parser: argparse.ArgumentParser) -> None:
     """--input_format and --max_length of the reward-model baselines (RewardBench and RM-Bench), and batching."""
-    from ipo.reward_model import INPUT_FORMATS
+    from ipo.judges.reward_model import INPUT_FORMATS
 
     group = parser.add_argument_group("reward model")
     group.add_argument("--input_format", default="upstream", choices=INPUT_FORMATS,
@@ -196,7 +195,7 @@ def add_reward_model_args(parser: argparse.ArgumentParser) -> None:
 def add_self_reward_args(parser: argparse.ArgumentParser, upstream_parsing: str) -> None:
     """--scoring, --max_length and --max_new_tokens of the 5-point self-reward judge, and batching;
     ``upstream_parsing`` says which of upstream's regex sets the script's upstream mode reads."""
-    from ipo.self_reward import SCORING_MODES
+    from ipo.judges.self_reward import SCORING_MODES
 
     group = parser.add_argument_group("5-point judge")
     group.add_argument("--scoring", default="upstream", choices=SCORING_MODES,
@@ -212,7 +211,7 @@ def add_self_reward_args(parser: argparse.ArgumentParser, upstream_parsing: str)
 
 def add_batch_args(parser: argparse.ArgumentParser, prefix_sharing: bool = True) -> None:
     """--batch_size, --max_batch_tokens, --limit, and --no_prefix_sharing for scorers that share prefixes."""
-    from ipo.judge import DEFAULT_BATCH_SIZE
+    from ipo.judges.yes_no import DEFAULT_BATCH_SIZE
 
     group = parser.add_argument_group("batching")
     group.add_argument(

@@ -42,10 +42,10 @@ from typing import Callable, Iterable, Sequence
 
 from ipo import IpoError
 from ipo.data import Example, read_records, require_columns, require_text, row_ids
-from ipo.judge import DEFAULT_BATCH_SIZE
+from ipo.judges.yes_no import DEFAULT_BATCH_SIZE
 from ipo.prompts import DPO_CATEGORY_PROMPTS, DPO_FALLBACK_CATEGORY, UPSTREAM_END_MARKER, UPSTREAM_INST_PROMPT
 from ipo.runs import RecordLog, atomic_write_json, atomic_write_jsonl, read_jsonl, score_into_log
-from ipo.training import ADAPTER_DIR
+from ipo.training.dpo import ADAPTER_DIR
 
 logger = logging.getLogger("ipo")
 
@@ -233,7 +233,7 @@ def mapped_record(pair: dict) -> dict:
 @dataclass
 class JudgeSpec:
     """How a round judges its samples. ``build(model, tokenizer)`` returns a scorer with ``.score(examples)``
-    yielding lists of (example, scores, extra), like ipo.judge.YesNoScorer."""
+    yielding lists of (example, scores, extra), like ipo.judges.yes_no.YesNoScorer."""
 
     name: str
     score_field: str  # the scored.jsonl field the pairs are built from (None: no score, never in a pair)
@@ -256,9 +256,9 @@ def yes_no_judge_spec(prompt_format: str, scoring: str, max_length: int = 1024, 
                       max_batch_tokens: int | None = None, prefix_sharing: bool = True) -> JudgeSpec:  # fmt: skip
     """The paper's judge: P(Yes) with the category's question (appendix A.1), shared with RewardBench.
 
-    ``max_batch_tokens`` None: the judge's per-device default (ipo.judge.default_max_batch_tokens).
+    ``max_batch_tokens`` None: the judge's per-device default (ipo.judges.yes_no.default_max_batch_tokens).
     """
-    from ipo.judge import YesNoJudge, YesNoScorer
+    from ipo.judges.yes_no import YesNoJudge, YesNoScorer
     from ipo.prompts import REWARDBENCH_LAYOUT
 
     spec = JudgeSpec("yes_no", "p_yes", "generation_order" if prompt_format == "upstream" else "random", build=None)
@@ -302,7 +302,7 @@ def self_reward_judge_spec(scoring: str, max_length: int = 2048, max_new_tokens:
     score like any other); ties are broken as upstream's sort of (score, decoded text) tuples did. chat: the
     chat template, the last "Score: N" of the generation; a failure is None (no candidate); ties at random.
     """
-    from ipo.self_reward import SelfRewardScorer
+    from ipo.judges.self_reward import SelfRewardScorer
 
     upstream = scoring == "upstream"  # upstream passed the category to its judge and ignored it
     spec = JudgeSpec("self_reward_5_point", "score", "judge_text" if upstream else "random", build=None,
@@ -333,7 +333,7 @@ class RoundDir:
         self.responses = self.path / "responses.jsonl"
         self.scored = self.path / "scored.jsonl"
         self.pairs = self.path / "pairs.jsonl"
-        self.adapter = self.path / ADAPTER_DIR  # written by ipo.training.train_dpo
+        self.adapter = self.path / ADAPTER_DIR  # written by ipo.training.dpo.train_dpo
         self.merged = self.path / "merged"
         self.after_responses = self.path / "after_responses.jsonl"
         self.after_scored = self.path / "after_scored.jsonl"
@@ -359,7 +359,7 @@ def sample_into_log(sampler, tokenizer, prompts: Sequence[Prompt], log: RecordLo
     ``cut_at``: a literal marker each response is cut at (then stripped), as upstream DPO/self_reward.py did
     with '<|eot_id|>'; this matters once a model trained on upstream's records writes the marker as text.
     """
-    from ipo.sampling import encode_prompt
+    from ipo.selfimprove.sampling import encode_prompt
 
     todo = [p for p in prompts if p.id not in log]
     if not todo:
@@ -481,8 +481,8 @@ def read_pairs(round_dir: RoundDir) -> list[dict]:
 class LoopSettings:
     model: str  # round 1's policy, judge and reference
     prompt_format: str
-    sampling: "object"  # ipo.sampling.SamplingSettings
-    training: "object"  # ipo.training.TrainingOptions
+    sampling: "object"  # ipo.selfimprove.sampling.SamplingSettings
+    training: "object"  # ipo.training.dpo.TrainingOptions
     rounds: int = 1
     stop_after: str | None = None  # one of STAGES
     test_fraction: float = 0.1
@@ -529,8 +529,8 @@ def run_loop(run_path: Path, prompts: Sequence[Prompt], s: LoopSettings, judge: 
              on_resolved: Callable[[dict], None] | None = None) -> LoopResult:  # fmt: skip
     """Run (or resume) every round; see the module docstring. ``on_resolved`` receives settings found on
     the way (sampler and judge details) for the run's config.json."""
-    from ipo.sampling import Sampler
-    from ipo.training import free_memory, load_peft_model, merge_adapter, train_dpo
+    from ipo.selfimprove.sampling import Sampler
+    from ipo.training.dpo import free_memory, load_peft_model, merge_adapter, train_dpo
 
     test_ids = held_out_ids([p.id for p in prompts], s.test_fraction, s.seed)
     order = [p.id for p in prompts]
@@ -706,8 +706,8 @@ def add_loop_args(parser, default_model: str, judge_args: Callable | None = None
     import argparse
 
     from ipo import cli
-    from ipo.sampling import add_sampling_args
-    from ipo.training import add_training_args
+    from ipo.selfimprove.sampling import add_sampling_args
+    from ipo.training.dpo import add_training_args
 
     cli.add_model_args(parser, default_model=default_model)
     parser.add_argument("--model_id", dest="model_name", default=argparse.SUPPRESS,
@@ -785,8 +785,8 @@ def run_from_args(args, judge: JudgeSpec, method: str, run_prefix: str, cut_resp
     """
     from ipo import cli, hub
     from ipo.runs import RunDir, atomic_write_text, seed_everything
-    from ipo.sampling import check_can_generate, sampling_settings_from_args
-    from ipo.training import options_from_args
+    from ipo.selfimprove.sampling import check_can_generate, sampling_settings_from_args
+    from ipo.training.dpo import options_from_args
 
     cli.setup_logging(args.log_level)
     seed_everything(args.seed)

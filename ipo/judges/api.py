@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ipo import IpoError
 from ipo.data import Example
 from ipo.prompts import REWARDBENCH_LAYOUT, RMBENCH_LAYOUT, chat_user_content, render_api_upstream, render_upstream
-from ipo.rmbench import FLAT_COLUMNS as STYLE_SLOTS, N_STYLES
+from ipo.benchmarks.rmbench import FLAT_COLUMNS as STYLE_SLOTS, N_STYLES
 from ipo.runs import RecordLog, RunDir
 
 logger = logging.getLogger("ipo")
@@ -388,7 +388,7 @@ def self_reward_content(scoring: str, upstream_prompt: str, instruction: str, re
     """The 5-point judge's user message: ``upstream_prompt`` in upstream mode (Reward_Bench/self_reward_gpt.py
     used the bullet variant SELF_REWARD_PROMPT_BULLET, RM_Bench/self_reward_gpt.py the plain one), the plain
     SELF_REWARD_PROMPT in chat mode."""
-    from ipo import self_reward
+    from ipo.judges import self_reward
 
     if scoring == "chat":
         return self_reward.render_upstream(instruction, response)
@@ -400,11 +400,11 @@ def self_reward_content(scoring: str, upstream_prompt: str, instruction: str, re
 def self_reward_score(text: str, scoring: str, regex_set: str) -> int | None:
     """The 1..5 score in a 5-point judge's answer, None when it has none.
 
-    upstream: the script's regex set (ipo.self_reward.UPSTREAM_REGEX_SETS), first pattern that matches, the
+    upstream: the script's regex set (ipo.judges.self_reward.UPSTREAM_REGEX_SETS), first pattern that matches, the
     number clamped to 1..5, as upstream parsed the API's answer; upstream's 0 for no match is None here.
-    chat: the last "Score: N" with N in 1..5 (ipo.self_reward.parse_score).
+    chat: the last "Score: N" with N in 1..5 (ipo.judges.self_reward.parse_score).
     """
-    from ipo import self_reward
+    from ipo.judges import self_reward
 
     if scoring == "chat":
         return self_reward.parse_score(text)
@@ -816,7 +816,7 @@ class ApiClient:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Scorer (the interface of ipo.judge.YesNoScorer, so ipo.runs.score_into_log drives it)
+# Scorer (the interface of ipo.judges.yes_no.YesNoScorer, so ipo.runs.score_into_log drives it)
 # ---------------------------------------------------------------------------------------------------
 class ApiScorer:
     """Judges examples through an ApiClient; ``.score(examples)`` yields lists of (example, values, extra).
@@ -887,7 +887,7 @@ class ApiScorer:
 # ---------------------------------------------------------------------------------------------------
 def pending_examples(examples: Sequence[Example], run: RunDir, overwrite: bool, key: str = "id") -> list[Example]:
     """Examples the run still has to judge: not in its predictions, or failed there (they are retried).
-    ``key``: the predictions' key field (RM-Bench's is "key", ipo.rmbench.RECORD_KEY)."""
+    ``key``: the predictions' key field (RM-Bench's is "key", ipo.benchmarks.rmbench.RECORD_KEY)."""
     path = run.file("predictions.jsonl")
     if overwrite or not path.exists():
         return list(examples)
@@ -956,7 +956,8 @@ def write_rewardbench_outputs(run: RunDir, records: list[dict], client: ApiClien
     failures_by_kind, accuracy_all_pairs, accuracy_answered, ``answered_only`` (the same metrics over the
     answered pairs) and ``api_usage_this_invocation``.
     """
-    from ipo import report, rewardbench
+    from ipo import report
+    from ipo.benchmarks import rewardbench
 
     summary, answered = _answered(records)
     answered_metrics = rewardbench.compute_metrics(answered)
@@ -992,14 +993,14 @@ def _failure_metrics(summary: dict) -> dict:
 def write_rmbench_outputs(run: RunDir, records: list[dict], client: ApiClient, title: str, upstream_file: str,
                           score_name: str = "p_yes", matrices: Callable | None = None,
                           extra_metrics: dict | None = None, extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
-    """RM-Bench outputs of an API judge (ipo.rmbench.write_outputs) plus its failures.
+    """RM-Bench outputs of an API judge (ipo.benchmarks.rmbench.write_outputs) plus its failures.
 
     The main metrics count every prompt: a failed response (None score) loses every comparison it is in,
     a failed pairwise comparison is wrong; upstream's level file likewise. metrics.json adds n_answered,
     n_failed, failures_by_kind (per prompt), ``answered_only`` (the same metrics over the prompts whose
-    requests all succeeded) and ``api_usage_this_invocation``. ``matrices``: as ipo.rmbench.compute_metrics.
+    requests all succeeded) and ``api_usage_this_invocation``. ``matrices``: as ipo.benchmarks.rmbench.compute_metrics.
     """
-    from ipo import rmbench
+    from ipo.benchmarks import rmbench
 
     summary, answered = _answered(records)
     answered_metrics = rmbench.compute_metrics(answered, score_name, matrices)
@@ -1053,7 +1054,7 @@ def style_pair_fields(verdicts: Sequence[int | None], extra: dict, cells: Sequen
     """Record fields of one RM-Bench prompt judged pairwise (style_pair_requests' slots).
 
     ``correct`` / ``tie`` and ``verdict_<order>`` / ``judge_text_<order>``: (3, 3) nested lists, [i][j] for
-    chosen style i vs rejected style j, None where not compared (ipo.rmbench.pairwise_matrices reads them).
+    chosen style i vs rejected style j, None where not compared (ipo.benchmarks.rmbench.pairwise_matrices reads them).
     Each cell as pairwise_fields: correct when every order picks the chosen response, a tie when the orders
     disagree, a failed comparison wrong and not a tie. failed: "chosen_<i>-rejected_<j>/<order>" names.
     """
