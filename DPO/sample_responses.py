@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     model_short = cli.model_short_name(args.model_name)
     run = RunDir(args.output_dir, args.run_name or f"samples-{model_short}-{args.prompt_format}", args.overwrite)
     run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
+    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     sampler = Sampler(model, tokenizer, sampling_settings_from_args(args), batch_size=args.sample_batch_size,
                       salt="round1")  # the same random streams as round 1 of DPO/ours.py  # fmt: skip
     run.start(cli.public_args(args), resolved={"device": device, "dtype": str(dtype), "n_prompts": len(prompts),

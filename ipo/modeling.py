@@ -7,6 +7,7 @@ error messages are the same in every script.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import os
 from pathlib import Path
 
@@ -131,19 +132,30 @@ def load_model(
     return model, device, torch_dtype
 
 
-def load_model_and_tokenizer(args, kind: str = "causal_lm"):
-    """Load from the shared model flags (cli.add_model_args). Returns (model, tokenizer, device, dtype)."""
-    tokenizer = load_tokenizer(args.model_name, trust_remote_code=args.trust_remote_code)
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how: the values of the shared model flags (cli.add_model_args)."""
+
+    name_or_path: str  # Hub id, local folder, or local .gguf file
+    dtype: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU
+    device: str = "auto"
+    quantized: bool = False  # 4-bit NF4 through bitsandbytes
+    trust_remote_code: bool = False
+
+
+def load_model_and_tokenizer(spec: ModelSpec, kind: str = "causal_lm"):
+    """Load a model and its tokenizer. Returns (model, tokenizer, device, dtype)."""
+    tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
     model, device, torch_dtype = load_model(
-        args.model_name,
-        dtype=args.dtype,
-        device=args.device,
-        quantized=args.quantized,
-        trust_remote_code=args.trust_remote_code,
+        spec.name_or_path,
+        dtype=spec.dtype,
+        device=spec.device,
+        quantized=spec.quantized,
+        trust_remote_code=spec.trust_remote_code,
         kind=kind,
     )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    logger.info("loaded %s (%s, %s%s)", args.model_name, device, str(torch_dtype).replace("torch.", ""),
-                ", 4-bit" if args.quantized else "")  # fmt: skip
+    logger.info("loaded %s (%s, %s%s)", spec.name_or_path, device, str(torch_dtype).replace("torch.", ""),
+                ", 4-bit" if spec.quantized else "")  # fmt: skip
     return model, tokenizer, device, torch_dtype

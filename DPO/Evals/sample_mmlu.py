@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     ###############
     # Model (base + optional adapter) and sampler
     ###############
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
+    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     if args.adapter:
         from peft import PeftModel
 

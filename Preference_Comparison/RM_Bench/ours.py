@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     ###############
     run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-{args.scoring}", overwrite=args.overwrite)
     run.check(cli.public_args(args))
-    judge, resolved = load_judge(args)
+    judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
     run.start(cli.public_args(args), resolved={**resolved, "n_prompts": len(examples), "prompts_per_domain": counts})
 
     ###############

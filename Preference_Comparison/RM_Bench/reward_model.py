@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-rm-{args.input_format}",
                  overwrite=args.overwrite)  # fmt: skip
     run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args, kind="sequence_classification")
+    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
     scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,
                                batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)  # fmt: skip
     run.start(cli.public_args(args), resolved={

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-self-{args.scoring}-{set_label}",
                  overwrite=args.overwrite)  # fmt: skip
     run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
+    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     scorer = SelfRewardScorer(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                               max_batch_tokens=args.max_batch_tokens, regex_set="rmbench")  # fmt: skip

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-{args.scoring}{suffix}",
                  overwrite=args.overwrite)  # fmt: skip
     run.check(cli.public_args(args))
-    judge, resolved = load_judge(args)
+    judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
     run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(examples)})
 
     ###############

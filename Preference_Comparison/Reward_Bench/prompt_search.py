@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                  overwrite=args.overwrite)  # fmt: skip
     fingerprint = {"prompts_sha256": prompts_fingerprint(prompts)}
     run.check(cli.public_args(args), fingerprint)
-    judge, resolved = load_judge(args)
+    judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
     run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(pairs), "n_scorings": len(examples)},
               fingerprint_extra=fingerprint)  # fmt: skip
 

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     default_name = f"rewardbench-{args.split}-{model_short}-rm-{args.input_format}{set_suffix}"
     run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
     run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args, kind="sequence_classification")
+    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
     scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,
                                batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)  # fmt: skip
     run.start(cli.public_args(args), resolved={

@@ -13,6 +13,7 @@ import warnings
 from typing import Callable, Sequence
 
 from ipo import IpoError
+from ipo.modeling import ModelSpec
 from ipo.runs import SECRET_ARGS
 
 logger = logging.getLogger("ipo")
@@ -94,6 +95,18 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
         help="load the model in 4-bit NF4 through bitsandbytes (upstream's --quantized)",
     )
     group.add_argument("--trust_remote_code", action="store_true", help="allow model code from the Hub")
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The values of the add_model_args flags, for the core."""
+    return ModelSpec(args.model_name, dtype=args.dtype, device=args.device, quantized=args.quantized,
+                     trust_remote_code=args.trust_remote_code)  # fmt: skip
+
+
+def judge_settings(args: argparse.Namespace) -> dict:
+    """The keyword arguments of judges.yes_no.load_judge from add_judge_args / add_batch_args."""
+    return {"scoring": args.scoring, "max_length": args.max_length, "batch_size": args.batch_size,
+            "max_batch_tokens": args.max_batch_tokens, "prefix_sharing": args.prefix_sharing}  # fmt: skip
 
 
 def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),

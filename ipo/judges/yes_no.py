@@ -35,6 +35,7 @@ from typing import Callable, Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
+from ipo.modeling import ModelSpec, load_model_and_tokenizer
 from ipo.prompts import chat_user_content, render_upstream
 
 logger = logging.getLogger("ipo")
@@ -558,17 +559,15 @@ class YesNoScorer:
                 yield [(examples[members[i]], s, {"truncated": truncated[members[i]]}) for i, s in zip(indices, scores)]
 
 
-def load_judge(args) -> tuple[YesNoJudge, dict]:
-    """The model and its YesNoJudge from the shared flags (cli.add_model_args / add_judge_args).
+def load_judge(model_spec: ModelSpec, scoring: str, max_length: int, batch_size: int = DEFAULT_BATCH_SIZE,
+               max_batch_tokens: int | None = None, prefix_sharing: bool = True) -> tuple[YesNoJudge, dict]:  # fmt: skip
+    """Load the model of ``model_spec`` and wrap it in a YesNoJudge.
 
     Returns (judge, resolved settings for config.json: device, dtype, Yes/No token ids).
     """
-    from ipo.modeling import load_model_and_tokenizer
-
-    model, tokenizer, device, dtype = load_model_and_tokenizer(args)
-    judge = YesNoJudge(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
-                       batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                       prefix_sharing=args.prefix_sharing)  # fmt: skip
+    model, tokenizer, device, dtype = load_model_and_tokenizer(model_spec)
+    judge = YesNoJudge(model, tokenizer, scoring=scoring, max_length=max_length, batch_size=batch_size,
+                       max_batch_tokens=max_batch_tokens, prefix_sharing=prefix_sharing)  # fmt: skip
     tokens = judge.tokens
     logger.info("Yes ids %s %s, No ids %s %s", tokens.yes_ids, tokens.yes_tokens, tokens.no_ids, tokens.no_tokens)
     return judge, {"device": device, "dtype": str(dtype), "yes_no_tokens": tokens.as_dict()}
