@@ -176,12 +176,23 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+# The one switch between upstream's raw-text prompts and the model's chat template. Every script spells it
+# --prompt_format; the name each script had before stays as an alias (argparse lists it in --help), and
+# ``dest`` keeps the old attribute name so config.json, and with it every run's identity, is unchanged.
+PROMPT_FORMATS = ("upstream", "chat")
+
+
+def add_prompt_format_arg(group, dest: str, help: str, default: str = "upstream") -> None:
+    """--prompt_format upstream|chat, stored as ``dest``; ``--<dest>`` is accepted as an alias."""
+    flags = ["--prompt_format"] + ([f"--{dest}"] if dest != "prompt_format" else [])
+    group.add_argument(*flags, dest=dest, default=default, choices=list(PROMPT_FORMATS), help=help)
+
+
 def add_judge_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Yes/No judge")
-    group.add_argument(
-        "--scoring",
-        default="upstream",
-        choices=["upstream", "chat"],
+    add_prompt_format_arg(
+        group,
+        "scoring",
         help="upstream: the paper's raw-text prompts, ' Yes'/' No' ids summed, right truncation "
         "(reproduces its numbers); chat: the model's chat template, single-token Yes/No variants, "
         "truncation that keeps the question and the judge instruction",
@@ -194,10 +205,8 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
 
 def add_reward_model_args(parser: argparse.ArgumentParser) -> None:
     """--input_format and --max_length of the reward-model baselines (RewardBench and RM-Bench), and batching."""
-    from ipo.judges.reward_model import INPUT_FORMATS
-
     group = parser.add_argument_group("reward model")
-    group.add_argument("--input_format", default="upstream", choices=INPUT_FORMATS,
+    add_prompt_format_arg(group, "input_format",
                        help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
                             "chat: the reward model's chat template, user and assistant turns")  # fmt: skip
     group.add_argument("--max_length", type=int, default=1024,
@@ -208,10 +217,8 @@ def add_reward_model_args(parser: argparse.ArgumentParser) -> None:
 def add_self_reward_args(parser: argparse.ArgumentParser, upstream_parsing: str) -> None:
     """--scoring, --max_length and --max_new_tokens of the 5-point self-reward judge, and batching;
     ``upstream_parsing`` says which of upstream's regex sets the script's upstream mode reads."""
-    from ipo.judges.self_reward import SCORING_MODES
-
     group = parser.add_argument_group("5-point judge")
-    group.add_argument("--scoring", default="upstream", choices=SCORING_MODES,
+    add_prompt_format_arg(group, "scoring",
                        help=f"upstream: raw-text prompt, {upstream_parsing} over prompt + generation, 0 if none "
                             "(reproduces upstream); chat: chat template, last 'Score: N' of the generation "
                             "only, a failure is reported, never a score")  # fmt: skip
