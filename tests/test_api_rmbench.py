@@ -16,6 +16,7 @@ from helpers import (
     API_MODEL, api_argv, load_run, load_script, read_jsonl, rmbench_rows, run_script, run_subprocess, write_json,
 )  # fmt: skip
 from ipo.judges import api
+from ipo.benchmarks import api_runs
 from ipo.benchmarks import rmbench
 from ipo.data import Example
 from ipo.prompts import COMPARE_PROMPT_RMBENCH, RMBENCH_LAYOUT, SELF_REWARD_PROMPT, render_upstream
@@ -87,8 +88,8 @@ def test_a_failed_response_loses_every_comparison_and_ties_with_nothing():
 
 def test_style_pair_fields_and_requests():
     example = Example(id="chat/1", prompt="Q", responses=["c1", "c2", "c3", "r1", "r2", "r3"], domain="chat")
-    cells = api.STYLE_PAIRS["diagonal"]
-    bodies = api.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, cells)
+    cells = api_runs.STYLE_PAIRS["diagonal"]
+    bodies = api_runs.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, cells)
     assert len(bodies) == 6  # 3 cells x 2 orders, slot = cell * 2 + order
     assert bodies[2]["messages"][0]["content"] == COMPARE_PROMPT_RMBENCH.format(
         instruction="Q", response1="c2", response2="r2")
@@ -96,13 +97,13 @@ def test_style_pair_fields_and_requests():
         instruction="Q", response1="r2", response2="c2")
     kinds = [None, None, None, "timeout", None, None]
     extra = {"failure": "timeout", "kinds": kinds, "info": [{"judge_text": str(s)} for s in range(6)]}
-    fields = api.style_pair_fields([1, 2, 1, None, 1, 1], extra, cells)
+    fields = api_runs.style_pair_fields([1, 2, 1, None, 1, 1], extra, cells)
     assert [fields["correct"][k][k] for k in range(3)] == [True, False, False]
     assert [fields["tie"][k][k] for k in range(3)] == [False, False, True]  # a failure is no tie
     assert fields["correct"][0][1] is None and fields["verdict_chosen_second"][2][2] == 1
     assert fields["failed"] == ["chosen_2-rejected_2/chosen_second"] and fields["failure"] == "timeout"
     assert fields["judge_text_chosen_first"][1][1] == "2"
-    assert len(api.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, api.STYLE_PAIRS["all"],
+    assert len(api_runs.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, api_runs.STYLE_PAIRS["all"],
                                        api.PAIRWISE_ORDERS[:1])) == 9  # fmt: skip
 
 

@@ -40,6 +40,7 @@ import sys
 
 from ipo import cli, hub
 from ipo.judges import api
+from ipo.benchmarks import api_runs
 from ipo.benchmarks import rmbench
 from ipo.prompts import COMPARE_PROMPT_RMBENCH
 from ipo.runs import RecordLog, RunDir, score_into_log
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     ))  # fmt: skip
     api.add_order_args(parser)
     parser.add_argument(
-        "--pairs", default="diagonal", choices=list(api.STYLE_PAIRS),
+        "--pairs", default="diagonal", choices=list(api_runs.STYLE_PAIRS),
         help="which (chosen style, rejected style) pairs to compare: diagonal = chosen_k vs rejected_k, "
         "upstream's 3 per prompt (its levels; RM-Bench's normal); all = the 9 of the official matrix "
         "(hard, normal, easy), 3 times the requests",
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     model_short = cli.model_short_name(args.model)
     client = api.ApiClient.from_args(args)  # a missing key fails here, before anything is written
     orders = api.resolve_orders(args)
-    cells = api.STYLE_PAIRS[args.pairs]
+    cells = api_runs.STYLE_PAIRS[args.pairs]
 
     ###############
     # Data and run folder: one Example per prompt, responses [chosen x3, rejected x3] in style order
@@ -93,10 +94,10 @@ def main(argv=None) -> int:
     # URL and model
     ###############
     def requests_for(example):
-        return api.style_pair_requests(args.scoring, COMPARE_PROMPT_RMBENCH, example, cells, orders)
+        return api_runs.style_pair_requests(args.scoring, COMPARE_PROMPT_RMBENCH, example, cells, orders)
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_pairwise(response, args.scoring))
-    scorer.probe(api.pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
+    scorer.probe(api_runs.pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
     run.start(cli.public_args(args), resolved={
         **client.describe(), "request": api.PAIRWISE_REQUEST[args.scoring], "orders": [n for n, _ in orders],
         "style_pairs": [list(cell) for cell in cells], "n_prompts": len(examples), "prompts_per_domain": counts,
@@ -106,11 +107,11 @@ def main(argv=None) -> int:
     # Score (appends to predictions.jsonl as prompts complete; resumes what is missing or failed)
     ###############
     log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
-    api.forget_failures(log)
+    api_runs.forget_failures(log)
 
     def make_record(example, verdicts, extra):
         return {rmbench.RECORD_KEY: example.id, "id": example.meta.get("id", example.id), "domain": example.domain,
-                "subset": example.subset, **api.style_pair_fields(verdicts, extra, cells, orders)}  # fmt: skip
+                "subset": example.subset, **api_runs.style_pair_fields(verdicts, extra, cells, orders)}  # fmt: skip
 
     score_into_log(scorer, examples, log, make_record, unit="prompt", desc=f"RM-Bench via {args.model}")
 
@@ -118,8 +119,8 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    per_order = api.order_metrics(api.style_pair_order_records(records, cells, orders), orders)
-    metrics, markdown = api.write_rmbench_outputs(
+    per_order = api.order_metrics(api_runs.style_pair_order_records(records, cells, orders), orders)
+    metrics, markdown = api_runs.write_rmbench_outputs(
         run, records, client,
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}, "
               f"{args.pairs} style pairs) on RM-Bench",
