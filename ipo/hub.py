@@ -26,6 +26,11 @@ def repo_id(hf_user: str | None, name: str) -> str:
     return f"{hf_user}/{name}"
 
 
+def model_repo(repo: str) -> str:
+    """A full ``owner/name`` as given, else ``name`` under the logged-in account."""
+    return repo if "/" in repo else repo_id(None, repo)
+
+
 def sanitize_split(name: str) -> str:
     """Upstream's split names: non-word characters to '_' (alpacaeval-easy -> alpacaeval_easy)."""
     return re.sub(r"\W+", "_", name)
@@ -59,3 +64,8 @@ def push_folder(folder, repo: str, private: bool = True, what: str = "model") ->
     except Exception as err:
         raise IpoError(f"upload to {repo} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     logger.info("pushed the %s in %s to https://huggingface.co/%s", what, folder, repo)
+
+
+def push_model(folder, repo: str, what: str = "model", private: bool = True) -> None:
+    """Upload a trained model/adapter folder to ``repo`` (``owner/name``, or ``name`` under the logged-in account)."""
+    push_folder(folder, model_repo(repo), private=private, what=what)
