@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ipo import IpoError, cli, hub
-from ipo.training.dpo import merge_adapter, read_adapter_config
+from ipo.training.merge import merge_adapter, read_adapter_config
 
 logger = cli.logger
 

@@ -30,18 +30,20 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
+from ipo.cli.training import add_sft_args, options_from_args
+from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
+from ipo.training.distributed import is_main_process, wait_for_everyone
+from ipo.training.dpo import train_summary
+from ipo.training.merge import merge_adapter
+from ipo.training.options import TRAIN_LOG_FILE, check_options
 from ipo.training.preference_data import DATASET_FORMATS, SFT_FORMATS, load_sft_data
 from ipo.training.recipes import load_recipe, recipe_defaults
-from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
-from ipo.training.dpo import (
-    TRAIN_LOG_FILE, add_sft_args, check_options, is_main_process, merge_adapter, options_from_args, train_sft,
-    train_summary, wait_for_everyone,
-)  # fmt: skip
+from ipo.training.sft import train_sft
 
 logger = cli.logger
 
 SUMMARY_FILE = "train_summary.json"
-# SFT defaults where they differ from the DPO step's (ipo.training.dpo.TrainingOptions)
+# SFT defaults where they differ from the DPO step's (ipo.training.options.TrainingOptions)
 SFT_DEFAULTS = {"learning_rate": 1e-4, "per_device_train_batch_size": 8, "max_length": 1024}
 
 

@@ -31,13 +31,14 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
+from ipo.cli.training import add_training_args, options_from_args
+from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
+from ipo.training.distributed import is_main_process, wait_for_everyone
+from ipo.training.dpo import train_dpo, train_summary
+from ipo.training.merge import merge_adapter
+from ipo.training.options import ADAPTER_DIR, TRAIN_LOG_FILE, check_options
 from ipo.training.preference_data import DATASET_FORMATS, check_data_for_loss, load_preference_data, to_unpaired
 from ipo.training.recipes import load_recipe, recipe_defaults
-from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
-from ipo.training.dpo import (
-    ADAPTER_DIR, TRAIN_LOG_FILE, add_training_args, check_options, is_main_process, merge_adapter,
-    options_from_args, train_dpo, train_summary, wait_for_everyone,
-)  # fmt: skip
 
 logger = cli.logger
 

@@ -11,10 +11,10 @@ import torch
 
 from helpers import load_script, run_script, write_jsonl
 from ipo import IpoError
+from ipo.training.dpo import build_trainer, train_summary
 from ipo.training.losses import paired_preference_loss, rpo_unpaired_loss
-from ipo.training.dpo import (
-    BalancedBatchSampler, TrainingOptions, build_trainer, custom_trainer_class, cut_long_prompt, train_summary,
-)  # fmt: skip
+from ipo.training.options import TrainingOptions
+from ipo.training.trainer import BalancedBatchSampler, custom_trainer_class, cut_long_prompt
 
 SCRIPT = "DPO/train_preferences.py"
 REJECTED = ["Hello, how are you today?", "No.", "The sky is blue and the weather is nice.", "I am fine, thank you."]

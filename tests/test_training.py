@@ -1,4 +1,4 @@
-"""ipo.training.dpo: the paper's defaults reach TRL, LoRA trains only the adapter, resume, merge, 4-bit."""
+"""ipo.training (options, config, dpo, merge): the paper's defaults reach TRL, LoRA trains only the adapter, resume, merge, 4-bit."""
 
 import argparse
 import json
@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from ipo import IpoError
-from ipo.training.dpo import (
-    TrainingOptions, add_training_args, build_dpo_config, build_lora_config, build_trainer, check_options,
-    merge_adapter, options_from_args, read_adapter_config, train_dpo,
-)  # fmt: skip
+from ipo.cli.training import add_training_args, options_from_args
+from ipo.training.config import build_dpo_config, build_lora_config
+from ipo.training.dpo import build_trainer, train_dpo
+from ipo.training.merge import merge_adapter, read_adapter_config
+from ipo.training.options import TrainingOptions, check_options
 
 
 def conversational_pairs(n=8):

@@ -28,6 +28,7 @@ from ipo.report import markdown_table, pct
 from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, seed_everything
 from ipo.selfimprove.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
 from ipo.selfimprove.loop import Prompt, sample_into_log
+from ipo.training.merge import read_adapter_config
 
 logger = cli.logger
 
@@ -89,8 +90,6 @@ def main(argv=None) -> int:
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     if args.adapter:
         from peft import PeftModel
-
-        from ipo.training.dpo import read_adapter_config
 
         read_adapter_config(args.adapter)
         model = PeftModel.from_pretrained(model, args.adapter).eval()

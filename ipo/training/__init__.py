@@ -1,1 +1,16 @@
-"""TODO"""
+"""Training layer: preference training (DPO and the project's own losses) and SFT through TRL and PEFT.
+
+May import plumbing (ipo/*.py) and ipo.judges; never ipo.benchmarks (a sibling), ipo.selfimprove or ipo.cli.
+Settings arrive as values (``TrainingOptions``), never as a command line; the flags live in ipo/cli/training.py.
+
+Modules (one idea each, so that the TRL-specific parts are few and findable):
+    options          TrainingOptions (the project's names and the paper's defaults), checks, run file names
+    config           the only module that names TRL/PEFT arguments: DPOConfig, SFTConfig, LoraConfig, dpo_config.json
+    trainer          PreferenceLossTrainer, the DPOTrainer subclass carrying ipo_sum, kto_pair and rpo_*
+    dpo              build_trainer, train_dpo, train_summary
+    sft              train_sft;   merge  adapters after training;   distributed  accelerate launch helpers
+    losses           the preference losses as pure tensor functions
+    preference_data  preference / SFT dataset layouts into TRL's rows
+    embeddings       RPO's prompt embeddings
+    recipes          YAML recipes and sweep grids
+"""
