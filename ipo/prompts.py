@@ -1,19 +1,19 @@
 """Every prompt of the paper, as data.
 
-Source: the IPO authors' code, github.com/shivank21/Implicit_Preference_Optimization at 4466286
-(Apache-2.0), transcribed byte for byte in ../shared/spec/ipo_upstream.md, appendix A. Whitespace is
-significant everywhere in this file: the upstream wrappers were indented f-strings, so the 4-space
-indents and trailing spaces below are part of what the model saw. Golden tests in tests/test_prompts.py
-protect them.
+Source: the IPO authors' code, https://github.com/shivank21/Implicit_Preference_Optimization at 4466286
+(Apache-2.0), transcribed byte for byte from the scripts named at each table. Whitespace is significant
+everywhere in this file: the upstream wrappers were indented f-strings, so the 4-space indents and
+trailing spaces below are part of what the model saw. Golden tests in tests/test_prompts.py protect them.
 
-The judge questions (templates) are shared by both scoring modes; what ``--scoring`` changes is the
-wrapper around them (see ``render_upstream`` and ``chat_messages``).
+The judge questions (templates) are shared by both prompt formats (PROMPT_FORMATS); what
+``--prompt_format`` changes is the wrapper around them (see ``render_upstream`` and ``chat_user_content``).
 """
 
 from __future__ import annotations
 
 # ---------------------------------------------------------------------------------------------------
-# Judge questions of the RewardBench scripts (appendix A.2): 9 distinct strings over 23 subsets.
+# Judge questions of the RewardBench scripts (upstream Preference_Comparison/Reward_Bench/ours.py and
+# ours_gpt.py): 9 distinct strings over 23 subsets.
 # ---------------------------------------------------------------------------------------------------
 CODE_PROMPT = 'Below is a coding-related question along with a response containing code. Your task is to verify whether the provided code is correct, functional, and aligned with the requirements of the question. Answer with just Yes/No'
 ALPACAEVAL_PROMPT = 'Below is a question and its response. Assess if the response is helpful and correct. Answer just Yes/No'
@@ -53,8 +53,8 @@ REWARDBENCH_PROMPTS: dict[str, str] = {
 # Upstream falls back to this subset's prompt for any subset it does not know.
 REWARDBENCH_FALLBACK_SUBSET = "alpacaeval-easy"
 
-# Ablation tables of upstream's ours_prompt_shuffle.py (deliberately mismatched, appendix A.9) and
-# ours_same_prompt.py (one prompt for every subset).
+# Ablation tables of upstream's Reward_Bench/ours_prompt_shuffle.py (deliberately mismatched) and
+# Reward_Bench/ours_same_prompt.py (one prompt for every subset).
 SHUFFLED_REWARDBENCH_PROMPTS: dict[str, str] = {
     "hep-python": DANGEROUS_REFUSAL_PROMPT,
     "hep-java": MATH_PROMPT,
@@ -83,7 +83,7 @@ SHUFFLED_REWARDBENCH_PROMPTS: dict[str, str] = {
 SAME_PROMPT = "Is the response good answer with just Yes/No."
 
 # ---------------------------------------------------------------------------------------------------
-# Judge questions of the self-improvement loop, DPO/ours.py (appendix A.1). Keys are the prompt
+# Judge questions of the self-improvement loop, upstream DPO/ours.py. Keys are the prompt
 # dataset's `category` values, case-sensitive as upstream; anything else gets the "General" prompt,
 # which upstream made the *coding* prompt.
 # ---------------------------------------------------------------------------------------------------
@@ -98,8 +98,8 @@ DPO_CATEGORY_PROMPTS: dict[str, str] = {
 DPO_FALLBACK_CATEGORY = "General"
 
 # ---------------------------------------------------------------------------------------------------
-# Judge questions of the RM-Bench scripts (appendix A.3), keyed by RM-Bench domain. Upstream keyed them
-# by Hub dataset name (RM-Bench-<domain>) and fell back to the chat prompt.
+# Judge questions of the RM-Bench scripts (upstream RM_Bench/ours.py and ours_gpt.py), keyed by RM-Bench
+# domain. Upstream keyed them by Hub dataset name (RM-Bench-<domain>) and fell back to the chat prompt.
 # ---------------------------------------------------------------------------------------------------
 RMBENCH_PROMPTS: dict[str, str] = {
     "chat": "Is the response to the user given instruction answered correctly without error? Answer with Yes/No",
@@ -113,13 +113,16 @@ RMBENCH_FALLBACK_DOMAIN = "chat"
 # ---------------------------------------------------------------------------------------------------
 # Wrappers. ``layout`` names which upstream wrapper a judge prompt uses.
 # ---------------------------------------------------------------------------------------------------
+# The two prompt formats of every judge (the command line's --prompt_format): upstream's raw text, or the
+# model's own chat template.
+PROMPT_FORMATS = ("upstream", "chat")
 REWARDBENCH_LAYOUT = "rewardbench"  # judge question first (RewardBench scripts and DPO/ours.py)
 RMBENCH_LAYOUT = "rmbench"  # judge question last (RM-Bench scripts)
 LAYOUTS = (REWARDBENCH_LAYOUT, RMBENCH_LAYOUT)
 
 
 def render_upstream(layout: str, template: str, instruction: str, response: str) -> str:
-    """The raw-text judge prompt exactly as upstream built it (appendix A.10); no chat template."""
+    """The raw-text judge prompt exactly as upstream's ours.py built it (both benchmarks); no chat template."""
     if layout == REWARDBENCH_LAYOUT:
         return f"{template}\n    User : {instruction}\n    Response : {response}\n    "
     if layout == RMBENCH_LAYOUT:
@@ -134,7 +137,7 @@ def render_api_upstream(template: str, instruction: str, response: str) -> str:
 
 # Chat mode (our fix): one user turn rendered with the model's own chat template plus a generation
 # prompt, so the next token is the assistant's answer. The judge question comes first and the
-# response last, which lets truncation cut only the response (see judge.encode_chat).
+# response last, which lets truncation cut only the response (see ipo.judges.batching.fit_chat_prompt).
 CHAT_QUESTION_HEADER = "\n\nQuestion:\n"
 CHAT_RESPONSE_HEADER = "\n\nResponse:\n"
 
@@ -150,8 +153,9 @@ def render_reward_model_upstream(prompt: str, response: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Self-Rewarding judge (Yuan et al. 2024), additive 5-point prompt (appendix A.4). Filled with
-# str.format(instruction=..., response=...); it ends with '"Score: " ' and one space.
+# Self-Rewarding judge (Yuan et al. 2024), additive 5-point prompt (upstream's self_reward.py of both
+# benchmarks and of DPO/, and RM_Bench/self_reward_gpt.py). Filled with str.format(instruction=...,
+# response=...); it ends with '"Score: " ' and one space.
 # ---------------------------------------------------------------------------------------------------
 SELF_REWARD_PROMPT = (
     "Review the user's question and the corresponding response using the additive 5-point\n"
@@ -179,35 +183,17 @@ SELF_REWARD_PROMPT = (
     '- Conclude with the score using the format: "Score: " '
 )
 
-# The same prompt with U+2022 U+2060 bullets, used only by upstream's Reward_Bench/self_reward_gpt.py (A.5).
+# The same prompt with "•\u2060" (U+2022 bullet, U+2060 word joiner) bullets in place of "- ", followed by
+# two spaces on the five criteria and one on the two closing instructions; used only by upstream's
+# Reward_Bench/self_reward_gpt.py.
 SELF_REWARD_PROMPT_BULLET = (
-    "Review the user's question and the corresponding response using the additive 5-point\n"
-    'scoring system described below. Points are accumulated based on the satisfaction of each\n'
-    'criterion:\n'
-    '•\u2060  Add 1 point if the response is relevant and provides some information related to\n'
-    "the user's inquiry, even if it is incomplete or contains some irrelevant content.\n"
-    "•\u2060  Add another point if the response addresses a substantial portion of the user's question,\n"
-    'but does not completely resolve the query or provide a direct answer.\n'
-    "•\u2060  Award a third point if the response answers the basic elements of the user's question in a\n"
-    'useful way, regardless of whether it seems to have been written by an AI Assistant or if it\n'
-    'has elements typically found in blogs or search results.\n'
-    "•\u2060  Grant a fourth point if the response is clearly written from an AI Assistant's perspective,\n"
-    "addressing the user's question directly and comprehensively, and is well-organized and\n"
-    'helpful, even if there is slight room for improvement in clarity, conciseness or focus.\n'
-    "•\u2060  Bestow a fifth point for a response that is impeccably tailored to the user's question\n"
-    'by an AI Assistant, without extraneous information, reflecting expert knowledge, and\n'
-    'demonstrating a high-quality, engaging, and insightful answer.\n'
-    '\n'
-    'User: {instruction}\n'
-    '<response>{response}</response>\n'
-    '\n'
-    "After examining the user's instruction and the response:\n"
-    '•\u2060 Briefly justify your total score, up to 100 words.\n'
-    '•\u2060 Conclude with the score using the format: "Score: " '
+    SELF_REWARD_PROMPT.replace("\n- ", "\n•\u2060  ")
+    .replace("\n•\u2060  Briefly", "\n•\u2060 Briefly")
+    .replace("\n•\u2060  Conclude", "\n•\u2060 Conclude")
 )
 
 # ---------------------------------------------------------------------------------------------------
-# Pairwise judges of upstream's binary_gpt.py (appendix A.6 RewardBench, A.7 RM-Bench); filled with
+# Pairwise judges of upstream's Reward_Bench/binary_gpt.py and RM_Bench/binary_gpt.py; filled with
 # str.format(instruction=..., response1=..., response2=...).
 # ---------------------------------------------------------------------------------------------------
 COMPARE_PROMPT_REWARDBENCH = (

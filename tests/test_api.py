@@ -21,7 +21,7 @@ import pytest
 from helpers import API_MODEL as MODEL
 from helpers import REPO, api_argv, load_run, read_jsonl, rewardbench_rows, run_script, run_subprocess, write_jsonl
 from ipo import IpoError
-from ipo.judges import api
+from ipo.judges import api, api_client
 from ipo.benchmarks import api_runs
 from ipo.prompts import (
     COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream,
@@ -151,40 +151,42 @@ def test_requests_are_upstreams():
 
 def test_request_key():
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
-    key = api.request_key("http://h/v1", body)
-    assert key == api.request_key("http://h/v1/", dict(reversed(list(body.items()))))  # canonical
-    assert key != api.request_key("http://other/v1", body)
-    assert key != api.request_key("http://h/v1", {**body, "model": "m2"})
-    assert key != api.request_key("http://h/v1", {**body, "temperature": 0.1})
+    key = api_client.request_key("http://h/v1", body)
+    assert key == api_client.request_key("http://h/v1/", dict(reversed(list(body.items()))))  # canonical
+    assert key != api_client.request_key("http://other/v1", body)
+    assert key != api_client.request_key("http://h/v1", {**body, "model": "m2"})
+    assert key != api_client.request_key("http://h/v1", {**body, "temperature": 0.1})
 
 
 def test_retry_delay_and_retry_after():
     rng = random.Random(0)
     for attempt in (1, 2, 3, 4):
-        delay = api.retry_delay(attempt, 1.0, None, rng)
+        delay = api_client.retry_delay(attempt, 1.0, None, rng)
         assert 2 ** (attempt - 1) / 2 <= delay <= 2 ** (attempt - 1)  # exponential, with jitter
-    assert api.retry_delay(20, 1.0, None, rng) <= api.MAX_RETRY_DELAY
-    assert api.retry_delay(3, 1.0, 0.25, rng) == 0.25  # the server's Retry-After wins
-    assert api.retry_delay(1, 1.0, 3600, rng) <= 1.0  # ...unless it is longer than we would ever wait
-    assert api.parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-    assert api.parse_retry_after({"retry-after": "2"}) == 2.0
-    assert api.parse_retry_after({}) is None and api.parse_retry_after({"retry-after": "soon"}) is None
-    assert api.status_kind(429) == "rate_limited" and api.status_kind(429, "insufficient_quota") == "quota"
-    assert [api.status_kind(s) for s in (400, 401, 404, 500, 503)] == [
+    assert api_client.retry_delay(20, 1.0, None, rng) <= api_client.MAX_RETRY_DELAY
+    assert api_client.retry_delay(3, 1.0, 0.25, rng) == 0.25  # the server's Retry-After wins
+    assert api_client.retry_delay(1, 1.0, 3600, rng) <= 1.0  # ...unless it is longer than we would ever wait
+    assert api_client.parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert api_client.parse_retry_after({"retry-after": "2"}) == 2.0
+    assert api_client.parse_retry_after({}) is None and api_client.parse_retry_after({"retry-after": "soon"}) is None
+    assert (
+        api_client.status_kind(429) == "rate_limited" and api_client.status_kind(429, "insufficient_quota") == "quota"
+    )
+    assert [api_client.status_kind(s) for s in (400, 401, 404, 500, 503)] == [
         "rejected", "unauthorized", "not_found", "server_error", "server_error"]
 
 
 def test_response_cache_survives_a_cut_last_line(tmp_path):
-    cache = api.ResponseCache(tmp_path, "openai/gpt-4o-mini")
+    cache = api_client.ResponseCache(tmp_path, "openai/gpt-4o-mini")
     assert cache.path.name == "openai_gpt-4o-mini.jsonl" and not cache.path.exists()  # nothing until an answer
     cache.put("k1", "m", {"a": 1})
     cache.put("k2", "m", {"a": 2})
     with open(cache.path, "a") as handle:
         handle.write('{"key": "k3", "resp')  # killed mid-write
-    reloaded = api.ResponseCache(tmp_path, "openai/gpt-4o-mini")
+    reloaded = api_client.ResponseCache(tmp_path, "openai/gpt-4o-mini")
     assert len(reloaded) == 2 and reloaded.get("k2") == {"a": 2} and reloaded.get("k3") is None
     reloaded.put("k3", "m", {"a": 3})
-    assert len(api.ResponseCache(tmp_path, "openai/gpt-4o-mini")) == 3
+    assert len(api_client.ResponseCache(tmp_path, "openai/gpt-4o-mini")) == 3
 
 
 def test_record_log_discard_rewrites_without_the_failures(tmp_path):
@@ -200,10 +202,10 @@ def test_record_log_discard_rewrites_without_the_failures(tmp_path):
 
 def test_read_api_key(monkeypatch):
     monkeypatch.setenv("MY_KEY", "  secret  ")
-    assert api.read_api_key("MY_KEY") == "secret"
+    assert api_client.read_api_key("MY_KEY") == "secret"
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(IpoError, match="MY_KEY is not set"):
-        api.read_api_key("MY_KEY")
+        api_client.read_api_key("MY_KEY")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,8 +214,8 @@ def test_read_api_key(monkeypatch):
 def make_client(server, tmp_path=None, **kwargs):
     settings = {"timeout": 30.0, "max_retries": 3, "retry_base_delay": 0.001, "max_concurrency": 4}
     settings.update(kwargs)
-    cache = api.ResponseCache(tmp_path, MODEL) if tmp_path is not None else None
-    return api.ApiClient(base_url=server.base_url, model=MODEL, api_key=server.api_key, cache=cache, **settings)
+    cache = api_client.ResponseCache(tmp_path, MODEL) if tmp_path is not None else None
+    return api_client.ApiClient(base_url=server.base_url, model=MODEL, api_key=server.api_key, cache=cache, **settings)
 
 
 def body(text):
@@ -255,20 +257,20 @@ def test_client_gives_up_after_max_retries_and_counts_it(openai_server):
 
 def test_client_fatal_errors_are_one_clear_line(openai_server, tmp_path):
     with pytest.raises(IpoError, match="'nope'.*no such model.*does not exist"):
-        api.ApiClient(base_url=openai_server.base_url, model="nope", api_key="test-key").fetch(body("x"))
+        api_client.ApiClient(base_url=openai_server.base_url, model="nope", api_key="test-key").fetch(body("x"))
     with pytest.raises(IpoError, match=r"refused the API key from \$OPENAI_API_KEY"):
-        api.ApiClient(base_url=openai_server.base_url, model=MODEL, api_key="wrong-key").fetch(body("x"))
+        api_client.ApiClient(base_url=openai_server.base_url, model=MODEL, api_key="wrong-key").fetch(body("x"))
     openai_server.inject("400", 1)
     client = make_client(openai_server)
     assert client.fetch(body("x")).failure == "rejected"  # not retried, not fatal after the probe
     assert openai_server.requests == 3  # 404, 401, 400: one attempt each
-    without_v1 = api.ApiClient(base_url=openai_server.base_url[: -len("/v1")], model=MODEL, api_key="test-key")
+    without_v1 = api_client.ApiClient(base_url=openai_server.base_url[: -len("/v1")], model=MODEL, api_key="test-key")
     with pytest.raises(IpoError, match="no such model or endpoint.*usually ends in /v1"):
         without_v1.fetch(body("x"))
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    client = api.ApiClient(base_url=closed, model=MODEL, api_key="k", max_retries=1, retry_base_delay=0.001)
+    client = api_client.ApiClient(base_url=closed, model=MODEL, api_key="k", max_retries=1, retry_base_delay=0.001)
     with pytest.raises(IpoError, match="cannot reach .* after 2 attempt"):
         client.fetch(body("x"), strict=True)
 

@@ -7,24 +7,15 @@ import torch
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.judges.yes_no import (
-    YesNoJudge,
-    YesNoScorer,
-    common_prefix_length,
-    left_pad,
-    levels_cost,
-    p_yes_from_logits,
-    plan_batches,
-    prefix_levels,
-    resolve_yes_no_tokens,
-    yes_no_mass,
-)
+from ipo.judges.batching import common_prefix_length, left_pad, levels_cost, plan_batches, prefix_levels
+from ipo.judges.yes_no import YesNoJudge, YesNoScorer, p_yes_from_logits, resolve_yes_no_tokens, yes_no_mass
 from ipo.modeling import load_model, load_tokenizer
 from ipo.prompts import REWARDBENCH_LAYOUT, RMBENCH_LAYOUT, render_upstream
 
 
 def naive_upstream_p_yes(model, tokenizer, text, max_length=1024):
-    """Upstream's generate_yes_no_probability, one sequence at a time (spec §2), in float32."""
+    """Upstream's generate_yes_no_probability (upstream Preference_Comparison/Reward_Bench/ours.py), one
+    sequence at a time, in float32."""
     input_ids = tokenizer.encode(text, return_tensors="pt", max_length=max_length, truncation=True)
     with torch.no_grad():
         logits = model(input_ids).logits[:, -1, :]

@@ -43,8 +43,9 @@ def test_every_rewardbench_subset_has_its_upstream_prompt():
     assert table["refusals-offensive"] == table["xstest-should-refuse"] != table["refusals-dangerous"]
 
 
-# Hashes of the tables as transcribed from upstream's code (../shared/spec/ipo_upstream.md, appendix A),
-# computed from the spec text, not from ipo.prompts: any changed character fails here.
+# Hashes of the tables as transcribed from upstream's code (the scripts of
+# https://github.com/shivank21/Implicit_Preference_Optimization at 4466286), computed from that source text,
+# not from ipo.prompts: any changed character fails here.
 def test_whole_tables_match_the_upstream_transcription():
     assert sha(prompts.REWARDBENCH_PROMPTS) == "b71f7399b236393682d0bd5a44bccc99818700d085abf687f8adcbf4fff91661"
     assert sha(prompts.SHUFFLED_REWARDBENCH_PROMPTS) == "dca0fc66509fd07aec99671a76790c1922a7387c53e0d3a684495a5697412825"

@@ -21,7 +21,7 @@ Upstream's run (chosen first, same-style pairs), through OpenRouter:
 A local vLLM server, on the data files of a THU-KEG/RM-Bench checkout, all 9 style pairs in both orders
 (chat mode's default), 10 prompts per domain:
 
-    OPENAI_API_KEY=EMPTY python Preference_Comparison/RM_Bench/binary_gpt.py --scoring chat --pairs all \
+    OPENAI_API_KEY=EMPTY python Preference_Comparison/RM_Bench/binary_gpt.py --prompt_format chat --pairs all \
         --base_url http://localhost:8000/v1 --model Qwen/Qwen2.5-7B-Instruct --dataset RM-Bench/data/*_filtered.json \
         --limit 10
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.cli.api import add_api_args, add_order_args, check_api_args, client_from_args, resolve_orders
 from ipo.judges import api
 from ipo.benchmarks import api_runs
 from ipo.benchmarks import rmbench
@@ -50,12 +51,12 @@ logger = cli.logger
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    api.add_api_args(parser, scoring_help=(
+    add_api_args(parser, prompt_format_help=(
         "upstream: binary_gpt.py's request (max_tokens 200, temperature 0.1) and its regex on the raw answer, "
         "chosen first only; chat: temperature 0, markdown (**, [ ]) ignored when reading the verdict, both "
         "orders"
     ))  # fmt: skip
-    api.add_order_args(parser)
+    add_order_args(parser)
     parser.add_argument(
         "--pairs", default="diagonal", choices=list(api_runs.STYLE_PAIRS),
         help="which (chosen style, rejected style) pairs to compare: diagonal = chosen_k vs rejected_k, "
@@ -66,8 +67,8 @@ def parse_args(argv=None):
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
-    api.check_api_args(parser, args)
-    api.resolve_orders(args)
+    check_api_args(parser, args)
+    resolve_orders(args)
     return args
 
 
@@ -76,8 +77,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     model_short = cli.model_short_name(args.model)
-    client = api.ApiClient.from_args(args)  # a missing key fails here, before anything is written
-    orders = api.resolve_orders(args)
+    client = client_from_args(args)  # a missing key fails here, before anything is written
+    orders = resolve_orders(args)
     cells = api_runs.STYLE_PAIRS[args.pairs]
 
     ###############

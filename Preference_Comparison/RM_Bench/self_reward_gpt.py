@@ -17,13 +17,13 @@ Upstream's set2, through OpenRouter:
 
 A local vLLM server, on the data files of a THU-KEG/RM-Bench checkout, 10 prompts per domain:
 
-    OPENAI_API_KEY=EMPTY python Preference_Comparison/RM_Bench/self_reward_gpt.py --scoring chat \
+    OPENAI_API_KEY=EMPTY python Preference_Comparison/RM_Bench/self_reward_gpt.py --prompt_format chat \
         --base_url http://localhost:8000/v1 --model Qwen/Qwen2.5-7B-Instruct --dataset RM-Bench/data/*_filtered.json \
         --limit 10
 
---scoring upstream (default): the 5-point prompt as upstream sent it, max_tokens 200, temperature 0.1, and
+--prompt_format upstream (default): the 5-point prompt as upstream sent it, max_tokens 200, temperature 0.1, and
 RM_Bench/self_reward.py's regexes ("score: N", "score N", "N/5"; the first that matches, clamped to 1..5).
---scoring chat: greedy, the last "Score: N" (1..5). An answer without a score is a counted failure (upstream
+--prompt_format chat: greedy, the last "Score: N" (1..5). An answer without a score is a counted failure (upstream
 scored it 0, and -1 when the request failed), never a score; it loses every comparison it is in.
 
 Six requests per prompt. Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (scores, judge
@@ -38,6 +38,7 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
 from ipo.benchmarks import api_runs
 from ipo.benchmarks import rmbench
@@ -52,7 +53,7 @@ REGEX_SET = "rmbench"  # RM_Bench/self_reward.py's and self_reward_gpt.py's rege
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    api.add_api_args(parser, scoring_help=(
+    add_api_args(parser, prompt_format_help=(
         "upstream: the 5-point prompt, max_tokens 200, temperature 0.1, RM-Bench's score regexes; chat: the "
         "same prompt, temperature 0, the last 'Score: N' (1..5) of the answer"
     ))  # fmt: skip
@@ -60,7 +61,7 @@ def parse_args(argv=None):
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
-    api.check_api_args(parser, args)
+    check_api_args(parser, args)
     return args
 
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     model_short = cli.model_short_name(args.model)
-    client = api.ApiClient.from_args(args)  # a missing key fails here, before anything is written
+    client = client_from_args(args)  # a missing key fails here, before anything is written
 
     ###############
     # Data and run folder: one Example per prompt, responses [chosen x3, rejected x3] in style order

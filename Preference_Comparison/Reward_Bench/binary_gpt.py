@@ -16,7 +16,7 @@ The paper's setting, through OpenRouter (chosen first only):
 
 A local vLLM server, on the project's sample pairs, both orders (chat mode's default):
 
-    OPENAI_API_KEY=EMPTY python Preference_Comparison/Reward_Bench/binary_gpt.py --scoring chat \
+    OPENAI_API_KEY=EMPTY python Preference_Comparison/Reward_Bench/binary_gpt.py --prompt_format chat \
         --base_url http://localhost:8000/v1 --model Qwen/Qwen2.5-7B-Instruct --dataset data/demo_rewardbench.jsonl
 
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (verdicts and judge texts),
@@ -31,6 +31,7 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.cli.api import add_api_args, add_order_args, check_api_args, client_from_args, resolve_orders
 from ipo.judges import api
 from ipo.benchmarks import api_runs
 from ipo.benchmarks import rewardbench
@@ -43,18 +44,18 @@ logger = cli.logger
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    api.add_api_args(parser, scoring_help=(
+    add_api_args(parser, prompt_format_help=(
         "upstream: binary_gpt.py's request (max_tokens 200, temperature 0.1) and its regex on the raw answer, "
         "chosen first only; chat: temperature 0, markdown (**, [ ]) ignored when reading the verdict, both "
         "orders"
     ))  # fmt: skip
-    api.add_order_args(parser)
+    add_order_args(parser)
     cli.add_rewardbench_data_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
-    api.check_api_args(parser, args)
-    api.resolve_orders(args)
+    check_api_args(parser, args)
+    resolve_orders(args)
     return args
 
 
@@ -63,8 +64,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     model_short = cli.model_short_name(args.model)
-    client = api.ApiClient.from_args(args)  # a missing key fails here, before anything is written
-    orders = api.resolve_orders(args)
+    client = client_from_args(args)  # a missing key fails here, before anything is written
+    orders = resolve_orders(args)
 
     ###############
     # Data and run folder

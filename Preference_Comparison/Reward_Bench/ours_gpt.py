@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
 from ipo.benchmarks import api_runs
 from ipo.benchmarks import rewardbench
@@ -41,7 +42,7 @@ logger = cli.logger
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    api.add_api_args(parser, scoring_help=(
+    add_api_args(parser, prompt_format_help=(
         "upstream: ours_gpt.py's wrapper, the first Yes and first No among the top 10 log-probabilities, "
         "max_tokens 2, temperature 0.7; chat: the chat-mode prompt layout of the local judge, all Yes and "
         "all No variants among the top 20 summed, max_tokens 1, temperature 0"
@@ -50,7 +51,7 @@ def parse_args(argv=None):
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
-    api.check_api_args(parser, args)
+    check_api_args(parser, args)
     return args
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     model_short = cli.model_short_name(args.model)
-    client = api.ApiClient.from_args(args)  # a missing key fails here, before anything is written
+    client = client_from_args(args)  # a missing key fails here, before anything is written
 
     ###############
     # Data and run folder

@@ -17,12 +17,12 @@ The paper's setting, through OpenRouter:
 
 A local vLLM server, on the project's sample pairs:
 
-    OPENAI_API_KEY=EMPTY python Preference_Comparison/Reward_Bench/self_reward_gpt.py --scoring chat \
+    OPENAI_API_KEY=EMPTY python Preference_Comparison/Reward_Bench/self_reward_gpt.py --prompt_format chat \
         --base_url http://localhost:8000/v1 --model Qwen/Qwen2.5-7B-Instruct --dataset data/demo_rewardbench.jsonl
 
---scoring upstream (default) sends upstream's request (the bullet variant of the prompt, max_tokens 200,
+--prompt_format upstream (default) sends upstream's request (the bullet variant of the prompt, max_tokens 200,
 temperature 0.1) and reads the score with its regexes (exactly one `[:"]` and one whitespace before the
-number, clamped to 1..5). --scoring chat sends the plain prompt greedily and reads the last "Score: N".
+number, clamped to 1..5). --prompt_format chat sends the plain prompt greedily and reads the last "Score: N".
 Either way an answer without a score is a counted failure (upstream scored it 0), never a score.
 
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (scores, judge texts, failures),
@@ -36,6 +36,7 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
 from ipo.benchmarks import api_runs
 from ipo.benchmarks import rewardbench
@@ -51,7 +52,7 @@ REGEX_SET = "gpt_rewardbench"  # upstream self_reward_gpt.py's own regexes (ipo.
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    api.add_api_args(parser, scoring_help=(
+    add_api_args(parser, prompt_format_help=(
         "upstream: self_reward_gpt.py's bullet prompt, max_tokens 200, temperature 0.1, its score regexes; "
         "chat: the plain 5-point prompt, temperature 0, the last 'Score: N' (1..5) of the answer"
     ))  # fmt: skip
@@ -61,7 +62,7 @@ def parse_args(argv=None):
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
-    api.check_api_args(parser, args)
+    check_api_args(parser, args)
     return args
 
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     cli.consume_secrets(args)
     model_short = cli.model_short_name(args.model)
     set_label = args.set_name or "all"
-    client = api.ApiClient.from_args(args)  # a missing key fails here, before anything is written
+    client = client_from_args(args)  # a missing key fails here, before anything is written
 
     ###############
     # Data and run folder

@@ -3,7 +3,7 @@
 Upstream (Reward_Bench/reward_model.py and RM_Bench/reward_model.py) ran a transformers
 ``pipeline("text-classification")`` on ``f"Instruction: {prompt}\\nResponse: " + response``, truncated
 on the right at 1024 tokens, and took ``pipe(text)[0]["score"]``: the top label's score after the
-pipeline's activation (a sigmoid for a one-label head). Here:
+pipeline's activation (a sigmoid for a one-label head). Here (``--prompt_format``, stored as ``input_format``):
 
   input_format upstream  the same raw text and right truncation (ipo.prompts.render_reward_model_upstream);
   input_format chat      the reward model's own chat template with a user and an assistant turn (how
@@ -26,20 +26,20 @@ from typing import Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.judges.yes_no import (
+from ipo.judges.batching import (
     DEFAULT_BATCH_SIZE,
     EncodedPrompt,
+    check_prompt_format,
     default_max_batch_tokens,
     encode_right_truncated,
     fit_chat_prompt,
     pad_sequences,
     plan_batches,
+    require_chat_template,
 )
 from ipo.prompts import render_reward_model_upstream
 
 logger = logging.getLogger("ipo")
-
-INPUT_FORMATS = ("upstream", "chat")
 
 
 def rewards_from_logits(logits):
@@ -60,8 +60,7 @@ class RewardModelScorer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_batch_tokens: int | None = None,
     ):
-        if input_format not in INPUT_FORMATS:
-            raise IpoError(f"unknown input format {input_format!r}; choose from {', '.join(INPUT_FORMATS)}")
+        check_prompt_format(input_format, "input format")
         architectures = getattr(model.config, "architectures", None) or []
         if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise IpoError(
@@ -74,9 +73,8 @@ class RewardModelScorer:
                 f"the reward model has a {num_labels}-label head; a reward model needs exactly one label "
                 "(one scalar reward per response)"
             )
-        if input_format == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise IpoError("the reward model's tokenizer has no chat template, so --input_format chat cannot "
-                           "be used; use --input_format upstream")  # fmt: skip
+        if input_format == "chat":
+            require_chat_template(tokenizer, "--input_format", whose="the reward model's tokenizer")
         if max_length < 8:
             raise IpoError(f"--max_length {max_length} is too small")
         self.model = model

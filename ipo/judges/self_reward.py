@@ -1,12 +1,12 @@
 """The Self-Rewarding judge (Yuan et al. 2024, arXiv 2401.10020): the model writes a short justification
 and a 1-5 score for a (question, response) pair under the additive 5-point prompt; the score is parsed
-from the text. The IPO paper's baseline judge (Garg et al., arXiv 2502.16182, §4).
+from the text. The IPO paper's baseline judge (Garg et al., arXiv 2502.16182, section 4).
 
 This module is the one implementation of that judge for every script that uses it (RewardBench and
 RM-Bench self_reward.py, DPO/self_reward.py, the API self_reward_gpt.py scripts). Parsing is pure and
 separate from generation, so an API judge parses its replies with the same functions.
 
-Two modes (``scoring``):
+Two modes (``scoring``, the command line's ``--prompt_format``):
   upstream  as the authors' code: ``SELF_REWARD_PROMPT.format(...)`` as raw text (no chat template),
             right truncation at ``max_length`` (2048), greedy generation, and the score found by the
             script's regex set searched over ``decode(prompt + generation, skip_special_tokens=True)``:
@@ -30,29 +30,31 @@ from typing import Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.judges.yes_no import (
+from ipo.judges.batching import (
     DEFAULT_BATCH_SIZE,
     QUESTION_MARK,
     RESPONSE_MARK,
     EncodedPrompt,
+    check_prompt_format,
     encode_right_truncated,
     fit_chat_prompt,
     left_pad,
     plan_batches,
+    require_chat_template,
     split_chat_template,
 )
 from ipo.prompts import SELF_REWARD_PROMPT
+from ipo.report import pct
 
 logger = logging.getLogger("ipo")
 
-SCORING_MODES = ("upstream", "chat")
 # Token budget per generation batch, new tokens included. A decoding step re-reads the weights whatever
 # the number of rows, so rows are nearly free there and the budget is larger than the judge's.
 DEFAULT_GENERATION_BATCH_TOKENS = 16384
 SCORE_MIN, SCORE_MAX = 1, 5
 
 # Upstream's score regexes, tried in order (the first pattern that matches anywhere wins), IGNORECASE,
-# from the authors' code at 4466286 (spec ../shared/spec/ipo_upstream.md §3.3, §3.9, §3.12, §3.14):
+# from the authors' code (https://github.com/shivank21/Implicit_Preference_Optimization at 4466286), per script:
 UPSTREAM_REGEX_SETS: dict[str, tuple[str, ...]] = {
     # Reward_Bench/self_reward.py and DPO/self_reward.py (extract_score). The second pattern can only
     # match where the first already does; it is kept because upstream had it.
@@ -131,13 +133,11 @@ class SelfRewardScorer:
         regex_set: str = "rewardbench",
         prompt: str = SELF_REWARD_PROMPT,
     ):
-        if scoring not in SCORING_MODES:
-            raise IpoError(f"unknown scoring mode {scoring!r}; choose from {', '.join(SCORING_MODES)}")
+        check_prompt_format(scoring)
         if regex_set not in UPSTREAM_REGEX_SETS:
             raise IpoError(f"unknown regex set {regex_set!r}; choose from {', '.join(UPSTREAM_REGEX_SETS)}")
-        if scoring == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise IpoError("this tokenizer has no chat template, so --scoring chat cannot be used; "
-                           "use --scoring upstream")  # fmt: skip
+        if scoring == "chat":
+            require_chat_template(tokenizer)
         if max_length < 8 or max_new_tokens < 1:
             raise IpoError(f"--max_length {max_length} / --max_new_tokens {max_new_tokens} are too small")
         self.model = model
@@ -288,8 +288,6 @@ def parse_failure_metrics(records: Sequence[dict]) -> dict:
 def parse_failure_note(counts: dict, unit: str, scoring: str) -> str:
     """The results.md sentence on parse failures, from ``parse_failure_counts`` (``unit``: "pairs",
     "prompts"). It says what a failure did to the comparisons in this ``scoring`` mode."""
-    from ipo.report import pct
-
     effect = ("each scored 0, below any parsed score, as upstream" if scoring == "upstream"
               else "every comparison with a failed judgement counts as wrong")  # fmt: skip
     return (f"Parse failures: {counts['n_parse_failures']} of {counts['n_judgements']} judgements "

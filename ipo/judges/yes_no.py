@@ -1,13 +1,13 @@
 """The paper's primitive: an LLM as a preference classifier through P(Yes) at its next token.
 
-Garg et al. (arXiv 2502.16182, §3): the judge is asked a yes/no question about a (prompt, response)
+Garg et al. (arXiv 2502.16182, section 3): the judge is asked a yes/no question about a (prompt, response)
 pair and the preference score is the normalised next-token probability
 
     p'_yes = p_yes / (p_yes + p_no)
 
 read at the last prompt position; no text is generated.
 
-Two scoring modes (``--scoring``):
+Two scoring modes (``--prompt_format``, stored as ``scoring``):
   upstream  the paper's raw-text wrappers (ipo.prompts.render_upstream), no chat template, BOS as the
             tokenizer adds it, right truncation at ``max_length`` tokens, and the Yes/No ids of
             ``encode(" Yes")`` / ``encode(" No")`` with all their probabilities summed (a multi-piece
@@ -17,7 +17,7 @@ Two scoring modes (``--scoring``):
             question's start) but never the judge instruction.
 
 Speed, without changing a score beyond float noise: examples are tokenised once, sorted by length and
-left-padded into batches under a token budget; the model returns logits for the last position only
+left-padded into batches under a token budget (ipo.judges.batching); the model returns logits for the last position only
 (``logits_to_keep=1``), and the normalisation uses only the Yes/No logits in float32. When the
 responses of one prompt share a token prefix (the judge question and the user's prompt), the prefix is
 run once and its key/value cache is reused for each response; likewise the judge question, which every
@@ -26,7 +26,6 @@ prompt of a batch shares (batches are formed per question).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
@@ -35,12 +34,27 @@ from typing import Callable, Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
+from ipo.judges.batching import (
+    DEFAULT_BATCH_SIZE,
+    QUESTION_MARK,
+    RESPONSE_MARK,
+    EncodedPrompt,
+    check_prompt_format,
+    default_max_batch_tokens,
+    encode_right_truncated,
+    fit_chat_prompt,
+    left_pad,
+    levels_cost,
+    plan_batches,
+    prefix_levels,
+    require_chat_template,
+    split_chat_template,
+)
 from ipo.modeling import ModelSpec, load_model_and_tokenizer
 from ipo.prompts import chat_user_content, render_upstream
 
 logger = logging.getLogger("ipo")
 
-SCORING_MODES = ("upstream", "chat")
 YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 
@@ -50,22 +64,10 @@ NO_VARIANTS = ("No", " No", "no", " no", "NO", " NO")
 # 2 ms per token), so only a saving below a few percent of a batch is a loss.
 PREFIX_SHARING_MIN_SAVING = 0.05
 
-# Batching defaults (also the CLI's): many short sequences per pass amortise the per-pass weight read
-# and the judge question; the token budget, not the row count, bounds long inputs and memory. On a CPU
-# small budgets win (less padding, cheaper masked attention; measured with benchmarks/bench_scoring.py:
-# long inputs 1.27x the upstream loop at 2048 tokens, 1.20x at 8192); a GPU wants large passes to keep
-# its matmuls busy (performance.md §3.2 suggests tens of thousands; not measured here).
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_MAX_BATCH_TOKENS = {"cpu": 2048, "accelerator": 16384}
 # Groups are scored a window of about this many forward passes at a time: inside a window sequences may
 # be re-batched by length across prompts (see YesNoJudge._p_yes_window), and each finished window is
 # one resume checkpoint (predictions are appended per window).
 WINDOW_PASSES = 4
-
-
-def default_max_batch_tokens(device) -> int:
-    """The token budget per forward pass for ``device`` (a torch.device or its name)."""
-    return DEFAULT_MAX_BATCH_TOKENS["cpu" if str(device).startswith("cpu") else "accelerator"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ def resolve_yes_no_tokens(tokenizer, scoring: str) -> YesNoTokens:
 
 
 def p_yes_from_logits(logits, yes_ids, no_ids):
-    """Normalised P(Yes) from next-token logits (Garg et al., §3: p'_yes = p_yes / (p_yes + p_no)).
+    """Normalised P(Yes) from next-token logits (Garg et al., section 3: p'_yes = p_yes / (p_yes + p_no)).
 
     Args:
         logits: (B, V) next-token logits, any float dtype.
@@ -161,166 +163,6 @@ def yes_no_mass(logits, yes_ids, no_ids):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Batching helpers (pure)
-# ---------------------------------------------------------------------------------------------------
-def plan_batches(group_lengths: Sequence[Sequence[int]], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Group indices into batches, longest first, so that padding is small and memory flat.
-
-    A group (the responses of one prompt) is never split. A batch closes before it would hold more than
-    ``batch_size`` sequences or ``max_batch_tokens`` padded tokens; a single group larger than either
-    limit still forms its own batch.
-    """
-    order = sorted(range(len(group_lengths)), key=lambda g: (-max(group_lengths[g], default=0), g))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    rows = longest = 0
-    for g in order:
-        g_rows, g_longest = len(group_lengths[g]), max(group_lengths[g], default=0)
-        new_rows, new_longest = rows + g_rows, max(longest, g_longest)
-        if current and (new_rows > batch_size or new_rows * new_longest > max_batch_tokens):
-            batches.append(current)
-            current, new_rows, new_longest = [], g_rows, g_longest
-        current.append(g)
-        rows, longest = new_rows, new_longest
-    if current:
-        batches.append(current)
-    return batches
-
-
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest shared token prefix, capped so every sequence keeps at least one token."""
-    if not sequences:
-        return 0
-    limit = min(len(s) for s in sequences) - 1
-    n = 0
-    first = sequences[0]
-    while n < limit and all(s[n] == first[n] for s in sequences[1:]):
-        n += 1
-    return n
-
-
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):
-    """(input_ids, attention_mask), both (B, L) long, padded on ``side`` ("left" or "right")."""
-    import torch
-
-    longest = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            columns = slice(longest - len(seq), longest) if side == "left" else slice(0, len(seq))
-            input_ids[row, columns] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, columns] = 1
-    return input_ids, attention_mask
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
-    """(input_ids, attention_mask), both (B, L) long, with padding on the left."""
-    return pad_sequences(sequences, pad_id, "left")
-
-
-@contextlib.contextmanager
-def _truncation_side(tokenizer, side: str):
-    old = tokenizer.truncation_side
-    tokenizer.truncation_side = side
-    try:
-        yield
-    finally:
-        tokenizer.truncation_side = old
-
-
-@dataclass
-class EncodedPrompt:
-    ids: list[int]
-    truncated: bool
-
-
-# ---------------------------------------------------------------------------------------------------
-# Encoding and truncation (shared by every judge that reads a prompt: Yes/No, self-reward, reward model)
-# ---------------------------------------------------------------------------------------------------
-def encode_right_truncated(tokenizer, text: str, max_length: int) -> EncodedPrompt:
-    """Upstream's ``tokenizer.encode(text, max_length=N, truncation=True)``: special tokens added as the
-    tokenizer does, and right truncation, which cuts the end of the text (whatever comes last)."""
-    ids = tokenizer(text).input_ids
-    if len(ids) <= max_length:
-        return EncodedPrompt(ids, False)
-    with _truncation_side(tokenizer, "right"):
-        ids = tokenizer(text, max_length=max_length, truncation=True).input_ids
-    return EncodedPrompt(ids, True)
-
-
-QUESTION_MARK, RESPONSE_MARK = "\x00QUESTION\x00", "\x00RESPONSE\x00"
-
-
-def split_chat_template(tokenizer, user_content: str) -> tuple[str, str, str]:
-    """The chat template rendered once around placeholders, so that prompts are filled by concatenation.
-
-    ``user_content`` is one user turn holding QUESTION_MARK and then RESPONSE_MARK; it is rendered with
-    the generation prompt. Returns (before, between, after) such that before + question + between +
-    response + after is exactly the rendered prompt of that question and response.
-    """
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user_content}], tokenize=False,
-                                         add_generation_prompt=True)  # fmt: skip
-    if text.count(QUESTION_MARK) != 1 or text.count(RESPONSE_MARK) != 1:
-        raise IpoError("the chat template does not copy the user message verbatim; use --scoring upstream")
-    before, rest = text.split(QUESTION_MARK)
-    between, after = rest.split(RESPONSE_MARK)
-    return before, between, after
-
-
-def chat_ids(tokenizer, text: str) -> list[int]:
-    """Token ids of chat-rendered text; the template already wrote BOS (if the model uses one) as text."""
-    return tokenizer(text, add_special_tokens=False).input_ids
-
-
-def cut_text(tokenizer, text: str, keep_tokens: int, keep: str) -> str:
-    """The first (keep="start") or last (keep="end") ``keep_tokens`` tokens of ``text``, as text."""
-    if keep_tokens <= 0:
-        return ""
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
-    ids = encoding.input_ids
-    if keep_tokens >= len(ids):
-        return text
-    if tokenizer.is_fast:
-        offsets = encoding["offset_mapping"]
-        if keep == "start":
-            return text[: offsets[keep_tokens - 1][1]]
-        return text[offsets[len(ids) - keep_tokens][0]:]
-    kept = ids[:keep_tokens] if keep == "start" else ids[-keep_tokens:]
-    return tokenizer.decode(kept)
-
-
-def fit_chat_prompt(tokenizer, render: Callable[[str, str], str], instruction: str, response: str,
-                    max_length: int) -> EncodedPrompt:  # fmt: skip
-    """Token ids of ``render(instruction, response)`` within ``max_length``, cutting only the user's text.
-
-    The response's tail goes first, then the instruction's start; everything ``render`` adds around them
-    (a judge instruction, the chat markup, a generation prompt) always stays. Boundaries can merge
-    tokens, so the cut is re-checked and shaved until it fits.
-    """
-    ids = chat_ids(tokenizer, render(instruction, response))
-    if len(ids) <= max_length:
-        return EncodedPrompt(ids, False)
-    for _ in range(8):
-        excess = len(ids) - max_length
-        if excess <= 0:
-            break
-        response_tokens = len(chat_ids(tokenizer, response))
-        if response_tokens > 0:
-            response = cut_text(tokenizer, response, response_tokens - excess, keep="start")
-        else:
-            question_tokens = len(chat_ids(tokenizer, instruction))
-            if question_tokens == 0:
-                break
-            instruction = cut_text(tokenizer, instruction, question_tokens - excess, keep="end")
-        ids = chat_ids(tokenizer, render(instruction, response))
-    if len(ids) > max_length:
-        logger.warning("the prompt without the user's text is %d tokens, over --max_length %d; kept whole",
-                       len(ids), max_length)  # fmt: skip
-    return EncodedPrompt(ids, True)
-
-
-# ---------------------------------------------------------------------------------------------------
 # The judge
 # ---------------------------------------------------------------------------------------------------
 class YesNoJudge:
@@ -338,11 +180,9 @@ class YesNoJudge:
     ):
         import torch
 
-        if scoring not in SCORING_MODES:
-            raise IpoError(f"unknown scoring mode {scoring!r}; choose from {', '.join(SCORING_MODES)}")
-        if scoring == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise IpoError("this tokenizer has no chat template, so --scoring chat cannot be used; "
-                           "use --scoring upstream")  # fmt: skip
+        check_prompt_format(scoring)
+        if scoring == "chat":
+            require_chat_template(tokenizer)
         if max_length < 8:
             raise IpoError(f"--max_length {max_length} is too small for a judge prompt")
         self.model = model
@@ -490,41 +330,6 @@ class YesNoJudge:
                 out = self.model(**inputs, past_key_values=cache, use_cache=True)
             cache, mask_above = out.past_key_values, attention_mask
         return out.logits[:, -1, :]
-
-
-def prefix_levels(groups: Sequence[Sequence[Sequence[int]]]) -> list[tuple[list[list[int]], list[int] | None]]:
-    """The sequences of a batch as a prefix tree of up to three levels, each a list of (segments, owner).
-
-    Level 1 is the token prefix shared by the whole batch (one row: typically the judge question, when
-    a batch holds one subset); level 2, what each group (one prompt's responses) shares beyond it
-    (the user's prompt); level 3, each sequence's remaining tokens (the response and the closing
-    wrapper). ``owner[i]`` is the row of the level above that row i continues; a level with nothing to
-    run is left out, and the owners are composed across it. Every sequence keeps at least one token
-    in the last level, where its logits are read. A segment may be empty (a fully padded row).
-    """
-    sequences = [list(seq) for group in groups for seq in group]
-    if len(sequences) == 1:
-        return [(sequences, None)]
-    batch_prefix = common_prefix_length(sequences)
-    # A group of one runs all but its last token in the group level, so it pads that level, not the last.
-    group_prefix = [max(common_prefix_length(group), batch_prefix) for group in groups]
-    group_of = [g for g, group in enumerate(groups) for _ in group]
-    levels: list[tuple[list[list[int]], list[int] | None]] = []
-    if batch_prefix > 0:
-        levels.append(([sequences[0][:batch_prefix]], None))
-    if any(n > batch_prefix for n in group_prefix):
-        levels.append(([list(group[0][batch_prefix:n]) for group, n in zip(groups, group_prefix)],
-                       [0] * len(groups) if levels else None))  # fmt: skip
-        owner = group_of
-    else:
-        owner = [0] * len(sequences) if levels else None
-    levels.append(([seq[group_prefix[g]:] for seq, g in zip(sequences, group_of)], owner))
-    return levels
-
-
-def levels_cost(levels) -> int:
-    """Padded tokens the forward passes of a prefix tree run (rows x longest segment, summed over levels)."""
-    return sum(len(segments) * max(len(s) for s in segments) for segments, _ in levels)
 
 
 # ---------------------------------------------------------------------------------------------------
