@@ -134,8 +134,10 @@ def test_argparse_and_namespaces_only_in_the_command_line_layer():
 
 
 def test_package_inits_hold_only_a_docstring():
+    # ipo/__init__.py holds IpoError and ipo/cli/__init__.py the helpers every script shares (ArgumentParser,
+    # run, the common flag groups); the other packages' names are imported from the module that defines them.
     for name, path in MODULES.items():
-        if path.name == "__init__.py" and name != "ipo":
+        if path.name == "__init__.py" and name not in ("ipo", "ipo.cli"):
             tree = ast.parse(path.read_text())
             assert ast.get_docstring(tree), f"{name} has no docstring"
             assert len(tree.body) == 1, f"{name}/__init__.py should hold only its docstring (no re-exports)"

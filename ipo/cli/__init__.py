@@ -14,8 +14,9 @@ from typing import Callable, Sequence
 
 from ipo import IpoError
 from ipo.benchmarks import rewardbench, rmbench
-from ipo.judges.yes_no import DEFAULT_BATCH_SIZE  # TODO(lead): ipo.judges.batching once split
+from ipo.judges.batching import DEFAULT_BATCH_SIZE
 from ipo.modeling import ModelSpec
+from ipo.prompts import PROMPT_FORMATS
 from ipo.runs import SECRET_ARGS
 
 logger = logging.getLogger("ipo")
@@ -177,8 +178,6 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 # The one switch between upstream's raw-text prompts and the model's chat template. Every script spells it
 # --prompt_format; the name each script had before stays as an alias (argparse lists it in --help), and
 # ``dest`` keeps the old attribute name so config.json, and with it every run's identity, is unchanged.
-PROMPT_FORMATS = ("upstream", "chat")
-
 
 def add_prompt_format_arg(group, dest: str, help: str, default: str = "upstream") -> None:
     """--prompt_format upstream|chat, stored as ``dest``; ``--<dest>`` is accepted as an alias."""
