@@ -11,9 +11,9 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from ipo import IpoError
 

@@ -1,15 +1,19 @@
-"""Readable results: markdown tables and PNG plots (matplotlib, headless), written atomically."""
+"""Readable results, with no benchmark knowledge: means and percentages, markdown tables, and PNG plots
+(matplotlib, headless, imported only when a plot is drawn) written atomically. Each benchmark module
+(ipo.benchmarks.rewardbench, ipo.benchmarks.rmbench) arranges its own tables and figures from these."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Sequence
 
-from ipo.benchmarks import rewardbench
-from ipo.benchmarks.rewardbench import SUBSET_MAPPING
-from ipo.runs import RunDir, atomic_write_json, atomic_write_text
+
+def mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None (a value not measured); None if there are none."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def pct(value: float | None, digits: int = 2) -> str:
@@ -22,35 +26,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rewardbench_markdown(metrics: dict, title: str) -> str:
-    """results.md for a RewardBench run: headline, sections, the paper's categories, subsets (percent)."""
-    section_of = {s: sec for sec, subsets in SUBSET_MAPPING.items() for s in subsets}
-    out = [f"# {title}\n"]
-    out.append(
-        f"{metrics['n_pairs']} pairs; accuracy {pct(metrics['accuracy'])}% (ties count as wrong), "
-        f"tie rate {pct(metrics['tie_rate'])}%, {metrics['n_truncated']} pairs truncated.\n"
-    )
-    out.append("## RewardBench sections (official weighting)\n")
-    rows = [[name, pct(value)] for name, value in metrics["sections"].items()]
-    rows.append(["**Score** (mean of sections)", pct(metrics["score"])])
-    out.append(markdown_table(["section", "accuracy %"], rows))
-    out.append("## The paper's categories (pooled over pairs)\n")
-    rows = [[name, pct(value)] for name, value in metrics["categories"].items()]
-    rows.append(["**Average**", pct(metrics["categories_average"])])
-    out.append(markdown_table(["category", "accuracy %"], rows))
-    out.append("## Subsets\n")
-    rows = [
-        [name, section_of.get(name, "unknown"), s["n"], pct(s["accuracy"]), s["ties"]]
-        for name, s in metrics["subsets"].items()
-    ]
-    out.append(markdown_table(["subset", "section", "pairs", "accuracy %", "ties"], rows))
-    if metrics.get("unknown_subsets"):
-        out.append(f"\nSubsets outside the official tables (scored with the fallback prompt): "
-                   f"{metrics['unknown_subsets']}\n")  # fmt: skip
-    return "\n".join(out)
-
-
-def _save_figure(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG atomically (temporary file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
@@ -71,23 +48,21 @@ def _pyplot():
     return plt
 
 
-def subset_bar_chart(metrics: dict, path: str | os.PathLike, title: str) -> None:
-    """Horizontal bars of per-subset accuracy, coloured by RewardBench section, with the 50% line."""
+def bar_chart(labels: Sequence[str], fractions: Sequence[float], path: str | os.PathLike, title: str,
+              colors: Sequence[str], legend: dict[str, str], reference: float = 50) -> None:
+    """Horizontal bars of fractions shown in percent, top to bottom in the order given, a dashed line at
+    ``reference`` percent (chance for a pair), and a legend {label: color}."""
     plt = _pyplot()
-    section_of = {s: sec for sec, subsets in SUBSET_MAPPING.items() for s in subsets}
-    colors = {"Chat": "tab:blue", "Chat Hard": "tab:orange", "Safety": "tab:green", "Reasoning": "tab:purple"}
-    names = sorted(metrics["subsets"], key=lambda s: (list(colors).index(section_of[s]) if s in section_of else 9, s))
-    values = [100 * metrics["subsets"][s]["accuracy"] for s in names]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
-    ax.barh(names, values, color=[colors.get(section_of.get(s), "tab:gray") for s in names])
-    ax.axvline(50, color="black", linestyle="--", linewidth=0.8)
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.5))
+    ax.barh(labels, [100 * v for v in fractions], color=list(colors))
+    ax.axvline(reference, color="black", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 100)
     ax.invert_yaxis()
     ax.set_xlabel("accuracy (%)")
     ax.set_title(title)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    ax.legend(handles, list(colors), loc="lower right", fontsize=8)
-    _save_figure(fig, path)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in legend.values()]
+    ax.legend(handles, list(legend), loc="lower right", fontsize=8)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -110,30 +85,6 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | os.PathLike, title: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="%")
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
-
-
-def write_rewardbench_outputs(run: RunDir, records: list[dict], title: str, upstream_file: str,
-                              extra_metrics: dict | None = None, notes: str = "",
-                              extra_markdown: str = "") -> tuple[dict, str]:  # fmt: skip
-    """metrics.json, results.md, subset_accuracy.png and upstream's per-subset percent file.
-
-    Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
-    metrics of an uninterrupted one. ``notes`` (markdown) goes under the headline of results.md and
-    ``extra_markdown`` at its end. Returns (metrics, results markdown).
-    """
-    metrics = rewardbench.compute_metrics(records)
-    metrics.update(extra_metrics or {})
-    markdown = rewardbench_markdown(metrics, title)
-    if notes:
-        headline_end = markdown.index("\n## ")
-        markdown = markdown[:headline_end] + "\n" + notes.rstrip("\n") + "\n" + markdown[headline_end:]
-    if extra_markdown:
-        markdown += "\n" + extra_markdown
-    atomic_write_json(run.file("metrics.json"), metrics)
-    atomic_write_text(run.file("results.md"), markdown)
-    atomic_write_json(run.file(upstream_file), rewardbench.upstream_accuracy(metrics))
-    subset_bar_chart(metrics, run.file("subset_accuracy.png"), title)
-    return metrics, markdown

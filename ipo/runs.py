@@ -20,8 +20,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
 
 from ipo import IpoError
 
@@ -99,7 +102,6 @@ def scrubbed_command(argv: list[str] | None = None) -> list[str]:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
-    import numpy as np
     import torch
 
     random.seed(seed)
@@ -243,19 +245,21 @@ class RunDir:
         return self.file("config.json").exists()
 
     @staticmethod
-    def _fingerprint(args: dict, extra: dict | None) -> dict:
-        fingerprint = {k: v for k, v in args.items() if k not in NON_RESULT_ARGS and k not in SECRET_ARGS}
+    def _fingerprint(arguments: dict, extra: dict | None) -> dict:
+        fingerprint = {k: v for k, v in arguments.items() if k not in NON_RESULT_ARGS and k not in SECRET_ARGS}
         fingerprint.update(extra or {})
         return json.loads(json.dumps(fingerprint, default=str))
 
-    def check(self, args: dict, fingerprint_extra: dict | None = None) -> bool:
+    def check(self, arguments: dict, fingerprint_extra: dict | None = None) -> bool:
         """Raise if the folder holds a run with other settings; True if it can be resumed.
+
+        ``arguments``: the command's arguments as a plain dict (what config.json keeps under "args").
 
         Call it before slow work (loading a model) so a mismatch fails in a second; writes nothing.
         """
         if self.overwrite or not self.resuming:
             return False
-        fingerprint = self._fingerprint(args, fingerprint_extra)
+        fingerprint = self._fingerprint(arguments, fingerprint_extra)
         try:
             old = json.loads(self.file("config.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -270,22 +274,22 @@ class RunDir:
             )
         return True
 
-    def start(self, args: dict, resolved: dict | None = None, fingerprint_extra: dict | None = None) -> bool:
+    def start(self, arguments: dict, resolved: dict | None = None, fingerprint_extra: dict | None = None) -> bool:
         """Write config.json (after checking it matches, when resuming). Returns True when resuming.
 
-        ``args`` should already be free of secrets (cli.public_args); secret names are dropped again
+        ``arguments`` should already be free of secrets (cli.public_args); secret names are dropped again
         here as a second line of defence.
         """
-        resuming = self.check(args, fingerprint_extra)
+        resuming = self.check(arguments, fingerprint_extra)
         if self.overwrite and self.path.exists():
             shutil.rmtree(self.path)
             self.overwrite = False
         if resuming:
             logger.info("resuming the run in %s", self.path)
         config = {
-            "args": {k: v for k, v in args.items() if k not in SECRET_ARGS},
+            "args": {k: v for k, v in arguments.items() if k not in SECRET_ARGS},
             "resolved": resolved or {},
-            "fingerprint": self._fingerprint(args, fingerprint_extra),
+            "fingerprint": self._fingerprint(arguments, fingerprint_extra),
             "versions": library_versions(),
             "git_commit": git_commit(),
             "command": scrubbed_command(),
@@ -309,8 +313,6 @@ def score_into_log(scorer, examples, log: RecordLog, make_record, unit: str = "e
     into the JSON record. Returns how many examples were scored now. A progress bar shows examples
     done (including those resumed), rate and ETA.
     """
-    from tqdm.auto import tqdm
-
     todo = [e for e in examples if e.id not in log]
     if not todo:
         logger.info("all %d examples are already scored in %s", len(examples), log.path)

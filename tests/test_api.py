@@ -22,7 +22,7 @@ from helpers import API_MODEL as MODEL
 from helpers import REPO, api_argv, load_run, read_jsonl, rewardbench_rows, run_script, run_subprocess, write_jsonl
 from ipo import IpoError
 from ipo.judges import api, api_client
-from ipo.benchmarks import api_runs
+from ipo.benchmarks.api_failures import forget_failures
 from ipo.prompts import (
     COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream,
 )  # fmt: skip
@@ -194,10 +194,10 @@ def test_record_log_discard_rewrites_without_the_failures(tmp_path):
 
     log = RecordLog(tmp_path / "p.jsonl")
     log.append([{"id": 1, "failure": None}, {"id": 2, "failure": "timeout"}, {"id": 3, "failure": None}])
-    assert api_runs.forget_failures(log) == 1 and 2 not in log and len(log) == 2
+    assert forget_failures(log) == 1 and 2 not in log and len(log) == 2
     assert [r["id"] for r in read_jsonl(tmp_path / "p.jsonl")] == [1, 3]
     assert sorted(RecordLog(tmp_path / "p.jsonl").records) == ["1", "3"]
-    assert api_runs.forget_failures(log) == 0
+    assert forget_failures(log) == 0
 
 
 def test_read_api_key(monkeypatch):

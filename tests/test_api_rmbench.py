@@ -16,7 +16,7 @@ from helpers import (
     API_MODEL, api_argv, load_run, load_script, read_jsonl, rmbench_rows, run_script, run_subprocess, write_json,
 )  # fmt: skip
 from ipo.judges import api
-from ipo.benchmarks import api_runs
+from ipo.benchmarks import rmbench_api, rmbench_metrics
 from ipo.benchmarks import rmbench
 from ipo.data import Example
 from ipo.prompts import COMPARE_PROMPT_RMBENCH, RMBENCH_LAYOUT, SELF_REWARD_PROMPT, render_upstream
@@ -68,11 +68,11 @@ def test_pairwise_matrices_leave_unmeasured_cells_out():
 
     records = [record("chat", [True, False, True], [False, True, False]),
                record("chat", [True, True, False], [False, False, False])]  # fmt: skip
-    matrix, ties = rmbench.pairwise_matrices(records)
+    matrix, ties = rmbench_metrics.pairwise_matrices(records)
     assert [matrix[k][k] for k in range(3)] == [1.0, 0.5, 0.5]
     assert matrix[0][1] is None and ties[2][0] is None and ties[1][1] == 0.5
-    assert rmbench.hard_normal_easy(matrix) == {"hard": None, "normal": pytest.approx(2 / 3), "easy": None}
-    metrics = rmbench.compute_metrics(records, matrices=rmbench.pairwise_matrices)
+    assert rmbench_metrics.hard_normal_easy(matrix) == {"hard": None, "normal": pytest.approx(2 / 3), "easy": None}
+    metrics = rmbench_metrics.compute_metrics(records, matrices=rmbench_metrics.pairwise_matrices)
     chat = metrics["domains"]["chat"]
     assert chat["score"] is None and chat["normal"] == pytest.approx(2 / 3) and metrics["average"] is None
     assert chat["tie_rate"] == pytest.approx(1 / 6)  # over the 3 cells compared, not the 9
@@ -81,15 +81,15 @@ def test_pairwise_matrices_leave_unmeasured_cells_out():
 
 def test_a_failed_response_loses_every_comparison_and_ties_with_nothing():
     records = [{"domain": "math", "p_yes_chosen": [0.9, None, 0.5], "p_yes_rejected": [0.1, 0.2, 0.5]}]
-    metrics = rmbench.compute_metrics(records)
+    metrics = rmbench_metrics.compute_metrics(records)
     assert metrics["domains"]["math"]["matrix"] == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
     assert metrics["tie_rate"] == pytest.approx(1 / 9)  # 0.5 vs 0.5; None ties with nothing
 
 
 def test_style_pair_fields_and_requests():
     example = Example(id="chat/1", prompt="Q", responses=["c1", "c2", "c3", "r1", "r2", "r3"], domain="chat")
-    cells = api_runs.STYLE_PAIRS["diagonal"]
-    bodies = api_runs.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, cells)
+    cells = rmbench_api.STYLE_PAIRS["diagonal"]
+    bodies = rmbench_api.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, cells)
     assert len(bodies) == 6  # 3 cells x 2 orders, slot = cell * 2 + order
     assert bodies[2]["messages"][0]["content"] == COMPARE_PROMPT_RMBENCH.format(
         instruction="Q", response1="c2", response2="r2")
@@ -97,13 +97,13 @@ def test_style_pair_fields_and_requests():
         instruction="Q", response1="r2", response2="c2")
     kinds = [None, None, None, "timeout", None, None]
     extra = {"failure": "timeout", "kinds": kinds, "info": [{"judge_text": str(s)} for s in range(6)]}
-    fields = api_runs.style_pair_fields([1, 2, 1, None, 1, 1], extra, cells)
+    fields = rmbench_api.style_pair_fields([1, 2, 1, None, 1, 1], extra, cells)
     assert [fields["correct"][k][k] for k in range(3)] == [True, False, False]
     assert [fields["tie"][k][k] for k in range(3)] == [False, False, True]  # a failure is no tie
     assert fields["correct"][0][1] is None and fields["verdict_chosen_second"][2][2] == 1
     assert fields["failed"] == ["chosen_2-rejected_2/chosen_second"] and fields["failure"] == "timeout"
     assert fields["judge_text_chosen_first"][1][1] == "2"
-    assert len(api_runs.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, api_runs.STYLE_PAIRS["all"],
+    assert len(rmbench_api.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, rmbench_api.STYLE_PAIRS["all"],
                                        api.PAIRWISE_ORDERS[:1])) == 9  # fmt: skip
 
 

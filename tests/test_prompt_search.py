@@ -26,10 +26,10 @@ SHIPPED = REPO / "Preference_Comparison/Reward_Bench/candidate_prompts.json"
 def test_the_shipped_candidates_in_upstreams_format():
     prompts = load_candidate_prompts(SHIPPED)
     assert len(prompts) == 23 and isinstance(prompts["default"], str)
-    assert sum(len(v) for k, v in prompts.items() if k != "default") + 1 == 221  # spec appendix B
+    assert sum(len(v) for k, v in prompts.items() if k != "default") + 1 == 221  # upstream candidate_prompts.json: 220 candidates and the default
     assert candidates_for("llmbar-adver-manual", prompts) == [prompts["default"]]  # no entry upstream
     assert len(candidates_for("hep-python", prompts)) == 10
-    # Only 3 of the paper's questions are candidates (spec §3.13); those share their predictions.
+    # Only 3 of the paper's questions are among upstream's candidates; those share their predictions.
     assert paper_candidate("xstest-should-refuse", candidates_for("xstest-should-refuse", prompts)) == \
         prompts["xstest-should-refuse"].index(REFUSAL_PROMPT)  # fmt: skip
     assert paper_candidate("alpacaeval-easy", candidates_for("alpacaeval-easy", prompts)) == PAPER

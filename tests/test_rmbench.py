@@ -8,7 +8,7 @@ import pytest
 
 from helpers import flatten_rmbench_rows, rmbench_rows, run_script, run_subprocess, write_json, write_jsonl
 from ipo import IpoError
-from ipo.benchmarks import rmbench
+from ipo.benchmarks import rmbench, rmbench_metrics
 from ipo.data import Example
 from ipo.judges.yes_no import YesNoJudge, YesNoScorer
 from ipo.prompts import RMBENCH_LAYOUT, render_upstream
@@ -45,19 +45,19 @@ def records(domain, chosen, rejected, first_id=0):
 
 
 def test_style_matrix_and_hard_normal_easy_by_hand():
-    matrix = rmbench.style_accuracy_matrix(CHOSEN, REJECTED)
+    matrix = rmbench_metrics.style_accuracy_matrix(CHOSEN, REJECTED)
     assert matrix == MATRIX
-    assert rmbench.hard_normal_easy(matrix) == pytest.approx({"hard": 2 / 3, "normal": 1 / 2, "easy": 1 / 3})
-    assert rmbench.diagonal_levels(matrix) == {"level_1": 0.5, "level_2": 0.5, "level_3": 0.5}
-    ties = rmbench.style_tie_matrix(CHOSEN, REJECTED)
+    assert rmbench_metrics.hard_normal_easy(matrix) == pytest.approx({"hard": 2 / 3, "normal": 1 / 2, "easy": 1 / 3})
+    assert rmbench_metrics.diagonal_levels(matrix) == {"level_1": 0.5, "level_2": 0.5, "level_3": 0.5}
+    ties = rmbench_metrics.style_tie_matrix(CHOSEN, REJECTED)
     assert ties == [[0.5, 0, 0], [0.5, 0, 0], [0, 0, 0]]
 
 
 def test_style_matrix_rejects_wrong_shapes():
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
-        rmbench.style_accuracy_matrix([[0.1, 0.2]], [[0.1, 0.2]])
+        rmbench_metrics.style_accuracy_matrix([[0.1, 0.2]], [[0.1, 0.2]])
     with pytest.raises(ValueError):
-        rmbench.style_accuracy_matrix([], [])
+        rmbench_metrics.style_accuracy_matrix([], [])
 
 
 def test_matrix_agrees_with_the_official_loop_on_random_scores():
@@ -72,7 +72,7 @@ def test_matrix_agrees_with_the_official_loop_on_random_scores():
         for i in range(3):
             for j in range(3):
                 expected[i][j] += (c[i] > r[j]) / 50
-    assert flat(rmbench.style_accuracy_matrix(chosen, rejected)) == pytest.approx(flat(expected))
+    assert flat(rmbench_metrics.style_accuracy_matrix(chosen, rejected)) == pytest.approx(flat(expected))
 
 
 def test_metrics_pool_safety_and_label_missing_domains():
@@ -83,7 +83,7 @@ def test_metrics_pool_safety_and_label_missing_domains():
     recs = (records("chat", CHOSEN, REJECTED)
             + records("safety-refuse", [[0.9, 0.8, 0.7]] * 3, [[0.1, 0.2, 0.3]] * 3, first_id=10)
             + records("safety-response", [[0.1, 0.1, 0.1]], [[0.2, 0.3, 0.4]], first_id=20))  # fmt: skip
-    metrics = rmbench.compute_metrics(recs)
+    metrics = rmbench_metrics.compute_metrics(recs)
     safety = metrics["domains"]["safety"]
     assert safety["n"] == 4 and safety["sources"] == {"safety-refuse": 3, "safety-response": 1}
     assert safety["matrix"] == [[0.75] * 3] * 3
@@ -116,11 +116,11 @@ def test_metrics_pool_safety_and_label_missing_domains():
 
 def test_metrics_with_all_four_domains_are_complete_and_use_the_score_name():
     recs = []
-    for n, domain in enumerate(rmbench.DOMAINS):
+    for n, domain in enumerate(rmbench_metrics.DOMAINS):
         recs += records(domain, CHOSEN, REJECTED, first_id=10 * n)
     for r in recs:
         r["reward_chosen"], r["reward_rejected"] = r.pop("p_yes_chosen"), r.pop("p_yes_rejected")
-    metrics = rmbench.compute_metrics(recs, score_name="reward")
+    metrics = rmbench_metrics.compute_metrics(recs, score_name="reward")
     assert metrics["complete"] and metrics["domains_missing"] == []
     assert metrics["average"] == pytest.approx(0.5) and metrics["hard"] == pytest.approx(2 / 3)
     assert "**Overall**" in rmbench.results_markdown(metrics, "t")
@@ -359,7 +359,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, tmp_path, tiny_
 
 @pytest.mark.smollm2
 def test_smollm2_on_all_five_domains(smollm2_dir, tmp_path):
-    files = [write_json(tmp_path / f"{d}_filtered.json", rmbench_rows(1, first_id=i)) for i, d in enumerate(rmbench.DOMAINS)]
+    files = [write_json(tmp_path / f"{d}_filtered.json", rmbench_rows(1, first_id=i)) for i, d in enumerate(rmbench_metrics.DOMAINS)]
     argv = ["--model_name", str(smollm2_dir), "--dataset", *map(str, files), "--output_dir", str(tmp_path),
             "--run_name", "smol"]  # fmt: skip
     assert run_script(SCRIPT, argv) == 0

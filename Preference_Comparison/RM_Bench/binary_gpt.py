@@ -41,7 +41,9 @@ import sys
 from ipo import cli, hub
 from ipo.cli.api import add_api_args, add_order_args, check_api_args, client_from_args, resolve_orders
 from ipo.judges import api
-from ipo.benchmarks import api_runs
+from ipo.benchmarks import rmbench_api
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
+from ipo.benchmarks.rmbench_metrics import pairwise_matrices
 from ipo.benchmarks import rmbench
 from ipo.prompts import COMPARE_PROMPT_RMBENCH
 from ipo.runs import RecordLog, RunDir, score_into_log
@@ -58,7 +60,7 @@ def parse_args(argv=None):
     ))  # fmt: skip
     add_order_args(parser)
     parser.add_argument(
-        "--pairs", default="diagonal", choices=list(api_runs.STYLE_PAIRS),
+        "--pairs", default="diagonal", choices=list(rmbench_api.STYLE_PAIRS),
         help="which (chosen style, rejected style) pairs to compare: diagonal = chosen_k vs rejected_k, "
         "upstream's 3 per prompt (its levels; RM-Bench's normal); all = the 9 of the official matrix "
         "(hard, normal, easy), 3 times the requests",
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     model_short = cli.model_short_name(args.model)
     client = client_from_args(args)  # a missing key fails here, before anything is written
     orders = resolve_orders(args)
-    cells = api_runs.STYLE_PAIRS[args.pairs]
+    cells = rmbench_api.STYLE_PAIRS[args.pairs]
 
     ###############
     # Data and run folder: one Example per prompt, responses [chosen x3, rejected x3] in style order
@@ -95,10 +97,10 @@ def main(argv=None) -> int:
     # URL and model
     ###############
     def requests_for(example):
-        return api_runs.style_pair_requests(args.scoring, COMPARE_PROMPT_RMBENCH, example, cells, orders)
+        return rmbench_api.style_pair_requests(args.scoring, COMPARE_PROMPT_RMBENCH, example, cells, orders)
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_pairwise(response, args.scoring))
-    scorer.probe(api_runs.pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
+    scorer.probe(pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
     run.start(cli.public_args(args), resolved={
         **client.describe(), "request": api.PAIRWISE_REQUEST[args.scoring], "orders": [n for n, _ in orders],
         "style_pairs": [list(cell) for cell in cells], "n_prompts": len(examples), "prompts_per_domain": counts,
@@ -108,11 +110,11 @@ def main(argv=None) -> int:
     # Score (appends to predictions.jsonl as prompts complete; resumes what is missing or failed)
     ###############
     log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
-    api_runs.forget_failures(log)
+    forget_failures(log)
 
     def make_record(example, verdicts, extra):
         return {rmbench.RECORD_KEY: example.id, "id": example.meta.get("id", example.id), "domain": example.domain,
-                "subset": example.subset, **api_runs.style_pair_fields(verdicts, extra, cells, orders)}  # fmt: skip
+                "subset": example.subset, **rmbench_api.style_pair_fields(verdicts, extra, cells, orders)}  # fmt: skip
 
     score_into_log(scorer, examples, log, make_record, unit="prompt", desc=f"RM-Bench via {args.model}")
 
@@ -120,12 +122,12 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    per_order = api.order_metrics(api_runs.style_pair_order_records(records, cells, orders), orders)
-    metrics, markdown = api_runs.write_rmbench_outputs(
-        run, records, client,
+    per_order = api.order_metrics(rmbench_api.style_pair_order_records(records, cells, orders), orders)
+    metrics, markdown = rmbench.write_outputs(
+        run, records, api=ApiUsage.of(client),
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}, "
               f"{args.pairs} style pairs) on RM-Bench",
-        upstream_file=f"accuracy-rm-bench-{model_short}-comparative.json", matrices=rmbench.pairwise_matrices,
+        upstream_file=f"accuracy-rm-bench-{model_short}-comparative.json", matrices=pairwise_matrices,
         extra_metrics=per_order, extra_markdown=api.orders_markdown(per_order),
     )  # fmt: skip
     print(markdown)

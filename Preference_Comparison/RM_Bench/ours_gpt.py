@@ -35,7 +35,8 @@ import sys
 from ipo import cli, hub
 from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
-from ipo.benchmarks import api_runs
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
+from ipo.benchmarks.rmbench_api import style_answer_fields
 from ipo.benchmarks import rmbench
 from ipo.prompts import RMBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, score_into_log
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
                 for response in example.responses]  # fmt: skip
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_yes_no(response, args.scoring))
-    scorer.probe(api_runs.pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
+    scorer.probe(pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
     run.start(cli.public_args(args), resolved={
         **client.describe(), "request": api.YES_NO_REQUEST[args.scoring], "n_prompts": len(examples),
         "prompts_per_domain": counts,
@@ -93,10 +94,10 @@ def main(argv=None) -> int:
     # Score (appends to predictions.jsonl as prompts complete; resumes what is missing or failed)
     ###############
     log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
-    api_runs.forget_failures(log)
+    forget_failures(log)
 
     def make_record(example, p_yes, extra):  # a failed response's p_yes is None: it loses every comparison
-        return rmbench.prediction_record(example, p_yes, api_runs.style_answer_fields(extra, ("logprob_yes", "logprob_no")))
+        return rmbench.prediction_record(example, p_yes, style_answer_fields(extra, ("logprob_yes", "logprob_no")))
 
     score_into_log(scorer, examples, log, make_record, unit="prompt", desc=f"RM-Bench via {args.model}")
 
@@ -104,8 +105,8 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    metrics, markdown = api_runs.write_rmbench_outputs(
-        run, records, client, title=f"IPO judge via {args.model} ({args.scoring}) on RM-Bench",
+    metrics, markdown = rmbench.write_outputs(
+        run, records, api=ApiUsage.of(client), title=f"IPO judge via {args.model} ({args.scoring}) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
     )  # fmt: skip
     print(markdown)

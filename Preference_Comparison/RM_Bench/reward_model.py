@@ -32,8 +32,8 @@ import sys
 
 from ipo import cli, hub
 from ipo.benchmarks import rmbench
-from ipo.modeling import load_model_and_tokenizer
 from ipo.judges.reward_model import RewardModelScorer
+from ipo.modeling import load_model_and_tokenizer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger

@@ -33,9 +33,9 @@ import sys
 
 from ipo import cli, hub
 from ipo.benchmarks import rmbench
+from ipo.judges.self_reward import SelfRewardScorer, parse_failure_counts, parse_failure_note
 from ipo.modeling import load_model_and_tokenizer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
-from ipo.judges.self_reward import SelfRewardScorer, parse_failure_counts, parse_failure_note
 
 logger = cli.logger
 

@@ -40,7 +40,8 @@ import sys
 from ipo import cli, hub
 from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
-from ipo.benchmarks import api_runs
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
+from ipo.benchmarks.rmbench_api import style_answer_fields
 from ipo.benchmarks import rmbench
 from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.report import pct
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
 
     scorer = api.ApiScorer(client, requests_for,
                            parse=lambda response: api.parse_self_reward(response, args.scoring, REGEX_SET))  # fmt: skip
-    scorer.probe(api_runs.pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
+    scorer.probe(pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
     run.start(cli.public_args(args), resolved={
         **client.describe(), "request": api.SELF_REWARD_REQUEST[args.scoring], "n_prompts": len(examples),
         "prompts_per_domain": counts, "regex_set": REGEX_SET if args.scoring == "upstream" else "chat: last 'Score: N'",
@@ -100,13 +101,13 @@ def main(argv=None) -> int:
     # Score (appends to predictions.jsonl as prompts complete; resumes what is missing or failed)
     ###############
     log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
-    api_runs.forget_failures(log)
+    forget_failures(log)
 
     def make_record(example, scores, extra):  # a missing score is None: it loses every comparison, no tie
         unparsed = [kind == "unparsed" for kind in extra["kinds"]]
         return rmbench.prediction_record(example, scores, {
             "parse_failed_chosen": unparsed[:rmbench.N_STYLES], "parse_failed_rejected": unparsed[rmbench.N_STYLES:],
-            **api_runs.style_answer_fields(extra, ("judge_text",)),
+            **style_answer_fields(extra, ("judge_text",)),
         }, score_name="score")  # fmt: skip
 
     score_into_log(scorer, examples, log, make_record, unit="prompt", desc=f"RM-Bench via {args.model}")
@@ -121,8 +122,9 @@ def main(argv=None) -> int:
         f"({pct(parse_failures['parse_failure_rate'])}%), in {parse_failures['records_with_parse_failure']} "
         "prompts; each loses every comparison it is in (upstream scored it 0). Ties count as wrong."
     )
-    metrics, markdown = api_runs.write_rmbench_outputs(
-        run, records, client, title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RM-Bench",
+    metrics, markdown = rmbench.write_outputs(
+        run, records, api=ApiUsage.of(client),
+        title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-scores.json", score_name="score",
         extra_markdown=notes,
     )  # fmt: skip

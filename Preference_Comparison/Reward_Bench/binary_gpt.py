@@ -33,7 +33,7 @@ import sys
 from ipo import cli, hub
 from ipo.cli.api import add_api_args, add_order_args, check_api_args, client_from_args, resolve_orders
 from ipo.judges import api
-from ipo.benchmarks import api_runs
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.prompts import COMPARE_PROMPT_REWARDBENCH
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         return api.pairwise_requests(args.scoring, COMPARE_PROMPT_REWARDBENCH, example.prompt, chosen, rejected, orders)
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_pairwise(response, args.scoring))
-    scorer.probe(api_runs.pending_examples(examples, run, args.overwrite))
+    scorer.probe(pending_examples(examples, run, args.overwrite))
     run.start(cli.public_args(args), resolved={
         **client.describe(), "request": api.PAIRWISE_REQUEST[args.scoring], "orders": [n for n, _ in orders],
         "n_pairs": len(examples),
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     # Score (appends to predictions.jsonl as pairs complete; resumes what is missing or failed)
     ###############
     log = RecordLog(run.file("predictions.jsonl"))
-    api_runs.forget_failures(log)
+    forget_failures(log)
 
     def make_record(example, verdicts, extra):
         return {"id": example.id, "subset": example.subset, **api.pairwise_fields(verdicts, extra, orders)}
@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     per_order = api.order_metrics(records, orders)
-    metrics, markdown = api_runs.write_rewardbench_outputs(
-        run, records, client,
+    metrics, markdown = rewardbench.write_outputs(
+        run, records, api=ApiUsage.of(client),
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}) "
               f"on RewardBench {args.split}",
         upstream_file=f"accuracy_reward-bench_comparison_{model_short}.json",

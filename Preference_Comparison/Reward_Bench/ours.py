@@ -23,8 +23,7 @@ from ipo import cli, hub
 from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.judges.yes_no import YesNoScorer, load_judge
-from ipo.prompts import REWARDBENCH_LAYOUT
-from ipo.report import write_rewardbench_outputs
+from ipo.prompts import REWARDBENCH_FALLBACK_SUBSET, REWARDBENCH_LAYOUT
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
     unknown = sorted({e.subset for e in examples if e.subset not in table})
     if unknown:
         logger.warning("subsets without a judge question, scored with the %r one: %s",
-                       rewardbench.REWARDBENCH_FALLBACK_SUBSET, ", ".join(unknown))  # fmt: skip
+                       REWARDBENCH_FALLBACK_SUBSET, ", ".join(unknown))  # fmt: skip
     logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
 
     ###############
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    metrics, markdown = write_rewardbench_outputs(
+    metrics, markdown = rewardbench.write_outputs(
         run, records, title=f"IPO judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
     )  # fmt: skip

@@ -31,7 +31,7 @@ import sys
 from ipo import cli, hub
 from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
-from ipo.benchmarks import api_runs
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.prompts import REWARDBENCH_LAYOUT
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                 for response in example.responses]  # fmt: skip
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_yes_no(response, args.scoring))
-    scorer.probe(api_runs.pending_examples(examples, run, args.overwrite))
+    scorer.probe(pending_examples(examples, run, args.overwrite))
     run.start(cli.public_args(args), resolved={
         **client.describe(), "request": api.YES_NO_REQUEST[args.scoring], "n_pairs": len(examples),
     })  # fmt: skip
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     # Score (appends to predictions.jsonl as pairs complete; resumes what is missing or failed)
     ###############
     log = RecordLog(run.file("predictions.jsonl"))
-    api_runs.forget_failures(log)
+    forget_failures(log)
 
     def make_record(example, p_yes, extra):
         if extra["failure"]:  # no score for the pair; the answered side's value is kept
@@ -107,8 +107,9 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    metrics, markdown = api_runs.write_rewardbench_outputs(
-        run, records, client, title=f"IPO judge via {args.model} ({args.scoring}) on RewardBench {args.split}",
+    metrics, markdown = rewardbench.write_outputs(
+        run, records, api=ApiUsage.of(client),
+        title=f"IPO judge via {args.model} ({args.scoring}) on RewardBench {args.split}",
         upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
     )  # fmt: skip
     print(markdown)

@@ -25,12 +25,11 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
-from ipo.benchmarks import rewardbench
+from ipo.benchmarks import prompt_search, rewardbench
 from ipo.data import limit_per_group
 from ipo.judges.yes_no import YesNoScorer, load_judge
-from ipo.benchmarks.prompt_search import expand, load_candidate_prompts, prompts_fingerprint, results_markdown, summarize
 from ipo.prompts import REWARDBENCH_LAYOUT
-from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_text, score_into_log, seed_everything
+from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger
 DEFAULT_PROMPTS_FILE = Path(__file__).resolve().parent / "candidate_prompts.json"
@@ -66,18 +65,18 @@ def main(argv=None) -> int:
     ###############
     # Data: one example per (pair, candidate)
     ###############
-    prompts = load_candidate_prompts(args.prompts_file)
+    prompts = prompt_search.load_candidate_prompts(args.prompts_file)
     pairs = rewardbench.load_rewardbench(args.dataset, args.split)
     pairs = limit_per_group(pairs, args.limit, key=lambda e: e.subset)
-    examples, plan = expand(pairs, prompts)
+    examples, plan = prompt_search.expand(pairs, prompts)
     logger.info("%d pairs in %d subsets, %d (pair, candidate) scorings", len(pairs), len(plan), len(examples))
 
     ###############
     # Run folder, model, judge
     ###############
-    run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-{args.scoring}-prompt-search",
-                 overwrite=args.overwrite)  # fmt: skip
-    fingerprint = {"prompts_sha256": prompts_fingerprint(prompts)}
+    default_name = f"rewardbench-{args.split}-{model_short}-{args.scoring}-prompt-search"
+    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
+    fingerprint = {"prompts_sha256": prompt_search.prompts_fingerprint(prompts)}
     run.check(cli.public_args(args), fingerprint)
     judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
     run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(pairs), "n_scorings": len(examples)},
@@ -100,19 +99,16 @@ def main(argv=None) -> int:
     # Selection, held-out report, upstream's whole-subset file
     ###############
     records = log.ordered(e.id for e in examples)
-    metrics, upstream = summarize(records, plan, args.select_fraction, args.seed)
-    too_small = sorted(s for s, v in metrics["subsets"].items() if v["n_heldout"] == 0)
-    if too_small:
-        logger.warning("%d subsets have a single pair, so nothing of them is held out: %s",
-                       len(too_small), ", ".join(too_small))  # fmt: skip
-    markdown = results_markdown(metrics, f"Prompt search ({args.scoring}) on RewardBench {args.split}: {model_short}")
-    atomic_write_json(run.file("metrics.json"), metrics)
-    atomic_write_text(run.file("results.md"), markdown)
-    atomic_write_json(run.file(f"accuracy_reward-bench_yesno_{model_short}_multi_prompt.json"), upstream)
+    metrics, markdown = prompt_search.write_outputs(
+        run, records, plan, args.select_fraction, args.seed,
+        title=f"Prompt search ({args.scoring}) on RewardBench {args.split}: {model_short}",
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}_multi_prompt.json",
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-multi-prompt"), split_by="subset")
+        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-multi-prompt"),
+                         split_by="subset")
     return 0
 
 

@@ -23,9 +23,8 @@ import sys
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
-from ipo.modeling import load_model_and_tokenizer
-from ipo.report import write_rewardbench_outputs
 from ipo.judges.reward_model import RewardModelScorer
+from ipo.modeling import load_model_and_tokenizer
 from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    metrics, markdown = write_rewardbench_outputs(
+    metrics, markdown = rewardbench.write_outputs(
         run, records, title=f"Reward model ({args.input_format} input) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_norm_{model_short}.json",
         extra_metrics={"n_ties": sum(r["tie"] for r in records)},

@@ -29,9 +29,6 @@ import sys
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
-from ipo.modeling import load_model_and_tokenizer
-from ipo.report import pct, write_rewardbench_outputs
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 from ipo.judges.self_reward import (
     SelfRewardScorer,
     compare_scores,
@@ -39,6 +36,9 @@ from ipo.judges.self_reward import (
     parse_failure_metrics,
     parse_failure_note,
 )
+from ipo.modeling import load_model_and_tokenizer
+from ipo.report import pct
+from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
 
 logger = cli.logger
 
@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     ###############
     # Run folder, model, judge
     ###############
-    run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-self-{args.scoring}-{set_label}",
-                 overwrite=args.overwrite)  # fmt: skip
+    default_name = f"rewardbench-{args.split}-{model_short}-self-{args.scoring}-{set_label}"
+    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     scorer = SelfRewardScorer(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         f"{parse_failure_note(parse_failure_counts(records), 'pairs', args.scoring)} Accuracy without those "
         f"pairs: {pct(failures['accuracy_excluding_parse_failures'])}%. Ties: {failures['n_ties']} (counted as wrong)."
     )
-    metrics, markdown = write_rewardbench_outputs(
+    metrics, markdown = rewardbench.write_outputs(
         run, records, title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json", extra_metrics=failures,
         notes=notes,

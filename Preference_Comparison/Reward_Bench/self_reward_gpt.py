@@ -38,7 +38,7 @@ import sys
 from ipo import cli, hub
 from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
-from ipo.benchmarks import api_runs
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.benchmarks import rewardbench
 from ipo.data import limit_per_group
 from ipo.prompts import SELF_REWARD_PROMPT_BULLET
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
     scorer = api.ApiScorer(client, requests_for,
                            parse=lambda response: api.parse_self_reward(response, args.scoring, REGEX_SET))  # fmt: skip
-    scorer.probe(api_runs.pending_examples(examples, run, args.overwrite))
+    scorer.probe(pending_examples(examples, run, args.overwrite))
     run.start(cli.public_args(args), resolved={
         **client.describe(), "request": api.SELF_REWARD_REQUEST[args.scoring], "n_pairs": len(examples),
         "regex_set": REGEX_SET if args.scoring == "upstream" else "chat: last 'Score: N'",
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     # Score (appends to predictions.jsonl as pairs complete; resumes what is missing or failed)
     ###############
     log = RecordLog(run.file("predictions.jsonl"))
-    api_runs.forget_failures(log)
+    forget_failures(log)
 
     def make_record(example, scores, extra):
         correct, tie = compare_scores(scores[0], scores[1])  # a missing score makes the pair wrong, not a tie
@@ -133,9 +133,10 @@ def main(argv=None) -> int:
         f"wrong; upstream scored them 0); accuracy without those pairs: "
         f"{pct(judged['accuracy_excluding_parse_failures'])}%. Ties: {judged['n_ties']} (counted as wrong)."
     )
-    metrics, markdown = api_runs.write_rewardbench_outputs(
-        run, records, client, title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RewardBench "
-                                    f"{args.split}, {set_label} subsets",
+    metrics, markdown = rewardbench.write_outputs(
+        run, records, api=ApiUsage.of(client),
+        title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RewardBench "
+              f"{args.split}, {set_label} subsets",
         upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json", extra_metrics=judged,
         extra_markdown=notes,
     )  # fmt: skip

@@ -8,7 +8,9 @@ seeded and the generated answers are mapped back to a choice and scored.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
+
+import numpy as np
 
 from ipo import IpoError
 
@@ -17,8 +19,6 @@ LETTERS = "ABCDEFGHIJ"
 
 def seeded_subset_indices(n_rows: int, n_samples: int, seed: int) -> list[int]:
     """``n_samples`` distinct row indices drawn without replacement with numpy's seeded generator."""
-    import numpy as np
-
     if n_samples > n_rows:
         raise IpoError(f"--num_samples {n_samples} is more than the {n_rows} rows available")
     return [int(i) for i in np.random.default_rng(seed).choice(n_rows, size=n_samples, replace=False)]

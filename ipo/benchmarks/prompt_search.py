@@ -1,8 +1,8 @@
 """Choosing the judge question per RewardBench subset from candidates, without tuning on the test pairs.
 
 Upstream's Reward_Bench/prompt_search.py scored every candidate of ``candidate_prompts.json`` on the
-*whole* subset and left the choice to the reader (spec ../shared/spec/ipo_upstream.md §3.13, bug 25:
-the paper's prompts were picked on RewardBench itself). Here each subset's pairs are split by a seeded
+*whole* subset and left the choice to the reader (so the paper's prompts were picked on RewardBench
+itself: the very pairs they are then reported on). Here each subset's pairs are split by a seeded
 draw into a selection part and a held-out part; the best candidate on the selection part is reported
 with its accuracy on the held-out part, next to the paper's prompt on the same held-out pairs. Upstream's
 whole-subset report is still written, in its format.
@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ipo import IpoError
-from ipo.data import Example
-from ipo.report import markdown_table, pct
 from ipo.benchmarks.rewardbench import judge_template, section_scores
+from ipo.data import Example
+from ipo.report import markdown_table, mean, pct
+from ipo.runs import RunDir, atomic_write_json, atomic_write_text
+
+logger = logging.getLogger("ipo")
 
 PAPER = "paper"  # candidate id of the paper's own question when it is not among the candidates
 
@@ -124,7 +128,7 @@ def summarize(records: Sequence[dict], plan: dict[str, dict], fraction: float, s
         pair_ids = sorted(by_cell[(subset, 0)], key=str)
         selection, heldout = selection_split(pair_ids, subset, fraction, seed)
 
-        def rows(candidate, part):
+        def rows(candidate, part, subset=subset):
             cell = by_cell[(subset, candidate)]
             return [cell[i] for i in sorted(part) if i in cell]
 
@@ -151,9 +155,8 @@ def summarize(records: Sequence[dict], plan: dict[str, dict], fraction: float, s
         per_subset = {s: v["heldout_accuracy" if name == "selected" else "paper_prompt_heldout_accuracy"]
                       for s, v in subsets.items()}  # fmt: skip
         sections = section_scores({s: a for s, a in per_subset.items() if a is not None})
-        present = [v for v in sections.values() if v is not None]
         heldout[name] = {"accuracy": _accuracy(pooled[name]), "n_pairs": len(pooled[name]), "sections": sections,
-                         "score": sum(present) / len(present) if present else None}  # fmt: skip
+                         "score": mean(sections.values())}  # fmt: skip
     metrics = {"select_fraction": fraction, "seed": seed, "heldout": heldout, "subsets": subsets}
     return metrics, {"subset_accuracies": upstream_subsets, "prompt_accuracies": upstream_prompts}
 
@@ -179,3 +182,19 @@ def results_markdown(metrics: dict, title: str) -> str:
     out.append("## Selected prompts\n")
     out += [f"- **{subset}**: {s['best_prompt']}" for subset, s in metrics["subsets"].items()]
     return "\n".join(out) + "\n"
+
+
+def write_outputs(run: RunDir, records: Sequence[dict], plan: dict[str, dict], fraction: float, seed: int,
+                  title: str, upstream_file: str) -> tuple[dict, str]:
+    """metrics.json and results.md (the selection and held-out accuracies, see summarize) and upstream's
+    whole-subset multi-prompt file, in ``run``. Returns (metrics, results markdown)."""
+    metrics, upstream = summarize(records, plan, fraction, seed)
+    too_small = sorted(s for s, v in metrics["subsets"].items() if v["n_heldout"] == 0)
+    if too_small:
+        logger.warning("%d subsets have a single pair, so nothing of them is held out: %s",
+                       len(too_small), ", ".join(too_small))  # fmt: skip
+    markdown = results_markdown(metrics, title)
+    atomic_write_json(run.file("metrics.json"), metrics)
+    atomic_write_text(run.file("results.md"), markdown)
+    atomic_write_json(run.file(upstream_file), upstream)
+    return metrics, markdown

@@ -1,4 +1,4 @@
-"""RewardBench (Lambert et al. 2024): loading, judge prompts per subset, and metrics.
+"""RewardBench (Lambert et al. 2024): loading, judge prompts per subset, metrics, and the outputs.
 
 Official tables are from the `rewardbench` package (0.1.4, Apache-2.0, rewardbench/constants.py), kept
 as data here rather than imported (the package pins an old transformers and imports fastchat).
@@ -6,6 +6,9 @@ The section score is its `calculate_scores_per_section`: per section, the mean o
 weighted by EXAMPLE_COUNTS over the subsets present. The RewardBench score is the mean of the four
 sections. A pair is correct iff score(chosen) > score(rejected): strict, so a tie is wrong, as both
 the official code and the paper count it.
+
+``write_outputs`` is the one writer of every RewardBench script (metrics.json, results.md,
+subset_accuracy.png, upstream's per-subset file), with the failures and usage of an API judge when given.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from collections import Counter, defaultdict
 
 from ipo import IpoError
+from ipo.benchmarks.api_failures import ApiUsage, answered_records, api_markdown, failure_metrics, usage_markdown
 from ipo.data import Example, read_records, require_columns, require_text, row_ids
 from ipo.prompts import (
     REWARDBENCH_FALLBACK_SUBSET,
@@ -21,6 +25,8 @@ from ipo.prompts import (
     SAME_PROMPT,
     SHUFFLED_REWARDBENCH_PROMPTS,
 )
+from ipo.report import bar_chart, markdown_table, mean, pct
+from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
 
@@ -84,7 +90,7 @@ SELF_REWARD_SETS = {
              "alpacaeval-length", "llmbar-natural"],
 }  # fmt: skip
 
-# Upstream Reward_Bench/self_reward_gpt.py hard-coded these 14 subsets and had no --set_name (spec §3.12): set2
+# Upstream Reward_Bench/self_reward_gpt.py hard-coded these 14 subsets and had no --set_name: set2
 # and set3 without alpacaeval-hard. Here they are one more optional set of that script.
 SELF_REWARD_GPT_SETS = {
     "upstream14": ["alpacaeval-length", "donotanswer", "hep-go", "hep-js", "hep-rust", "llmbar-adver-manual",
@@ -159,11 +165,6 @@ def section_scores(subset_accuracy: dict[str, float]) -> dict[str, float | None]
     return sections
 
 
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def compute_metrics(records: list[dict]) -> dict:
     """Metrics from prediction records ({subset, correct, tie[, truncated]}); all fractions in [0, 1].
 
@@ -202,10 +203,10 @@ def compute_metrics(records: list[dict]) -> dict:
         "accuracy_ties_half": (correct + 0.5 * ties) / n,
         "tie_rate": ties / n,
         "n_truncated": sum(bool(r.get("truncated")) for r in records),
-        "score": _mean(sections.values()),
+        "score": mean(sections.values()),
         "sections": sections,
         "categories": categories,
-        "categories_average": _mean(categories.values()),
+        "categories_average": mean(categories.values()),
         "subsets": subsets,
         "unknown_subsets": dict(Counter(r["subset"] for r in records if r["subset"] not in known)),
     }
@@ -226,3 +227,90 @@ def pair_record(example: Example, chosen_score: float, rejected_score: float, sc
 def upstream_accuracy(metrics: dict) -> dict[str, float]:
     """Upstream's accuracy_reward-bench_*.json content: {subset: accuracy in percent}."""
     return {name: 100.0 * s["accuracy"] for name, s in metrics["subsets"].items()}
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------
+SECTION_COLORS = {"Chat": "tab:blue", "Chat Hard": "tab:orange", "Safety": "tab:green", "Reasoning": "tab:purple"}
+
+
+def results_markdown(metrics: dict, title: str) -> str:
+    """results.md for a RewardBench run: headline, sections, the paper's categories, subsets (percent)."""
+    section_of = {s: sec for sec, subsets in SUBSET_MAPPING.items() for s in subsets}
+    out = [f"# {title}\n"]
+    out.append(
+        f"{metrics['n_pairs']} pairs; accuracy {pct(metrics['accuracy'])}% (ties count as wrong), "
+        f"tie rate {pct(metrics['tie_rate'])}%, {metrics['n_truncated']} pairs truncated.\n"
+    )
+    out.append("## RewardBench sections (official weighting)\n")
+    rows = [[name, pct(value)] for name, value in metrics["sections"].items()]
+    rows.append(["**Score** (mean of sections)", pct(metrics["score"])])
+    out.append(markdown_table(["section", "accuracy %"], rows))
+    out.append("## The paper's categories (pooled over pairs)\n")
+    rows = [[name, pct(value)] for name, value in metrics["categories"].items()]
+    rows.append(["**Average**", pct(metrics["categories_average"])])
+    out.append(markdown_table(["category", "accuracy %"], rows))
+    out.append("## Subsets\n")
+    rows = [
+        [name, section_of.get(name, "unknown"), s["n"], pct(s["accuracy"]), s["ties"]]
+        for name, s in metrics["subsets"].items()
+    ]
+    out.append(markdown_table(["subset", "section", "pairs", "accuracy %", "ties"], rows))
+    if metrics.get("unknown_subsets"):
+        out.append(f"\nSubsets outside the official tables (scored with the fallback prompt): "
+                   f"{metrics['unknown_subsets']}\n")  # fmt: skip
+    return "\n".join(out)
+
+
+def subset_bar_chart(metrics: dict, path, title: str) -> None:
+    """Horizontal bars of per-subset accuracy, grouped and coloured by section, with the 50% line."""
+    section_of = {s: sec for sec, subsets in SUBSET_MAPPING.items() for s in subsets}
+    order = list(SECTION_COLORS)
+    names = sorted(metrics["subsets"], key=lambda s: (order.index(section_of[s]) if s in section_of else 9, s))
+    bar_chart(names, [metrics["subsets"][s]["accuracy"] for s in names], path, title,
+              colors=[SECTION_COLORS.get(section_of.get(s), "tab:gray") for s in names], legend=SECTION_COLORS)
+
+
+def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: str, extra_metrics: dict | None = None,
+                  notes: str = "", extra_markdown: str = "", api: ApiUsage | None = None) -> tuple[dict, str]:
+    """metrics.json, results.md, subset_accuracy.png and upstream's per-subset percent file, in ``run``.
+
+    Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
+    metrics of an uninterrupted one. ``extra_metrics`` are added to metrics.json; ``notes`` (markdown) go
+    under the headline of results.md and ``extra_markdown`` at its end. Returns (metrics, results markdown).
+
+    ``api`` (a judge behind an HTTP API): the main tables and upstream's per-subset file still count every
+    pair, a failed one as wrong (upstream's binary_gpt.py denominator; nothing looks better by failing).
+    metrics.json then adds n_answered, n_failed, failures_by_kind, accuracy_all_pairs, accuracy_answered,
+    ``answered_only`` (the same metrics over the answered pairs) and ``api_usage_this_invocation``;
+    results.md ends with the API section (ipo.benchmarks.api_failures).
+    """
+    if api is not None:
+        summary, answered = answered_records(records)
+        answered_metrics = compute_metrics(answered)
+        accuracy_all = sum(bool(r["correct"]) for r in records) / len(records)
+        extra_metrics = {
+            **failure_metrics(summary),
+            "accuracy_all_pairs": accuracy_all,
+            "accuracy_answered": answered_metrics["accuracy"],
+            **(extra_metrics or {}),
+            "answered_only": answered_metrics,
+            "api_usage_this_invocation": api.usage,
+        }
+        extra_markdown = api_markdown(extra_markdown, usage_markdown(api, summary, accuracy_all,
+                                                                     answered_metrics["accuracy"]))
+    metrics = compute_metrics(records)
+    metrics.update(extra_metrics or {})
+    markdown = results_markdown(metrics, title)
+    if notes:
+        headline_end = markdown.index("\n## ")
+        markdown = markdown[:headline_end] + "\n" + notes.rstrip("\n") + "\n" + markdown[headline_end:]
+    if extra_markdown:
+        markdown += "\n" + extra_markdown
+    atomic_write_json(run.file("metrics.json"), metrics)
+    atomic_write_text(run.file("results.md"), markdown)
+    atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics))
+    subset_bar_chart(metrics, run.file("subset_accuracy.png"), title)
+    return metrics, markdown
