@@ -1,6 +1,6 @@
 """Speed of the project's Yes/No scorer against an upstream-style loop: same model, same pairs, one process.
 
-The upstream loop (spec §2, A13) scores one sequence at a time: ``model(input_ids).logits[:, -1, :]``
+The upstream loop (upstream Preference_Comparison/Reward_Bench/ours.py, generate_yes_no_probability) scores one sequence at a time: ``model(input_ids).logits[:, -1, :]``
 (transformers computes the logits of every position), a softmax over the whole vocabulary, and the sum
 of the Yes/No probabilities. The project's scorer is ``ipo.judges.yes_no.YesNoScorer`` with its default
 settings: length-sorted batches under a token budget, the last position's logits only, the Yes/No
@@ -9,7 +9,7 @@ pair) run once.
 
 Both run on synthetic pairs in RewardBench's shape (prompt, chosen, rejected, subset; the paper's judge
 questions) with controlled token lengths, in interleaved rounds; the minimum of the rounds counts, in
-process CPU time on a CPU (the machine may be shared; performance.md §7) and in synchronised wall time on
+process CPU time on a CPU (the machine may be shared, and CPU time is what other jobs do not steal) and in synchronised wall time on
 a GPU. Prints one JSON line per setting:
 
     python benchmarks/bench_scoring.py                       # SmolLM2-135M-Instruct, CPU, 1 thread
@@ -108,7 +108,7 @@ def prompt_length(tokenizer, subset: str, prompt: str, response: str) -> int:
 # The two scorers
 # ---------------------------------------------------------------------------------------------------
 def upstream_style_scores(model, tokenizer, examples: list[Example]) -> list[float]:
-    """Upstream's generate_yes_no_probability (spec §2), one sequence at a time; p'_yes per response."""
+    """Upstream's generate_yes_no_probability (Reward_Bench/ours.py), one sequence at a time; p'_yes per response."""
     import torch
 
     yes_ids = tokenizer.encode(" Yes", add_special_tokens=False)

@@ -1,6 +1,7 @@
 """Test helpers. Tiny offline models and data: a locally trained byte-level BPE tokenizer and a random
 2-layer Llama. A Llama config (not Qwen2) keeps AutoTokenizer from swapping the saved tokenizer for
-another class on reload (see ../shared/spec/environment.md, pitfall 1).
+another class on reload (transformers 5 loads a qwen2 folder's tokenizer as Qwen2Tokenizer, which rebuilds the
+pre-tokenizer instead of reading the saved tokenizer.json).
 """
 
 from __future__ import annotations

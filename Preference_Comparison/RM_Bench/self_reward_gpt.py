@@ -42,7 +42,7 @@ from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
 from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.benchmarks.rmbench_api import style_answer_fields
-from ipo.benchmarks import rmbench
+from ipo.benchmarks import rmbench, rmbench_metrics
 from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.report import pct
 from ipo.runs import RecordLog, RunDir, score_into_log
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     def make_record(example, scores, extra):  # a missing score is None: it loses every comparison, no tie
         unparsed = [kind == "unparsed" for kind in extra["kinds"]]
         return rmbench.prediction_record(example, scores, {
-            "parse_failed_chosen": unparsed[:rmbench.N_STYLES], "parse_failed_rejected": unparsed[rmbench.N_STYLES:],
+            "parse_failed_chosen": unparsed[:rmbench_metrics.N_STYLES], "parse_failed_rejected": unparsed[rmbench_metrics.N_STYLES:],
             **style_answer_fields(extra, ("judge_text",)),
         }, score_name="score")  # fmt: skip
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     # Metrics and outputs
     ###############
     records = log.ordered(e.id for e in examples)
-    parse_failures = parse_failure_counts(records)  # metrics.json gets these from rmbench.compute_metrics
+    parse_failures = parse_failure_counts(records)  # metrics.json gets these from rmbench_metrics.compute_metrics
     notes = (
         f"Answers without a score: {parse_failures['n_parse_failures']} of {parse_failures['n_judgements']} "
         f"({pct(parse_failures['parse_failure_rate'])}%), in {parse_failures['records_with_parse_failure']} "

@@ -13,7 +13,7 @@ import warnings
 from typing import Callable, Sequence
 
 from ipo import IpoError
-from ipo.benchmarks import rewardbench, rmbench
+from ipo.benchmarks import rewardbench, rmbench, rmbench_metrics
 from ipo.judges.batching import DEFAULT_BATCH_SIZE
 from ipo.modeling import ModelSpec
 from ipo.prompts import PROMPT_FORMATS
@@ -136,7 +136,7 @@ def add_rmbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[s
                             "format (chosen/rejected lists of 3, e.g. THU-KEG/RM-Bench or data/*_filtered.json) "
                             "or upstream's flattened one (chosen_1..3, rejected_1..3); default: the five Hub "
                             "datasets upstream read")  # fmt: skip
-    group.add_argument("--domain", default=None, choices=list(rmbench.DOMAINS),
+    group.add_argument("--domain", default=None, choices=list(rmbench_metrics.DOMAINS),
                        help="domain of rows without a 'domain' field; default: taken from the file name or "
                             "Hub id (chat_filtered.json -> chat, RM-Bench-safety-refuse -> safety-refuse)")  # fmt: skip
     if set_names:
