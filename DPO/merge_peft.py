@@ -53,13 +53,11 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     adapter_dir = Path(args.model_dir)
     adapter_config = read_adapter_config(adapter_dir)  # one-line error when the folder is not an adapter
-    repo = None
-    if args.push:
-        repo = args.hf_model_id if "/" in args.hf_model_id else hub.repo_id(None, args.hf_model_id)
+    repo = hub.model_repo(args.hf_model_id) if args.push else None  # resolved before any work: fails early
     if args.mode == "peft":
         logger.info("adapter on %s: %s", adapter_config.get("base_model_name_or_path"), adapter_dir)
         if repo:
-            hub.push_folder(adapter_dir, repo, what="LoRA adapter")
+            hub.push_model(adapter_dir, repo, what="LoRA adapter")
         else:
             logger.info("--mode peft without --push: nothing to do")
         return 0
@@ -69,7 +67,7 @@ def main(argv=None) -> int:
     merge_adapter(adapter_dir, output_dir, base_model=args.base_model, dtype=args.dtype)
     print(output_dir)
     if repo:
-        hub.push_folder(output_dir, repo, what="merged model")
+        hub.push_model(output_dir, repo, what="merged model")
     return 0
 
 

@@ -30,68 +30,28 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
-from ipo.cli.training import add_sft_args, options_from_args
+from ipo.cli.training import options_from_args, parse_sft_args, sft_parser
 from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
 from ipo.training.distributed import is_main_process, wait_for_everyone
 from ipo.training.dpo import train_summary
 from ipo.training.merge import merge_adapter
 from ipo.training.options import TRAIN_LOG_FILE, check_options
-from ipo.training.preference_data import DATASET_FORMATS, SFT_FORMATS, load_sft_data
-from ipo.training.recipes import load_recipe, recipe_defaults
+from ipo.training.preference_data import load_sft_data
 from ipo.training.sft import train_sft
 
 logger = cli.logger
 
 SUMMARY_FILE = "train_summary.json"
-# SFT defaults where they differ from the DPO step's (ipo.training.options.TrainingOptions)
-SFT_DEFAULTS = {"learning_rate": 1e-4, "per_device_train_batch_size": 8, "max_length": 1024}
+DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def build_parser(default_model: str | None = None) -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None,
-                        help="a recipe (e.g. recipes/rpo/sft_hh.yaml); flags given here win")  # fmt: skip
-    cli.add_model_args(parser, default_model=default_model)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=None,
-                      help="Hub dataset id or local json/jsonl/parquet file (gzip accepted)")
-    data.add_argument("--dataset_split", default="train", help="split of a Hub --dataset (local files have one)")
-    data.add_argument("--dataset_format", default="auto", choices=list(SFT_FORMATS),
-                      help="preference: train on the chosen responses; prompt_completion; instruction (Dolly or "
-                           "Alpaca columns); auto detects it from the first row")  # fmt: skip
-    data.add_argument("--preference_format", default="auto", choices=list(DATASET_FORMATS),
-                      help="layout of a preference --dataset (README 'Datasets'); auto detects it")
-    data.add_argument("--as_messages", action="store_true",
-                      help="turn text prompts (HH dialogues, instructions) into chat messages so the model's chat "
-                           "template applies; default: text (instructions in Stanford Alpaca's prompt)")  # fmt: skip
-    data.add_argument("--limit", type=int, default=None,
-                      help="use only the first N examples (smoke runs); part of the run's settings")
-    add_sft_args(parser, SFT_DEFAULTS)
-    cli.add_output_args(parser)
-    hub_group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
-    hub_group.add_argument("--push_to_hub", action="store_true",
-                           help="upload the merged model (with --merge_adapters) or the adapter, with its tokenizer")
-    hub_group.add_argument("--hub_repo_id", default=None,
-                           help="target repo, 'user/name' or 'name' (default: <run_name>); token from HF_TOKEN")
-    return parser
+    """The flags (ipo/cli/training.py; SFT defaults where they differ from the DPO step's: cli.training.SFT_DEFAULTS)."""
+    return sft_parser(default_model, DESCRIPTION)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    config_path = pre.parse_known_args(argv)[0].config
-    settings = load_recipe(config_path)[0] if config_path else {}
-    parser = build_parser(default_model=settings.get("model_name_or_path"))
-    parser.set_defaults(**recipe_defaults(parser, settings, config_path))
-    args = parser.parse_args(argv)
-    if not args.dataset:
-        parser.error("--dataset is required (a Hub id or a local file), on the command line or in --config")
-    cli.check_positive(parser, args, "limit")
-    if args.trust_remote_code:
-        parser.error("--trust_remote_code is not supported for training (TRL loads the model itself)")
-    if args.quantized:
-        args.load_in_4bit = True
-    return args
+    return parse_sft_args(argv, DESCRIPTION)
 
 
 def main(argv=None) -> int:
@@ -132,8 +92,7 @@ def main(argv=None) -> int:
     atomic_write_json(run.file(SUMMARY_FILE), summary)
     print(json.dumps({"final_loss": summary["final_loss"], "steps": summary["steps"], "model": str(final_model)}))
     if args.push_to_hub:
-        repo = args.hub_repo_id or run.path.name
-        hub.push_folder(final_model, repo if "/" in repo else hub.repo_id(None, repo), what="SFT model")
+        hub.push_model(final_model, args.hub_repo_id or run.path.name, what="SFT model")
     return 0
 
 

@@ -23,7 +23,6 @@ reward margin, accuracy and status.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shlex
@@ -32,9 +31,10 @@ import sys
 from pathlib import Path
 
 from ipo import IpoError, cli
-from ipo.training.recipes import expand_grid, load_recipe
+from ipo.cli.training import parse_preference_args
 from ipo.report import markdown_table
 from ipo.runs import atomic_write_json, atomic_write_text
+from ipo.training.recipes import expand_grid, load_recipe
 
 logger = cli.logger
 
@@ -75,14 +75,6 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return args, passthrough
 
 
-def load_train_script():
-    """DPO/train_preferences.py as a module: its parser checks every point's flags before anything runs."""
-    spec = importlib.util.spec_from_file_location("train_preferences", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def point_flags(point: dict, grid: dict) -> list[str]:
     """The grid values of one point as command-line flags (the recipe supplies everything else)."""
     flags = []
@@ -101,13 +93,12 @@ def plan(args, passthrough: list[str]) -> tuple[Path, list[dict]]:
     if not grid:
         raise IpoError(f"{args.config} has no `sweep:` grid; train a single run with DPO/train_preferences.py")
     root = Path(args.output_dir or settings.get("output_dir") or "outputs/sweeps") / (args.sweep_name or Path(args.config).stem)
-    train_script = load_train_script()
     points = []
     for name, point in expand_grid(settings, grid):
         argv = ["--config", str(args.config), *point_flags(point, grid), *passthrough,
                 "--output_dir", str(root), "--run_name", name]  # fmt: skip
         try:
-            train_script.parse_args(argv)  # a bad flag stops the sweep before any point runs
+            parse_preference_args(argv)  # train_preferences.py's parser: a bad flag stops the sweep here
         except SystemExit as exit:
             raise IpoError(f"point {name}: train_preferences.py rejects its arguments (exit {exit.code}; see above)")
         points.append({"name": name, "settings": point, "grid": {k: point[k] for k in grid}, "folder": root / name,

@@ -31,69 +31,27 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
-from ipo.cli.training import add_training_args, options_from_args
+from ipo.cli.training import options_from_args, parse_preference_args, preference_parser
 from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
 from ipo.training.distributed import is_main_process, wait_for_everyone
 from ipo.training.dpo import train_dpo, train_summary
 from ipo.training.merge import merge_adapter
 from ipo.training.options import ADAPTER_DIR, TRAIN_LOG_FILE, check_options
-from ipo.training.preference_data import DATASET_FORMATS, check_data_for_loss, load_preference_data, to_unpaired
-from ipo.training.recipes import load_recipe, recipe_defaults
+from ipo.training.preference_data import check_data_for_loss, load_preference_data, to_unpaired
 
 logger = cli.logger
 
 SUMMARY_FILE = "train_summary.json"
+DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def build_parser(default_model: str | None = None) -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None,
-                        help="a recipe (recipes/*.yaml): settings under these flags' names; flags given here win")  # fmt: skip
-    cli.add_model_args(parser, default_model=default_model)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=False, default=None,
-                      help="Hub dataset id or local json/jsonl/parquet file (gzip accepted) of preference pairs "
-                           "or unpaired examples")  # fmt: skip
-    data.add_argument("--dataset_split", default="train", help="split of a Hub --dataset (local files have one)")
-    data.add_argument("--dataset_format", default="auto", choices=list(DATASET_FORMATS),
-                      help="layout of --dataset; auto detects it from the first row (README 'Datasets')")
-    data.add_argument("--unpaired", action="store_true",
-                      help="split each pair into a desirable and an undesirable example (for rpo_unpaired, as RPO "
-                           "trains on paired datasets)")  # fmt: skip
-    data.add_argument("--as_messages", action="store_true",
-                      help="turn Anthropic HH dialogues into chat messages so the model's chat template applies "
-                           "(default: the raw Human:/Assistant: text, as the DPO and RPO code)")  # fmt: skip
-    data.add_argument("--eval_dataset", default=None,
-                      help="held-out preference data evaluated every --eval_steps and at the end (default: none)")
-    data.add_argument("--eval_split", default="test", help="split of a Hub --eval_dataset")
-    data.add_argument("--limit", type=int, default=None,
-                      help="use only the first N rows of each dataset (smoke runs); part of the run's settings")
-    add_training_args(parser)
-    cli.add_output_args(parser)
-    hub_group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
-    hub_group.add_argument("--push_to_hub", action="store_true",
-                           help="upload the merged model (with --merge_adapters) or the adapter, with its tokenizer")
-    hub_group.add_argument("--hub_repo_id", default=None,
-                           help="target repo, 'user/name' or 'name' (default: <run_name>); token from HF_TOKEN")
-    return parser
+    """The flags (ipo/cli/training.py, shared with DPO/sweep.py, which checks every point's flags with them)."""
+    return preference_parser(default_model, DESCRIPTION)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    config_path = pre.parse_known_args(argv)[0].config
-    settings = load_recipe(config_path)[0] if config_path else {}  # a recipe's sweep: grid is DPO/sweep.py's
-    parser = build_parser(default_model=settings.get("model_name_or_path"))
-    parser.set_defaults(**recipe_defaults(parser, settings, config_path))
-    args = parser.parse_args(argv)
-    if not args.dataset:
-        parser.error("--dataset is required (a Hub id or a local file), on the command line or in --config")
-    cli.check_positive(parser, args, "limit")
-    if args.trust_remote_code:
-        parser.error("--trust_remote_code is not supported for training (TRL loads the model itself)")
-    if args.quantized:  # the inference scripts' name for 4-bit loading
-        args.load_in_4bit = True
-    return args
+    return parse_preference_args(argv, DESCRIPTION)
 
 
 def default_run_name(args) -> str:
@@ -162,9 +120,8 @@ def main(argv=None) -> int:
                                               "steps", "skipped_rpo_batches")}))  # fmt: skip
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        repo = args.hub_repo_id or run.path.name
-        hub.push_folder(final_model, repo if "/" in repo else hub.repo_id(None, repo),
-                        what="merged model" if Path(final_model).name == "merged" else f"{ADAPTER_DIR} folder")  # fmt: skip
+        hub.push_model(final_model, args.hub_repo_id or run.path.name,
+                       what="merged model" if Path(final_model).name == "merged" else f"{ADAPTER_DIR} folder")  # fmt: skip
     return 0
 
 

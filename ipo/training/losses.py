@@ -4,7 +4,7 @@ These are the companion training losses (`--loss_type`): DPO, Identity-PO (avera
 KTO-pair and Relative Preference Optimization (paired, unpaired, diagonal and uniform ablations).
 They know nothing about models, tokenisers or TRL; the trainer computes log-probabilities and calls them.
 
-Notation (as in ../shared/spec/losses.md section 1). For a micro-batch of M pairs (x_i, y_w_i, y_l_i):
+Notation (that of the DPO paper, Rafailov et al. 2023). For a micro-batch of M pairs (x_i, y_w_i, y_l_i):
 
 * ``policy_chosen_logps[i]`` = log pi_theta(y_w_i | x_i), **summed** over the completion tokens (every
   reference implementation and TRL sum, they do not average); likewise for rejected and for the reference.
@@ -15,7 +15,7 @@ Notation (as in ../shared/spec/losses.md section 1). For a micro-batch of M pair
 Every function returns per-example losses; the training loss is ``losses.mean()`` (as in every
 reference implementation). Shapes are checked; ``ValueError`` says what is wrong.
 
-Sources (commits as recorded in the spec):
+Sources (the reference implementations at the commits named):
 * DPO: Rafailov et al. 2023, arXiv 2305.18290, Eq. 7; eric-mitchell/direct-preference-optimization
   @f8b8c0f ``preference_loss``.
 * IPO: Azar et al. 2023, arXiv 2310.12036, Eq. 17 (tau -> beta). Averaged form: TRL PR #1265 (commit
@@ -24,7 +24,7 @@ Sources (commits as recorded in the spec):
   identical to ContextualAI HALOs ``SimpleKTOTrainer``; KTO: Ethayarajh et al. 2024, arXiv 2402.01306.
 * RPO: Yin et al. 2024, arXiv 2402.10958; the reference code yinyueqin/Relative-Preference-Optimization
   @c1b5163 ``trainers.py`` (``RPOTrainer``, ``RPOUnpairedTrainer``, ``RPODiagonalTrainer``) is the ground
-  truth here (the paper's equation numbering was not verified; see losses.md section 7).
+  truth here (the paper's equation numbering was not checked against the code).
 """
 
 from __future__ import annotations

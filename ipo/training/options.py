@@ -7,7 +7,7 @@ configs are built from it by ipo/training/config.py (the only module that names 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from ipo import IpoError
@@ -76,6 +76,9 @@ class TrainingOptions:
     rpo_distance_temperature: float = 0.5
     rpo_embedding_model: str = "all-MiniLM-L6-v2"
     rpo_diagonal_weight: float = 0.8
+    # Any other TRL trainer / model setting under TRL's own name (DPOConfig, SFTConfig, ModelConfig), set on the
+    # command line or in a recipe: applied last by ipo/training/config.py; empty = the settings above decide.
+    trainer_overrides: dict = field(default_factory=dict)
 
 
 def check_options(options: TrainingOptions) -> None:

@@ -306,7 +306,7 @@ def check_data_for_loss(data: PreferenceData, loss_type: str) -> None:
     """Refuse a loss that cannot train on this data, with the flag that fixes it.
 
     Every loss but those of UNPAIRED_LOSS_TYPES (including TRL's own, e.g. hinge) trains on pairs; whether
-    the name is a known loss is ipo.training.dpo.check_options' job.
+    the name is a known loss is ipo.training.options.check_options' job.
     """
     if loss_type in UNPAIRED_LOSS_TYPES and data.paired:
         raise IpoError(

@@ -1,9 +1,12 @@
-"""Training recipes: flat YAML files of Hugging Face / TRL-named settings, plus an optional sweep grid.
+"""Training recipes: flat YAML files of settings in the alignment-handbook's shape, plus an optional sweep grid.
 
-A recipe (see recipes/README.md) holds settings under the same names the training scripts take on the
-command line (``learning_rate``, ``per_device_train_batch_size``, ``beta``, ``loss_type``, ...), and
-optionally ``sweep: {name: [values, ...]}``, a grid that ``DPO/sweep.py`` expands into one run per point.
-``RECIPE_KEYS`` is the one list of names a recipe may use; the scripts read it from here.
+A recipe (see recipes/README.md) holds settings under the names the training scripts take on the command
+line: the project's own (``RECIPE_KEYS``: ``learning_rate``, ``per_device_train_batch_size``, ``beta``,
+``loss_type``, ...), any other field of TRL's ``DPOConfig`` / ``SFTConfig`` / ``ModelConfig`` under its TRL name
+(``weight_decay``, ``adam_beta2``, ``save_strategy``, ...; ipo/training/config.py), and the aliases that
+handbook recipes use (``torch_dtype``, ``dataset_name``, ``hub_model_id``). Optionally ``sweep: {name: [values,
+...]}``, a grid that ``DPO/sweep.py`` expands into one run per point. An unknown name is a one-line error
+that names the closest known one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ipo import IpoError
+from ipo.training.config import ALIASES, REFUSED, check_setting, setting_names
 from ipo.training.losses import LOSS_TYPES
 
 _NUMBER = (int, float)
@@ -43,6 +47,8 @@ RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     # loss (TRL DPOConfig names, plus the RPO settings)
     "loss_type": str,
     "beta": _NUMBER,
+    "label_smoothing": _NUMBER,
+    "precompute_ref_log_probs": bool,
     "rpo_distance_temperature": _NUMBER,
     "rpo_embedding_model": str,
     "rpo_diagonal_weight": _NUMBER,
@@ -59,14 +65,21 @@ RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     "per_device_eval_batch_size": int,
     "gradient_accumulation_steps": int,
     "gradient_checkpointing": bool,
+    "dataloader_num_workers": int,
     "seed": int,
     # logging and outputs
     "logging_steps": int,
     "save_steps": int,
+    "save_total_limit": int,
     "eval_steps": int,
     "output_dir": str,
     "run_name": str,
     "report_to": str,
+    "wandb_project": str,
+    "merge_adapters": bool,
+    # Hub (the scripts' upload after training; TRL's own uploads stay off)
+    "push_to_hub": bool,
+    "hub_repo_id": str,
 }
 SWEEP_KEY = "sweep"
 
@@ -89,21 +102,34 @@ def load_recipe(path: str | Path) -> tuple[dict, dict[str, list]]:
     grid = data.pop(SWEEP_KEY, None) or {}
     if not isinstance(grid, dict):
         raise IpoError(f"{path}: '{SWEEP_KEY}' must map setting names to lists of values")
-    settings = {key: _checked(path, key, value) for key, value in data.items()}
+    settings, given_as = {}, {}
+    for key, value in data.items():
+        name = ALIASES.get(key, key)
+        if name in settings:
+            raise IpoError(f"{path}: {given_as[name]} and {key} are the same setting; keep one")
+        settings[name], given_as[name] = _checked(path, key, value, name=name), key
     checked_grid = {}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise IpoError(f"{path}: {SWEEP_KEY}.{key} must be a non-empty list of values")
-        checked_grid[key] = [_checked(path, f"{SWEEP_KEY}.{key}", value, name=key) for value in values]
+        name = ALIASES.get(key, key)
+        checked_grid[name] = [_checked(path, f"{SWEEP_KEY}.{key}", value, name=name) for value in values]
     return settings, checked_grid
 
 
 def _checked(path: Path, where: str, value, name: str | None = None):
     name = name or where
     if name not in RECIPE_KEYS:
-        close = difflib.get_close_matches(name, RECIPE_KEYS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise IpoError(f"{path}: unknown setting {where!r}{hint}; known settings are listed in ipo/recipes.py")
+        if name not in setting_names() and name not in REFUSED:
+            known = sorted({*RECIPE_KEYS, *setting_names()})
+            close = difflib.get_close_matches(where.rpartition(".")[2], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise IpoError(f"{path}: unknown setting {where!r}{hint}; a recipe takes the training scripts' flags "
+                           "and TRL's DPOConfig/SFTConfig/ModelConfig fields (recipes/README.md)")  # fmt: skip
+        try:
+            return check_setting(name, value)
+        except IpoError as err:
+            raise IpoError(f"{path}: {where}: {err}")
     expected = RECIPE_KEYS[name]
     # YAML reads 5e-7 (no dot) as text; accept it for numbers, as the HF argument parsers do
     if expected is _NUMBER and isinstance(value, str):
@@ -111,6 +137,11 @@ def _checked(path: Path, where: str, value, name: str | None = None):
             value = float(value)
         except ValueError:
             pass
+    # the handbook's shapes: lora_target_modules as a list, report_to as a list of one
+    if name == "lora_target_modules" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if name == "report_to" and isinstance(value, list) and len(value) == 1:
+        value = value[0]
     if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
         kinds = expected.__name__ if isinstance(expected, type) else "number"
         raise IpoError(f"{path}: {where} must be {kinds}, got {value!r}")
@@ -131,26 +162,3 @@ def expand_grid(settings: dict, grid: dict[str, list]) -> list[tuple[str, dict]]
         name = "__".join(f"{key}-{value}" for key, value in point.items()) or "base"
         points.append((name.replace("/", "_"), {**settings, **point}))
     return points
-
-
-def recipe_defaults(parser, settings: dict, source: str | Path = "the recipe") -> dict:
-    """The recipe's settings as defaults of ``parser`` (keyed by argparse dest), so that flags given on the
-    command line override them. A setting that is not a flag of this script is a one-line error."""
-    dests = {}
-    for action in parser._actions:
-        for option in action.option_strings:
-            if option.startswith("--"):
-                dests[option[2:]] = action
-    defaults = {}
-    for key, value in settings.items():
-        action = dests.get(key)
-        if action is None:
-            raise IpoError(f"{source}: setting {key!r} is not an option of {parser.prog}")
-        if action.choices is not None and value not in action.choices:
-            raise IpoError(f"{source}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
-        if action.const in (True, False) and action.nargs == 0:  # store_true / store_false flags
-            if not isinstance(value, bool):
-                raise IpoError(f"{source}: {key} must be true or false, got {value!r}")
-            value = action.const if value else not action.const
-        defaults[action.dest] = value
-    return defaults

@@ -12,7 +12,7 @@ from typing import Sequence
 from ipo import IpoError
 from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 from ipo.runs import atomic_write_json, atomic_write_jsonl
-from ipo.training.config import build_lora_config, build_sft_config, resolve_precision
+from ipo.training.config import apply_model_settings, build_lora_config, build_sft_config, resolve_precision
 from ipo.training.distributed import model_load_device, save_trained_model
 from ipo.training.dpo import TrainResult, free_memory
 from ipo.training.options import (
@@ -53,6 +53,7 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     model, _, _ = load_model(str(model_name_or_path), dtype=resolve_precision(options.dtype, device)[0],
                              device=model_load_device(device, options.load_in_4bit),
                              quantized=options.load_in_4bit)  # fmt: skip
+    apply_model_settings(model, options)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         trainer = SFTTrainer(
@@ -74,6 +75,7 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
         "model": str(model_name_or_path), "max_length": config.max_length, "learning_rate": config.learning_rate,
         "weights_dtype": (config.model_init_kwargs or {}).get("dtype"), "load_in_4bit": options.load_in_4bit,
         "lora": lora, "n_train_examples": n_train, "n_eval_examples": n_eval, **(extra_config or {}),
+        **({"trainer_overrides": dict(options.trainer_overrides)} if options.trainer_overrides else {}),
         "trainer": json.loads(json.dumps(config.to_dict(), default=str)),
     })  # fmt: skip
     checkpoint_root = output_dir / CHECKPOINT_DIR

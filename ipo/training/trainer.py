@@ -171,32 +171,32 @@ class PreferenceLossTrainer(DPOTrainer):
                     set_hf_deepspeed_config(zero3)
 
     # ---------------------------------------------------------------- data
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+    def _prepare_dataset(self, dataset, processing_class, config, dataset_name):  # config: the DPOConfig (TRL: args)
         if self.unpaired:
             # Tokenise each (prompt, completion) exactly as TRL tokenises a pair (chat template, EOS, the
             # prompt/completion boundary) by presenting it as a pair with the completion on both sides.
             if "prompt_ids" not in dataset.column_names:
                 dataset = dataset.map(_completion_as_pair, desc=f"Preparing the {dataset_name} examples")
-                dataset = self._prepare_paired(dataset, processing_class, args, dataset_name)
+                dataset = self._prepare_paired(dataset, processing_class, config, dataset_name)
                 dataset = dataset.remove_columns(["rejected_ids", "chosen", "rejected"])
                 dataset = dataset.rename_column("chosen_ids", "completion_ids")
             if not any(dataset["label"]) or all(dataset["label"]):
                 raise IpoError(f"--loss_type {self.custom_loss}: the {dataset_name} data needs desirable and "
                                "undesirable examples (label true and false)")  # fmt: skip
             return dataset
-        return self._prepare_paired(dataset, processing_class, args, dataset_name)
+        return self._prepare_paired(dataset, processing_class, config, dataset_name)
 
-    def _prepare_paired(self, dataset, processing_class, args, dataset_name):
+    def _prepare_paired(self, dataset, processing_class, config, dataset_name):
         max_prompt_length = self.loss_options.max_prompt_length
         if max_prompt_length is None or "prompt_ids" in dataset.column_names:
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            return super()._prepare_dataset(dataset, processing_class, config, dataset_name)
         # TRL drops pairs whose prompt alone fills max_length; cut the prompts first, then drop what is left.
-        max_length = args.max_length
-        args.max_length = None
+        max_length = config.max_length
+        config.max_length = None
         try:
-            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            dataset = super()._prepare_dataset(dataset, processing_class, config, dataset_name)
         finally:
-            args.max_length = max_length
+            config.max_length = max_length
 
         def cut(row):
             longest = max(len(row["chosen_ids"]), len(row["rejected_ids"]))
