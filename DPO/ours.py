@@ -25,8 +25,14 @@ from __future__ import annotations
 import sys
 
 from ipo import cli
-from ipo.selfimprove import loop as selfimprove
-from ipo.judges.yes_no import DEFAULT_BATCH_SIZE
+from ipo.cli import selfimprove as loop_cli
+from ipo.judges.batching import DEFAULT_BATCH_SIZE
+from ipo.runs import seed_everything
+from ipo.selfimprove.judging import yes_no_judge_spec
+from ipo.selfimprove.loop import Loop, push_final_model, write_outputs
+from ipo.selfimprove.prompts_pool import load_prompts
+
+logger = cli.logger
 
 UPSTREAM_MODEL = "mistralai/Mistral-7B-Instruct-v0.1"
 
@@ -45,20 +51,87 @@ def add_judge_args(parser) -> None:
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    selfimprove.add_loop_args(parser, default_model=UPSTREAM_MODEL, judge_args=add_judge_args)
+    loop_cli.add_loop_args(parser, default_model=UPSTREAM_MODEL, judge_args=add_judge_args)
     args = parser.parse_args(argv)
-    selfimprove.check_loop_args(parser, args)
+    loop_cli.check_loop_args(parser, args)
     cli.check_positive(parser, args, "judge_batch_size", "max_batch_tokens", "judge_max_length")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    judge = selfimprove.yes_no_judge_spec(args.prompt_format, scoring=args.prompt_format,
-                                          max_length=args.judge_max_length, batch_size=args.judge_batch_size,
-                                          max_batch_tokens=args.max_batch_tokens,
-                                          prefix_sharing=args.prefix_sharing)  # fmt: skip
-    return selfimprove.run_from_args(args, judge, method="IPO self-improvement", run_prefix="dpo")
+
+    ###############
+    # Setup: the judge is the policy itself, asked the Yes/No question of each prompt's category
+    ###############
+    cli.setup_logging(args.log_level)
+    seed_everything(args.seed)
+    loop_cli.note_unused_args(args)
+    judge = yes_no_judge_spec(args.prompt_format, scoring=args.prompt_format, max_length=args.judge_max_length,
+                              batch_size=args.judge_batch_size, max_batch_tokens=args.max_batch_tokens,
+                              prefix_sharing=args.prefix_sharing)  # fmt: skip
+
+    ###############
+    # Load prompts, then the run folder (a re-run of the same command resumes it)
+    ###############
+    prompts = load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
+                           require_category=judge.uses_category)  # fmt: skip
+    logger.info("%d prompts from %s", len(prompts), args.dataset_name)
+    run, settings = loop_cli.start_run(args, judge, len(prompts), run_prefix="dpo")
+    loop = Loop(run.path, prompts, settings, judge, on_resolved=lambda found: run.update_resolved(**found))
+
+    for rnd in loop.rounds():  # each stage skips what an earlier run of the same command already wrote
+        ###############
+        # 1. Sample: N responses per prompt from this round's policy (round 1: the base model)
+        ###############
+        rnd.sample()
+        if rnd.stop_after("sample"):
+            break
+
+        ###############
+        # 2. Judge: the same model scores every response by P(Yes)
+        ###############
+        rnd.judge()
+        if rnd.stop_after("score"):
+            break
+
+        ###############
+        # 3. Pair: chosen = highest P(Yes), rejected = lowest; held-out prompts give the eval pairs
+        ###############
+        rnd.pair()
+        if rnd.stop_after("pairs"):
+            break
+
+        ###############
+        # 4. Train (DPO + LoRA) on the round's pairs, the policy as reference
+        ###############
+        rnd.train()
+        if rnd.stop_after("train"):
+            break
+
+        ###############
+        # 5. Merge the adapter into the policy: the next round's policy (the last round: --merge_adapters)
+        ###############
+        rnd.merge()
+        if rnd.stop_after("merge"):
+            break
+
+        ###############
+        # Judge after (--judge_after): the trained model's samples, judged by this round's judge
+        ###############
+        rnd.judge_after()
+        rnd.done()
+
+    ###############
+    # Save: metrics.json and results.md of the run; the upload with --push_to_hub
+    ###############
+    result = loop.result()
+    title = f"IPO self-improvement ({args.prompt_format}): {cli.model_short_name(args.model_name)}"
+    print(write_outputs(run.path, result, title))
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        push_final_model(result, loop_cli.hub_repo(args))
+    return 0
 
 
 if __name__ == "__main__":

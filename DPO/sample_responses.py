@@ -21,10 +21,11 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
-from ipo.selfimprove import loop as selfimprove
+from ipo.cli.selfimprove import add_sampling_args, sampling_settings_from_args
 from ipo.modeling import load_model_and_tokenizer
 from ipo.runs import RecordLog, RunDir, seed_everything
-from ipo.selfimprove.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
+from ipo.selfimprove.prompts_pool import DEFAULT_PROMPTS, DEFAULT_SPLIT, load_prompts
+from ipo.selfimprove.sampling import Sampler, check_can_generate, sample_into_log
 
 logger = cli.logger
 
@@ -33,9 +34,9 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
     data = parser.add_argument_group("prompts")
-    data.add_argument("--dataset_name", default=selfimprove.DEFAULT_PROMPTS,
+    data.add_argument("--dataset_name", default=DEFAULT_PROMPTS,
                       help="Hub dataset or local json/jsonl/parquet file with an 'instruction' column")  # fmt: skip
-    data.add_argument("--split_name", default=selfimprove.DEFAULT_SPLIT, help="split of a Hub --dataset_name")
+    data.add_argument("--split_name", default=DEFAULT_SPLIT, help="split of a Hub --dataset_name")
     data.add_argument("--max_prompts", type=int, default=None, help="use only the first N prompts (smoke runs)")
     add_sampling_args(parser)
     cli.add_output_args(parser)
@@ -56,8 +57,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
-    prompts = selfimprove.load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
-                                       require_category=False)  # fmt: skip
+    prompts = load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
+                           require_category=False)  # fmt: skip
     check_can_generate(args.model_name, args.trust_remote_code)
     model_short = cli.model_short_name(args.model_name)
     run = RunDir(args.output_dir, args.run_name or f"samples-{model_short}-{args.prompt_format}", args.overwrite)
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     run.start(cli.public_args(args), resolved={"device": device, "dtype": str(dtype), "n_prompts": len(prompts),
                                                 "sampling": sampler.resolved()})  # fmt: skip
     log = RecordLog(run.file("responses.jsonl"))
-    selfimprove.sample_into_log(sampler, tokenizer, prompts, log, args.prompt_format)
+    sample_into_log(sampler, tokenizer, prompts, log, args.prompt_format)
     records = log.ordered(p.id for p in prompts)
     unfinished = sum(not f for r in records for f in r["finished"])
     logger.info("%d prompts x %d responses in %s (%d cut at --max_new_tokens)", len(records),

@@ -1,9 +1,9 @@
 """Self-Rewarding self-improvement: the model samples responses, scores them itself on the 5-point scale, and DPO
 trains on best vs worst.
 
-The paper's baseline arm (Yuan et al. 2024, Self-Rewarding Language Models; Garg et al. 2025, §5), upstream's
-DPO/self_reward.py: DPO/ours.py with the additive 5-point judge (ipo/self_reward.py, shared with
-Preference_Comparison/*/self_reward.py) in place of the Yes/No judge. The judge writes a short justification
+The paper's baseline arm (Yuan et al. 2024, Self-Rewarding Language Models; Garg et al. 2025, arXiv 2502.16182,
+section 5), upstream's DPO/self_reward.py: DPO/ours.py with the additive 5-point judge (ipo/judges/self_reward.py,
+shared with Preference_Comparison/*/self_reward.py) in place of the Yes/No judge. The judge writes a short justification
 and a score for each response (greedy, 128 new tokens); chosen = best score, rejected = worst. Upstream's
 command works as it was:
 
@@ -35,10 +35,11 @@ eval batch 4, eval every 700 steps. Upstream trained in fp16 (fp16 weights and a
 bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU; --dtype float16 reproduces upstream. Upstream
 evaluated on its training pairs; here --test_fraction of the prompts is held out for evaluation.
 
-Stages, run folder, resume, rounds, merge and outputs are DPO/ours.py's (ipo/selfimprove.py): <output_dir>/
+Stages, run folder, resume, rounds, merge and outputs are DPO/ours.py's (ipo/selfimprove/loop.py): <output_dir>/
 <run_name>/ holds config.json, metrics.json, results.md and round_<k>/ (responses.jsonl -> scored.jsonl with
 each response's score, parse_failed and judge_text -> pairs.jsonl -> adapter/ -> merged/). Each stage frees its
-model before the next loads one (upstream kept the sampling model in memory while training, bug 16).
+model before the next loads one (upstream kept the sampling model in memory while it loaded the training model,
+and ran out of memory).
 """
 
 from __future__ import annotations
@@ -46,9 +47,15 @@ from __future__ import annotations
 import sys
 
 from ipo import cli
-from ipo.selfimprove import loop as selfimprove
-from ipo.judges.yes_no import DEFAULT_BATCH_SIZE
+from ipo.cli import selfimprove as loop_cli
+from ipo.judges.batching import DEFAULT_BATCH_SIZE
 from ipo.prompts import UPSTREAM_END_MARKER
+from ipo.runs import seed_everything
+from ipo.selfimprove.judging import self_reward_judge_spec
+from ipo.selfimprove.loop import Loop, push_final_model, write_outputs
+from ipo.selfimprove.prompts_pool import load_prompts
+
+logger = cli.logger
 
 UPSTREAM_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
 # upstream self_reward.py's DPOConfig where it differed from ours.py's (6 / 3 / 300)
@@ -69,22 +76,90 @@ def add_judge_args(parser) -> None:
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    selfimprove.add_loop_args(parser, default_model=UPSTREAM_MODEL, judge_args=add_judge_args,
-                              training_defaults=UPSTREAM_TRAINING)  # fmt: skip
+    loop_cli.add_loop_args(parser, default_model=UPSTREAM_MODEL, judge_args=add_judge_args,
+                           training_defaults=UPSTREAM_TRAINING)  # fmt: skip
     args = parser.parse_args(argv)
-    selfimprove.check_loop_args(parser, args)
+    loop_cli.check_loop_args(parser, args)
     cli.check_positive(parser, args, "judge_max_length", "max_new_tokens_judge", "judge_batch_size", "max_batch_tokens")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    judge = selfimprove.self_reward_judge_spec(args.prompt_format, max_length=args.judge_max_length,
-                                               max_new_tokens=args.max_new_tokens_judge,
-                                               batch_size=args.judge_batch_size,
-                                               max_batch_tokens=args.max_batch_tokens)  # fmt: skip
-    return selfimprove.run_from_args(args, judge, method="Self-Rewarding self-improvement", run_prefix="dpo-self-reward",
-                                     cut_responses_at=UPSTREAM_END_MARKER if args.prompt_format == "upstream" else None)  # fmt: skip
+
+    ###############
+    # Setup: the judge is the policy itself, writing a justification and a 1-5 score for each response
+    ###############
+    cli.setup_logging(args.log_level)
+    seed_everything(args.seed)
+    loop_cli.note_unused_args(args)
+    judge = self_reward_judge_spec(args.prompt_format, max_length=args.judge_max_length,
+                                   max_new_tokens=args.max_new_tokens_judge, batch_size=args.judge_batch_size,
+                                   max_batch_tokens=args.max_batch_tokens)  # fmt: skip
+    cut_responses_at = UPSTREAM_END_MARKER if args.prompt_format == "upstream" else None  # as upstream's sampler
+
+    ###############
+    # Load prompts, then the run folder (a re-run of the same command resumes it)
+    ###############
+    prompts = load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
+                           require_category=judge.uses_category)  # fmt: skip
+    logger.info("%d prompts from %s", len(prompts), args.dataset_name)
+    run, settings = loop_cli.start_run(args, judge, len(prompts), run_prefix="dpo-self-reward",
+                                       cut_responses_at=cut_responses_at)  # fmt: skip
+    loop = Loop(run.path, prompts, settings, judge, on_resolved=lambda found: run.update_resolved(**found))
+
+    for rnd in loop.rounds():  # each stage skips what an earlier run of the same command already wrote
+        ###############
+        # 1. Sample: N responses per prompt from this round's policy (round 1: the base model)
+        ###############
+        rnd.sample()
+        if rnd.stop_after("sample"):
+            break
+
+        ###############
+        # 2. Judge: the same model scores every response on the additive 5-point scale
+        ###############
+        rnd.judge()
+        if rnd.stop_after("score"):
+            break
+
+        ###############
+        # 3. Pair: chosen = best score, rejected = worst (unreadable scores take no part)
+        ###############
+        rnd.pair()
+        if rnd.stop_after("pairs"):
+            break
+
+        ###############
+        # 4. Train (DPO + LoRA) on the round's pairs, the policy as reference
+        ###############
+        rnd.train()
+        if rnd.stop_after("train"):
+            break
+
+        ###############
+        # 5. Merge the adapter into the policy: the next round's policy (the last round: --merge_adapters)
+        ###############
+        rnd.merge()
+        if rnd.stop_after("merge"):
+            break
+
+        ###############
+        # Judge after (--judge_after): the trained model's samples, judged by this round's judge
+        ###############
+        rnd.judge_after()
+        rnd.done()
+
+    ###############
+    # Save: metrics.json and results.md of the run; the upload with --push_to_hub
+    ###############
+    result = loop.result()
+    title = f"Self-Rewarding self-improvement ({args.prompt_format}): {cli.model_short_name(args.model_name)}"
+    print(write_outputs(run.path, result, title))
+    logger.info("outputs in %s", run.path)
+    if args.push_to_hub:
+        push_final_model(result, loop_cli.hub_repo(args))
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from ipo.assets import smollm2_dir  # noqa: E402
+from ipo.cli import setup_logging  # noqa: E402
+from ipo.modeling import load_model, load_tokenizer  # noqa: E402
+from ipo.selfimprove.sampling import Sampler, SamplingSettings, cut_at_stop, encode_prompt  # noqa: E402
+from ipo.training.dpo import build_trainer  # noqa: E402
+from ipo.training.options import TrainingOptions  # noqa: E402
 
 # Qwen2.5-0.5B's shape (config.json of Qwen/Qwen2.5-0.5B-Instruct), random weights: no download needed.
 QWEN_05B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -57,8 +64,6 @@ def upstream_loop(model, tokenizer, prompt_ids, n, max_new_tokens, stop_ids) -> 
     """Upstream's sampler: one generate call per response, batch 1, transformers' own sampling."""
     import torch
 
-    from ipo.selfimprove.sampling import cut_at_stop
-
     tokens = 0
     for ids in prompt_ids:
         input_ids = torch.tensor([ids], device=model.device)
@@ -72,8 +77,6 @@ def upstream_loop(model, tokenizer, prompt_ids, n, max_new_tokens, stop_ids) -> 
 
 
 def compare(model, tokenizer, args, label: str) -> dict:
-    from ipo.selfimprove.sampling import Sampler, SamplingSettings, encode_prompt
-
     if model.device.type == "cuda":
         import torch
 
@@ -116,8 +119,6 @@ def dpo_step(model_dir: str, samples, tokenizer, args, device: str) -> dict:
     """Time one optimizer step of the paper's DPO setup on pairs built from the samples."""
     import torch
 
-    from ipo.training.dpo import TrainingOptions, build_trainer
-
     prompts = bench_prompts(args.num_prompts)
     records = [{"prompt": f"[INST] {prompts[s.prompt_id]} [/INST]", "chosen": s.responses[0], "rejected": s.responses[1]}
                for s in samples][: args.dpo_batch_size]  # fmt: skip
@@ -159,10 +160,6 @@ def random_qwen(tokenizer_dir: str, args) -> dict:
 
 def main(argv=None) -> int:
     import torch
-
-    from ipo.assets import smollm2_dir
-    from ipo.cli import setup_logging
-    from ipo.modeling import load_model, load_tokenizer
 
     args = parse_args(argv)
     setup_logging("warning")

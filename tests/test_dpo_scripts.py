@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import load_script, run_script, save_tiny_model, write_jsonl
 
 OURS = "DPO/ours.py"

@@ -11,11 +11,12 @@ import zlib
 from collections import Counter
 
 import pytest
-
 from helpers import load_script, run_script, write_jsonl
-from ipo.judges.self_reward import SelfRewardScorer, parse_score_upstream, render_upstream
-from ipo.selfimprove.loop import build_pairs, self_reward_judge_spec, strip_common_prefix
 from test_dpo_scripts import SMOKE, by_id, last_error_line, prompt_rows, read_jsonl
+
+from ipo.judges.self_reward import SelfRewardScorer, parse_score_upstream, render_upstream
+from ipo.selfimprove.judging import self_reward_judge_spec
+from ipo.selfimprove.pairs import build_pairs, strip_common_prefix
 
 SELF_REWARD = "DPO/self_reward.py"
 JUDGE_SMOKE = ["--max_new_tokens_judge", "8", "--judge_batch_size", "4"]  # a batch = one prompt's 4 responses
@@ -173,8 +174,8 @@ def test_upstream_sampler_cuts_responses_at_a_literal_eot_marker(tiny_model, tmp
     """Upstream's self_reward.py sampler cut each response at '<|eot_id|>' (which a model trained on upstream's
     records learns to write as text); ours.py's did not."""
     from ipo.runs import RecordLog
-    from ipo.selfimprove.sampling import Sample
-    from ipo.selfimprove.loop import Prompt, sample_into_log
+    from ipo.selfimprove.prompts_pool import Prompt
+    from ipo.selfimprove.sampling import Sample, sample_into_log
 
     class FixedSampler:
         def sample(self, encoded):
@@ -205,8 +206,8 @@ def test_defaults_follow_upstreams_self_reward_script():
 
 
 def test_ours_judge_uses_the_judges_default_token_budget(tiny_model):
-    from ipo.judges.yes_no import default_max_batch_tokens
-    from ipo.selfimprove.loop import yes_no_judge_spec
+    from ipo.judges.batching import default_max_batch_tokens
+    from ipo.selfimprove.judging import yes_no_judge_spec
 
     model, tokenizer = tiny_model
     scorer = yes_no_judge_spec("chat", scoring="chat").build(model, tokenizer)

@@ -1,17 +1,17 @@
-"""ipo.selfimprove.loop: categories, prompt loading, pair selection (ties, duplicates), held-out split, records."""
+"""ipo.selfimprove (prompts_pool, pairs): categories, prompt loading, pair selection (ties, duplicates), held-out
+split, records."""
 
 import json
 import random
 from collections import Counter
 
 import pytest
-
 from helpers import write_jsonl
+
 from ipo import IpoError
 from ipo.prompts import CODE_PROMPT, DPO_CATEGORY_PROMPTS, DPO_CHAT_PROMPT, MATH_PROMPT, SAFE_RESPONSE_PROMPT
-from ipo.selfimprove.loop import (
-    build_pairs, dpo_record, export_pairs, held_out_ids, judge_key, load_prompts, mapped_record, rank_responses,
-)  # fmt: skip
+from ipo.selfimprove.pairs import build_pairs, dpo_record, export_pairs, held_out_ids, mapped_record, rank_responses
+from ipo.selfimprove.prompts_pool import judge_key, load_prompts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,7 +172,8 @@ def test_training_sees_the_prompt_the_sampler_used(tiny_model_dir, tmp_path, pro
     """chat: TRL renders the conversational record with the same chat template the sampler used."""
     from ipo.modeling import load_tokenizer
     from ipo.selfimprove.sampling import encode_prompt
-    from ipo.training.dpo import TrainingOptions, build_trainer
+    from ipo.training.dpo import build_trainer
+    from ipo.training.options import TrainingOptions
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     pair = {"prompt": "What is 2 plus 2?", "chosen": "The answer is 4.", "rejected": "No"}

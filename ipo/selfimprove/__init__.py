@@ -1,1 +1,13 @@
-"""TODO"""
+"""Self-improvement layer: the model samples responses, judges them itself, and DPO trains on best vs worst.
+
+May import plumbing (ipo/*.py), ipo.judges and ipo.training; never ipo.benchmarks or ipo.cli. Settings
+arrive as values (``LoopSettings``, ``SamplingSettings``, ``TrainingOptions``); the flags that fill them
+live in ipo/cli/selfimprove.py, and DPO/ours.py and DPO/self_reward.py call the stages one by one.
+
+Modules (one per step of a round, so that each stage's rules can be read on their own):
+    prompts_pool  the prompt pool: Prompt, load_prompts, the judge key of each category
+    sampling      Sampler (batched, seeded per prompt and sample), sample_into_log (the sample stage)
+    judging       JudgeSpec of the Yes/No and 5-point judges, the judge stage's log, judge_summary
+    pairs         pure pair selection (ties, held-out split), DPO records, upstream's exported files
+    loop          LoopSettings, Loop and Round (the stages, resumable), run outputs and results.md
+"""

@@ -17,6 +17,9 @@ length. Here:
 Two prompt formats (``--prompt_format``):
   upstream  the raw instruction, tokenised with the tokenizer's special tokens (BOS for Llama/Mistral)
   chat      the tokenizer's chat template, one user turn plus the generation prompt
+
+``sample_into_log`` is the loop's sampling stage (and DPO/sample_responses.py's whole job): it appends one
+record per prompt to responses.jsonl as batches finish, and a re-run samples only the prompts it lacks.
 """
 
 from __future__ import annotations
@@ -25,14 +28,20 @@ import copy
 import hashlib
 import inspect
 import logging
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+
+from tqdm.auto import tqdm
 
 from ipo import IpoError
+from ipo.judges.batching import left_pad, plan_batches
+from ipo.modeling import load_tokenizer, split_gguf
+from ipo.runs import RecordLog
+from ipo.selfimprove.prompts_pool import Prompt
 
 logger = logging.getLogger("ipo")
 
-PROMPT_FORMATS = ("upstream", "chat")
 DEFAULT_TOP_K = 50  # transformers' default when neither the model nor the user sets one (upstream ran with it)
 
 
@@ -56,33 +65,6 @@ class Sample:
     responses: list[str]
     n_tokens: list[int]  # response tokens before the stop token
     finished: list[bool]  # True if the response ended with a stop token (not cut at max_new_tokens)
-
-
-def add_sampling_args(parser, defaults: dict | None = None) -> None:
-    """Sampling flags shared by DPO/ours.py, DPO/sample_responses.py and DPO/Evals/sample_mmlu.py."""
-    d = {**vars(SamplingSettings()), **(defaults or {})}
-    group = parser.add_argument_group("sampling")
-    group.add_argument("--prompt_format", default=d.get("prompt_format", "upstream"), choices=list(PROMPT_FORMATS),
-                       help="upstream: the raw instruction, as the paper sampled (and [INST] DPO records); "
-                            "chat: the tokenizer's chat template for sampling and training")  # fmt: skip
-    group.add_argument("--num_return_sequences", "--num_responses", dest="num_return_sequences", type=int,
-                       default=d["num_return_sequences"], help="responses sampled per prompt (paper: 4)")  # fmt: skip
-    group.add_argument("--temperature", type=float, default=d["temperature"],
-                       help="sampling temperature (paper: 0.7); 0 = greedy")  # fmt: skip
-    group.add_argument("--max_new_tokens", type=int, default=d["max_new_tokens"],
-                       help="max tokens per response (paper: 256)")  # fmt: skip
-    group.add_argument("--top_k", type=int, default=d["top_k"],
-                       help="top-k filter; default: the model's generation config, else 50 (what upstream ran with)")
-    group.add_argument("--top_p", type=float, default=d["top_p"],
-                       help="nucleus filter; default: the model's generation config, else 1.0")
-    group.add_argument("--sample_batch_size", type=int, default=d.get("sample_batch_size", 16),
-                       help="prompts per generate call (x num_return_sequences rows); samples do not depend on it")
-
-
-def sampling_settings_from_args(args) -> SamplingSettings:
-    return SamplingSettings(num_return_sequences=args.num_return_sequences, temperature=args.temperature,
-                            max_new_tokens=args.max_new_tokens, top_k=args.top_k, top_p=args.top_p,
-                            seed=args.seed)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,8 +92,6 @@ def check_can_generate(model_name_or_path: str, trust_remote_code: bool = False)
     Fails with one line before any work starts if the model has no end-of-sequence token.
     """
     from transformers import AutoConfig, GenerationConfig
-
-    from ipo.modeling import load_tokenizer, split_gguf
 
     tokenizer = load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
     folder, gguf_file = split_gguf(model_name_or_path)
@@ -238,7 +218,8 @@ class Sampler:
         model_config = getattr(model, "generation_config", None)
         self.stop_ids = stop_token_ids(tokenizer, model_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.top_k = settings.top_k if settings.top_k is not None else (getattr(model_config, "top_k", None) or DEFAULT_TOP_K)
+        model_top_k = getattr(model_config, "top_k", None) or DEFAULT_TOP_K
+        self.top_k = settings.top_k if settings.top_k is not None else model_top_k
         self.top_p = settings.top_p if settings.top_p is not None else (getattr(model_config, "top_p", None) or 1.0)
         self.generation_config = self._generation_config(model_config)
         penalty = getattr(model_config, "repetition_penalty", None)
@@ -296,8 +277,6 @@ class Sampler:
 
         Prompts are sorted by length (less padding); the order of the yielded samples follows that.
         """
-        from ipo.judges.yes_no import plan_batches
-
         n = self.settings.num_return_sequences
         lengths = [[len(ids) + self.settings.max_new_tokens] * n for _, ids in prompts]
         for batch in plan_batches(lengths, self.batch_size * n, self.max_batch_tokens):
@@ -305,8 +284,6 @@ class Sampler:
 
     def _generate(self, prompts) -> list[Sample]:
         import torch
-
-        from ipo.judges.yes_no import left_pad
 
         n = self.settings.num_return_sequences
         if any(len(ids) == 0 for _, ids in prompts):
@@ -354,7 +331,8 @@ class Sampler:
         import torch
 
         processors = self._logits_processors(seeds, with_repetition_penalty=True)
-        forward_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        forward_kwargs = {"logits_to_keep": 1} if keeps_logits else {}
         stop = torch.tensor(self.stop_ids, device=input_ids.device)
         tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
         finished = [False] * input_ids.shape[0]
@@ -391,3 +369,40 @@ class Sampler:
                              position_ids=attention_mask.sum(-1, keepdim=True) - 1, past_key_values=cache,
                              use_cache=True, **forward_kwargs)  # fmt: skip
         return [(row_tokens, ended) for row_tokens, ended in zip(tokens, finished)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling into a record log (resumable: a prompt already in the log is not sampled again)
+# ---------------------------------------------------------------------------------------------------
+def _progress(total: int, done: int, desc: str, unit: str):
+    return tqdm(total=total, initial=done, desc=desc, unit=unit, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30)  # fmt: skip
+
+
+def sample_into_log(sampler, tokenizer, prompts: Sequence[Prompt], log: RecordLog, prompt_format: str,
+                    desc: str = "sampling", cut_at: str | None = None) -> int:  # fmt: skip
+    """Sample responses for the prompts ``log`` lacks, appending one record per prompt as batches finish.
+
+    ``cut_at``: a literal marker each response is cut at (then stripped), as upstream DPO/self_reward.py did
+    with '<|eot_id|>'; this matters once a model trained on upstream's records writes the marker as text.
+    """
+    todo = [p for p in prompts if p.id not in log]
+    if not todo:
+        logger.info("all %d prompts already sampled in %s", len(prompts), log.path)
+        return 0
+    by_id = {str(p.id): p for p in todo}
+    encoded = [(p.id, encode_prompt(tokenizer, p.instruction, prompt_format)) for p in todo]
+    with _progress(len(prompts), len(prompts) - len(todo), desc, "prompt") as bar:
+        for batch in sampler.sample(encoded):
+            records = []
+            for sample in batch:
+                prompt = by_id[str(sample.prompt_id)]
+                responses = sample.responses
+                if cut_at:
+                    responses = [r.split(cut_at)[0].strip() if cut_at in r else r for r in responses]
+                records.append({"id": prompt.id, "prompt": prompt.instruction, "category": prompt.category,
+                                "responses": responses, "n_tokens": sample.n_tokens,
+                                "finished": sample.finished})  # fmt: skip
+            log.append(records)
+            bar.update(len(batch))
+    return len(todo)

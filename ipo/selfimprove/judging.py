@@ -1,0 +1,142 @@
+"""How a round judges its own samples: the judge specs of the two self-improvement arms, the judging
+stage's record log, and the summary of the scores that metrics.json keeps.
+
+``yes_no_judge_spec`` is the paper's judge, P(Yes) under the category's question (DPO/ours.py);
+``self_reward_judge_spec`` is the 5-point Self-Rewarding judge (DPO/self_reward.py). Both are the same
+model as the policy; only the scorer, what scored.jsonl keeps and the tie-break rule differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ipo.data import Example
+from ipo.judges.batching import DEFAULT_BATCH_SIZE
+from ipo.judges.self_reward import SelfRewardScorer
+from ipo.judges.yes_no import YesNoJudge, YesNoScorer
+from ipo.prompts import DPO_CATEGORY_PROMPTS, REWARDBENCH_LAYOUT
+from ipo.report import mean
+from ipo.runs import RecordLog, score_into_log
+from ipo.selfimprove.pairs import strip_common_prefix
+from ipo.selfimprove.prompts_pool import judge_key
+
+
+@dataclass
+class JudgeSpec:
+    """How a round judges its samples. ``build(model, tokenizer)`` returns a scorer with ``.score(examples)``
+    yielding lists of (example, scores, extra), like ipo.judges.yes_no.YesNoScorer."""
+
+    name: str
+    score_field: str  # the scored.jsonl field the pairs are built from (None: no score, never in a pair)
+    tie_break: str  # see ipo.selfimprove.pairs.rank_responses
+    build: Callable
+    judge_text_field: str | None = None  # for tie_break="judge_text"
+    failure_field: str | None = None  # per-response parse-failure flags, counted in metrics.json
+    record_fields: Callable[[list, dict], dict] | None = None  # (scores, extra) -> scored.jsonl fields
+    uses_category: bool = True  # the judge's question depends on the prompt's category (the column is required)
+    resolved: dict = field(default_factory=dict)  # filled by build(): token ids etc., for config.json
+
+    def fields(self, scores: Sequence, extra: dict) -> dict:
+        """What scored.jsonl keeps of one prompt's judgement (default: the scores as floats, and ``extra``)."""
+        if self.record_fields is not None:
+            return self.record_fields(scores, extra)
+        return {self.score_field: [float(s) for s in scores], **extra}
+
+
+def yes_no_judge_spec(prompt_format: str, scoring: str, max_length: int = 1024, batch_size: int = 8,
+                      max_batch_tokens: int | None = None, prefix_sharing: bool = True) -> JudgeSpec:  # fmt: skip
+    """The paper's judge: P(Yes) with the category's question (ipo.prompts.DPO_CATEGORY_PROMPTS, the questions
+    of upstream DPO/ours.py), in the layout of the RewardBench scripts.
+
+    ``max_batch_tokens`` None: the judge's per-device default (ipo.judges.yes_no.default_max_batch_tokens).
+    """
+    spec = JudgeSpec("yes_no", "p_yes", "generation_order" if prompt_format == "upstream" else "random", build=None)
+
+    def build(model, tokenizer):
+        judge = YesNoJudge(model, tokenizer, scoring=scoring, max_length=max_length, batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens, prefix_sharing=prefix_sharing)  # fmt: skip
+        spec.resolved.update(scoring=scoring, yes_no_tokens=judge.tokens.as_dict())
+        return YesNoScorer(judge, REWARDBENCH_LAYOUT,
+                           lambda e: DPO_CATEGORY_PROMPTS[judge_key(e.domain, prompt_format)])  # fmt: skip
+
+    spec.build = build
+    return spec
+
+
+def self_reward_fields(scores: Sequence, extra: dict) -> dict:
+    """scored.jsonl fields of the 5-point judge: score (upstream: 0..5, 0 = nothing parsed; chat: 1..5 or
+    None), parse_failed, judge_text (the judge's own generation), truncated, and in upstream mode
+    upstream_sort_text: the decoded judge prompt + generation that upstream sorted tied scores by, from
+    where this prompt's texts first differ (the shared rubric and instruction are cut; the order is kept)."""
+    fields = {"score": list(scores), "parse_failed": list(extra["parse_failed"]),
+              "judge_text": list(extra["generated"]), "truncated": extra["truncated"]}  # fmt: skip
+    if "decoded" in extra:
+        fields["upstream_sort_text"] = strip_common_prefix(extra["decoded"])
+    return fields
+
+
+def self_reward_judge_spec(scoring: str, max_length: int = 2048, max_new_tokens: int = 128,
+                           batch_size: int = DEFAULT_BATCH_SIZE, max_batch_tokens: int | None = None) -> JudgeSpec:  # fmt: skip
+    """The Self-Rewarding judge (Yuan et al. 2024; ipo/judges/self_reward.py): a greedy justification and a 1-5
+    score under the additive 5-point prompt (ipo.prompts.SELF_REWARD_PROMPT) for every response, whatever its
+    category.
+
+    upstream: raw-text prompt, upstream's DPO regexes over prompt + generation, 0 when nothing matches (a
+    score like any other); ties are broken as upstream's sort of (score, decoded text) tuples did. chat: the
+    chat template, the last "Score: N" of the generation; a failure is None (no candidate); ties at random.
+    """
+    upstream = scoring == "upstream"  # upstream passed the category to its judge and ignored it
+    spec = JudgeSpec("self_reward_5_point", "score", "judge_text" if upstream else "random", build=None,
+                     judge_text_field="upstream_sort_text" if upstream else None, failure_field="parse_failed",
+                     record_fields=self_reward_fields, uses_category=False)  # fmt: skip
+
+    def build(model, tokenizer):
+        scorer = SelfRewardScorer(model, tokenizer, scoring=scoring, max_length=max_length,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  max_batch_tokens=max_batch_tokens, regex_set="rewardbench")  # fmt: skip
+        spec.resolved.update(scoring=scoring, decoding="greedy", max_length=max_length, max_new_tokens=max_new_tokens,
+                             regex_set="rewardbench" if upstream else "last 'Score: N' of the generation",
+                             eos_token_ids=sorted(scorer.eos_ids))  # fmt: skip
+        return scorer
+
+    spec.build = build
+    return spec
+
+
+def score_responses_into_log(scorer, responses: Sequence[dict], log: RecordLog, judge: JudgeSpec,
+                             desc: str = "judging") -> int:  # fmt: skip
+    """Judge every response of the records ``log`` lacks; one scored record per prompt (``judge.fields``)."""
+    by_id = {str(r["id"]): r for r in responses}
+    examples = [Example(id=r["id"], prompt=r["prompt"], responses=r["responses"], domain=r["category"])
+                for r in responses]  # fmt: skip
+
+    def make_record(example, scores, extra):
+        record = by_id[str(example.id)]
+        return {"id": record["id"], "prompt": record["prompt"], "category": record["category"],
+                "responses": record["responses"], **judge.fields(scores, extra)}  # fmt: skip
+
+    return score_into_log(scorer, examples, log, make_record, unit="prompt", desc=desc)
+
+
+def judge_summary(
+    scored: Sequence[dict], score_field: str, test_ids: set[str], failure_field: str | None = None
+) -> dict:
+    """Mean judge score of all responses, of each prompt's best and worst, overall and per split.
+
+    Responses without a score (None) are left out of the means and counted; with ``failure_field`` the
+    parse failures are counted too (upstream mode's 0 is such a failure, and still in the means).
+    """
+    def part(records):
+        scored_lists = [[s for s in r[score_field] if s is not None] for r in records]
+        summary = {"n_prompts": len(records), "n_responses": sum(len(r[score_field]) for r in records),
+                   "n_unscored": sum(len(r[score_field]) - len(s) for r, s in zip(records, scored_lists)),
+                   "mean": mean(s for scores in scored_lists for s in scores),
+                   "mean_best": mean(max(scores) for scores in scored_lists if scores),
+                   "mean_worst": mean(min(scores) for scores in scored_lists if scores)}  # fmt: skip
+        if failure_field:
+            summary["n_parse_failures"] = sum(sum(map(bool, r[failure_field])) for r in records)
+        return summary
+
+    return {"all": part(scored), "train": part([r for r in scored if str(r["id"]) not in test_ids]),
+            "test": part([r for r in scored if str(r["id"]) in test_ids])}  # fmt: skip
