@@ -20,6 +20,10 @@ from ipo.prompts import PROMPT_FORMATS
 from ipo.runs import SECRET_ARGS
 
 logger = logging.getLogger("ipo")
+# bitsandbytes (imported by peft and trl even without 4-bit) asks every CPU user to `pip install kernels` for a
+# faster 4-bit CPU kernel; only 4-bit runs on a CPU would use it, and they work without (more slowly). Set at
+# import, before any script imports the training layer, so the line never reaches stderr.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 
@@ -57,9 +61,6 @@ def setup_logging(level: str = "info") -> None:
         force=True,
     )
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    # bitsandbytes (imported by peft even without 4-bit) asks every CPU user to `pip install kernels` for a
-    # faster 4-bit CPU kernel; only 4-bit runs on a CPU would use it, and they work without (more slowly).
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
     import datasets
