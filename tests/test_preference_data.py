@@ -7,8 +7,8 @@ import json
 from collections import Counter
 
 import pytest
-
 from helpers import write_jsonl
+
 from ipo import IpoError
 from ipo.training.preference_data import (
     balanced_unpaired_batches,

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-
 from helpers import load_script, run_script, write_jsonl
+from test_train_preferences import pairs
+
 from ipo import IpoError
 from ipo.training.preference_data import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, load_sft_data
-from test_train_preferences import pairs
 
 SCRIPT = "DPO/sft.py"
 DOLLY = [

@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-
 from helpers import run_script, write_jsonl
 from test_train_preferences import pairs
 

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import load_script, run_script, write_jsonl
+
 from ipo import IpoError
 from ipo.training.dpo import build_trainer, train_summary
 from ipo.training.losses import paired_preference_loss, rpo_unpaired_loss

@@ -8,13 +8,13 @@ import argparse
 import json
 
 import pytest
-
 from helpers import load_script, run_script, write_jsonl
+from test_train_preferences import pairs
+
 from ipo import IpoError
 from ipo.cli.training import add_training_args, options_from_args
 from ipo.training.config import build_dpo_config, build_lora_config, build_sft_config, describe_config
 from ipo.training.recipes import load_recipe
-from test_train_preferences import pairs
 
 TRAIN = "DPO/train_preferences.py"
 SFT = "DPO/sft.py"
@@ -61,7 +61,7 @@ def parse(argv):
 def test_handbook_recipe_reaches_the_dpo_config(tmp_path):
     args = load_script(TRAIN).parse_args(["--config", str(handbook(tmp_path))])
     assert (args.model_name, args.dataset, args.dtype, args.hub_repo_id) == ("some/model", "pairs.jsonl", "bfloat16",
-                                                                              "my-dpo-model")  # fmt: skip
+                                                                              "my-dpo-model")
     options = options_from_args(args)
     assert options.save_total_limit == 1 and options.lora_target_modules == "q_proj,v_proj"
     assert options.trainer_overrides == {"weight_decay": 0.05, "adam_beta2": 0.95, "save_strategy": "steps"}
@@ -85,7 +85,7 @@ def test_handbook_recipe_reaches_the_sft_config(tmp_path):
 
 def test_trl_flags_on_the_command_line_reach_the_config(tmp_path):
     args = parse(["--adam_beta2", "0.95", "--save_total_limit", "2", "--weight-decay", "0.1", "--no_disable_dropout",
-                  "--bf16", "true", "--loss_weights", "1", "--lr_scheduler_kwargs", '{"num_cycles": 2}'])  # fmt: skip
+                  "--bf16", "true", "--loss_weights", "1", "--lr_scheduler_kwargs", '{"num_cycles": 2}'])
     config = build_dpo_config(options_from_args(args), tmp_path, device="cpu")
     assert (config.adam_beta2, config.save_total_limit, config.weight_decay) == (0.95, 2, 0.1)
     assert config.disable_dropout is False and config.bf16 is True and config.loss_weights == [1.0]
@@ -115,7 +115,7 @@ def test_sft_takes_sft_config_fields_and_dpo_does_not():
     ("adam_beta3: 0.9\n", "'adam_beta3'", "'adam_beta2'"),
     ("weight_decya: 0.1\n", "'weight_decya'", "'weight_decay'"),
     ("sweep:\n  adam_betas2: [0.9]\n", "'sweep.adam_betas2'", "'adam_beta2'"),
-])  # fmt: skip
+])
 def test_unknown_recipe_key_is_one_line_naming_the_closest(tmp_path, text, named, closest):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -145,7 +145,7 @@ def test_unknown_flag_is_one_line_naming_the_closest(capsys):
     ("hub_token: hf_x\n", "HF_TOKEN"),
     ("load_in_8bit: true\n", "load_in_8bit: only False is supported"),
     ("torch_dtype: bfloat16\ndtype: float32\n", "torch_dtype and dtype are the same setting"),
-])  # fmt: skip
+])
 def test_bad_trl_settings_are_one_line(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
-from ipo.data import read_records
 from ipo.benchmarks.mmlu import seeded_subset_indices
+from ipo.data import read_records
 from ipo.runs import atomic_write_jsonl
 
 logger = cli.logger

@@ -20,14 +20,15 @@ import sys
 from pathlib import Path
 
 from ipo import cli, hub
-from ipo.data import read_records, require_columns, row_ids
 from ipo.benchmarks.mmlu import answer_index, extract_choice, mmlu_metrics
+from ipo.data import read_records, require_columns, row_ids
 from ipo.modeling import load_model_and_tokenizer, load_tokenizer
 from ipo.prompts import UPSTREAM_INST_PROMPT, mmlu_instruction
 from ipo.report import markdown_table, pct
 from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, seed_everything
-from ipo.selfimprove.sampling import Sampler, add_sampling_args, check_can_generate, sampling_settings_from_args
-from ipo.selfimprove.loop import Prompt, sample_into_log
+from ipo.cli.selfimprove import add_sampling_args, sampling_settings_from_args
+from ipo.selfimprove.prompts_pool import Prompt
+from ipo.selfimprove.sampling import Sampler, check_can_generate, sample_into_log
 from ipo.training.merge import read_adapter_config
 
 logger = cli.logger

@@ -4,7 +4,7 @@ DPO/self_reward.py), the two training scripts' parsers, recipes as defaults, and
 A training parser holds the project's flags (TrainingOptions' names and the paper's defaults) and, under TRL's
 own names, every other field of TRL's ``DPOConfig`` (or ``SFTConfig``) and ``ModelConfig``: each is turned into
 a flag by transformers' ``HfArgumentParser`` (the parser TRL's own scripts use; ``--adam_beta2 0.95``,
-``--bf16``, ``--no_disable_dropout``, ``--loss_weights 1 0.5``), but leaves no attribute unless given, so a run
+``--bf16 true``, ``--no_disable_dropout``, ``--loss_weights 1 0.5``), but leaves no attribute unless given, so a run
 that sets none keeps its config.json and its identity. A recipe (``--config``) sets the same names as
 defaults, in the alignment-handbook's flat YAML shape (``torch_dtype``, ``save_total_limit``, ``weight_decay``,
 ``adam_beta2``, ...); flags given on the command line win. An unknown flag or key is one line naming it and
@@ -166,7 +166,7 @@ def recipe_defaults(parser: argparse.ArgumentParser, settings: dict, source: str
     """The recipe's settings as defaults of ``parser`` (keyed by argparse dest), so that flags given on the
     command line override them. A setting that is not a flag of this script is a one-line error."""
     actions = {option[2:]: action for option, action in parser._option_string_actions.items()
-               if option.startswith("--")}  # fmt: skip
+               if option.startswith("--")}
     defaults = {}
     for key, value in settings.items():
         action = actions.get(key)

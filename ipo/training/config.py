@@ -46,7 +46,7 @@ SCRIPT_FLAGS = frozenset({
     "run_name", "seed", "log_level", "model_name_or_path", "dtype", "trust_remote_code",
     "use_peft",  # --use_peft / --no_lora
     "push_to_hub", "hub_model_id",  # uploads go through ipo.hub after training, not through the Trainer
-})  # fmt: skip
+})
 # Other names the project's flags answer to: alias -> the project's flag.
 ALIASES = {"torch_dtype": "dtype", "dataset_name": "dataset", "hub_model_id": "hub_repo_id"}
 # TRL names that cannot be set here, and why (a one-line error names the reason).
@@ -72,7 +72,7 @@ FIXED = {
 }
 # ModelConfig's other LoRA settings -> peft.LoraConfig's names.
 LORA_FIELDS = {"lora_target_parameters": "target_parameters", "lora_modules_to_save": "modules_to_save",
-               "use_rslora": "use_rslora", "use_dora": "use_dora"}  # fmt: skip
+               "use_rslora": "use_rslora", "use_dora": "use_dora"}
 MODEL_FIELDS = ("attn_implementation",)  # applied to the loaded model (apply_model_settings)
 
 
@@ -352,6 +352,6 @@ def build_sft_config(options: TrainingOptions, output_dir: str | os.PathLike, de
     dpo_config = build_dpo_config(base, output_dir, device=device, has_eval=has_eval)
     shared = {f.name: getattr(dpo_config, f.name) for f in fields(TrainingArguments) if f.init}
     settings = dict(**shared, model_init_kwargs=dpo_config.model_init_kwargs, max_length=options.max_length,
-                    truncation_mode="keep_start", completion_only_loss=True)  # fmt: skip
+                    truncation_mode="keep_start", completion_only_loss=True)
     return _build(SFTConfig, {**settings, **overrides})
 

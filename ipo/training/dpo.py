@@ -17,9 +17,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from trl import DPOTrainer
 
@@ -27,13 +27,23 @@ from ipo import IpoError
 from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 from ipo.runs import atomic_write_json, atomic_write_jsonl
 from ipo.training.config import (
-    apply_model_settings, build_dpo_config, build_lora_config, describe_config, resolve_precision,
+    apply_model_settings,
+    build_dpo_config,
+    build_lora_config,
+    describe_config,
+    resolve_precision,
 )
 from ipo.training.distributed import model_load_device, save_trained_model
 from ipo.training.options import (
-    ADAPTER_CONFIG, ADAPTER_DIR, CHECKPOINT_DIR, CONFIG_FILE, TRAIN_LOG_FILE, TrainingOptions, check_options,
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    TRAIN_LOG_FILE,
+    TrainingOptions,
+    check_options,
     check_records_for_loss,
-)  # fmt: skip
+)
 from ipo.training.trainer import RPO_SKIPPED, custom_trainer_class
 
 logger = logging.getLogger("ipo")

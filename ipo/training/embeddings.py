@@ -14,8 +14,8 @@ all-MiniLM-L6-v2 weights, Apache-2.0) when it is installed, else from the Hub.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

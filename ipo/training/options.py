@@ -7,8 +7,8 @@ configs are built from it by ipo/training/config.py (the only module that names 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ipo import IpoError
 from ipo.training.losses import EMBEDDING_LOSS_TYPES, LOSS_TYPES, UNPAIRED_LOSS_TYPES

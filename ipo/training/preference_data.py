@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 from ipo import IpoError
 from ipo.data import read_records
@@ -436,11 +436,10 @@ def detect_sft_format(row: dict, source: str) -> str:
 
 
 def _instruction_record(row: dict, where: str, messages: bool):
-    for instruction_column, context_column, response_column in INSTRUCTION_COLUMNS:
-        if instruction_column in row and response_column in row:
-            break
-    else:
+    columns = next((c for c in INSTRUCTION_COLUMNS if c[0] in row and c[2] in row), None)
+    if columns is None:
         raise IpoError(f"{where} has no instruction/response (Dolly) or instruction/output (Alpaca) columns")
+    instruction_column, context_column, response_column = columns
     values = {}
     for column in (instruction_column, context_column, response_column):
         value = row.get(column) or ""

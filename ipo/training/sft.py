@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ipo import IpoError
 from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
@@ -16,8 +16,14 @@ from ipo.training.config import apply_model_settings, build_lora_config, build_s
 from ipo.training.distributed import model_load_device, save_trained_model
 from ipo.training.dpo import TrainResult, free_memory
 from ipo.training.options import (
-    ADAPTER_CONFIG, ADAPTER_DIR, CHECKPOINT_DIR, FULL_MODEL_DIR, SFT_CONFIG_FILE, TRAIN_LOG_FILE, TrainingOptions,
-)  # fmt: skip
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    CHECKPOINT_DIR,
+    FULL_MODEL_DIR,
+    SFT_CONFIG_FILE,
+    TRAIN_LOG_FILE,
+    TrainingOptions,
+)
 
 logger = logging.getLogger("ipo")
 

@@ -21,7 +21,7 @@ What a batch is:
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -165,7 +165,7 @@ class PreferenceLossTrainer(DPOTrainer):
 
                 unset_hf_deepspeed_config()
             try:
-                self.embedder.model
+                _ = self.embedder.model  # the property loads the model
             finally:
                 if zero3 is not None:
                     set_hf_deepspeed_config(zero3)
