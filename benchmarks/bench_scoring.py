@@ -19,9 +19,11 @@ a GPU. Prints one JSON line per setting:
 Settings: ``short`` (every judge prompt under 60 tokens: there the batch-1 loop pays for re-reading the
 weights and for the judge question on every sequence) and ``long`` (responses of 300-400 tokens: the floor
 is the model body's arithmetic, so the gain can only come from what the score does not need: the
-full-vocabulary head at every position and the prompt computed twice). With ``--random_qwen_0_5b`` the
-line also gives the fraction of the FLOP floor reached: 2 x non-embedding parameters x real tokens over a
-measured bf16 matmul throughput.
+full-vocabulary head at every position and the prompt computed twice). With ``--flop_floor`` (implied by
+``--random_qwen_0_5b``) the line also gives the fraction of the FLOP floor reached: 2 x non-embedding
+parameters x the tokens the scorer actually runs (padding included, shared prefixes once) over a dense matmul
+throughput measured in the same process at the run's dtype. Counting the upstream loop's tokens instead
+would credit the scorer with work it skipped and could exceed 1.
 """
 
 from __future__ import annotations
@@ -168,12 +170,12 @@ def interleaved_minimum(functions: dict, rounds: int, clock) -> tuple[dict, dict
     return best, results
 
 
-def bf16_matmul_flops_per_second(device: str, size: int = 8192, repeats: int = 10) -> float:
-    """Measured dense bf16 matmul throughput (FLOP/s) of ``device``: the denominator of the FLOP floor."""
+def matmul_flops_per_second(device: str, dtype, size: int = 8192, repeats: int = 10) -> float:
+    """Measured dense matmul throughput (FLOP/s) of ``device`` at ``dtype``: the denominator of the FLOP floor."""
     import torch
 
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     clock = make_clock(device)
     for _ in range(2):
         a @ b
@@ -202,6 +204,11 @@ def random_qwen_0_5b(device: str, vocab_size: int = 151936):
     return model.eval()
 
 
+def flop_floor_fraction(n_parameters: int, forward_tokens: int, flops_per_second: float, seconds: float) -> float:
+    """Fraction of the FLOP floor reached: (2 x parameters x tokens run / peak FLOP/s) / measured seconds."""
+    return 2 * n_parameters * forward_tokens / flops_per_second / seconds
+
+
 def non_embedding_parameters(model) -> int:
     embedding = model.get_input_embeddings().weight
     total = sum(p.numel() for p in model.parameters())
@@ -218,6 +225,9 @@ def parse_args(argv=None):
     parser.add_argument("--random_qwen_0_5b", action="store_true",
                         help="score with a random-weight Qwen2.5-0.5B-sized model in bf16 (for GPU timing runs) "
                              "and report the fraction of the FLOP floor reached")  # fmt: skip
+    parser.add_argument("--flop_floor", action="store_true",
+                        help="also measure the matmul peak at the run's dtype and report the fraction of the FLOP "
+                             "floor the scorer reaches (adds about a minute on a CPU)")  # fmt: skip
     parser.add_argument("--settings", default="short,long",
                         help=f"comma-separated, from {', '.join(SETTINGS)}")  # fmt: skip
     parser.add_argument("--n_pairs", type=int, default=None,
@@ -267,13 +277,15 @@ def main(argv=None) -> int:
     judge_options = {k: getattr(args, k) for k in ("batch_size", "max_batch_tokens") if getattr(args, k)}
     judge = YesNoJudge(model, tokenizer, scoring="upstream", max_length=UPSTREAM_MAX_LENGTH, **judge_options)
     clock = make_clock(device)
-    matmul_flops = bf16_matmul_flops_per_second(device) if args.random_qwen_0_5b else None
+    matmul_flops = matmul_flops_per_second(device, dtype) if args.flop_floor or args.random_qwen_0_5b else None
 
     for setting in args.settings.split(","):
         examples = synthetic_pairs(tokenizer, setting, args.n_pairs or SETTINGS[setting]["n_pairs"], args.seed)
         lengths = [prompt_length(tokenizer, e.subset, e.prompt, r) for e in examples for r in e.responses]
-        warm = examples[: min(2, len(examples))]
-        upstream_style_scores(model, tokenizer, warm), project_scores(judge, warm)  # warm-up, not timed
+        # Warm-up, not timed: the scorer over every pair, so each batch shape it will run has been run once
+        # (allocator and kernel choices settle per shape); the upstream loop runs one sequence at a time.
+        upstream_style_scores(model, tokenizer, examples[: min(2, len(examples))])
+        project_scores(judge, examples)
         judge.stats = dict.fromkeys(judge.stats, 0)
         seconds, scores = interleaved_minimum({
             "upstream": lambda: upstream_style_scores(model, tokenizer, examples),
@@ -304,9 +316,10 @@ def main(argv=None) -> int:
             "judge": {"batch_size": judge.batch_size, "max_batch_tokens": judge.max_batch_tokens},
         }
         if matmul_flops:
-            floor_seconds = 2 * non_embedding_parameters(model) * sum(lengths) / matmul_flops
-            line["bf16_matmul_tflops"] = round(matmul_flops / 1e12, 1)
-            line["flop_floor_fraction"] = round(floor_seconds / seconds["project"], 3)
+            line["matmul_tflops"] = round(matmul_flops / 1e12, 3)
+            line["floor_tokens"] = line["project_forward_tokens"]
+            line["flop_floor_fraction"] = round(flop_floor_fraction(
+                non_embedding_parameters(model), line["floor_tokens"], matmul_flops, seconds["project"]), 3)
         print(json.dumps(line), flush=True)
     return 0
 

@@ -44,3 +44,23 @@ def test_bench_bad_setting_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.run(load_script(SCRIPT).main, ["--settings", "short,huge"])
     assert exit_info.value.code == 2 and "unknown setting 'huge'" in capsys.readouterr().err
+
+
+def test_flop_floor_counts_the_tokens_the_scorer_runs(tiny_model_dir, capsys, monkeypatch):
+    bench = load_script(SCRIPT)
+    monkeypatch.setitem(bench.SETTINGS["short"], "max_total_tokens", 400)
+    monkeypatch.setattr(bench, "matmul_flops_per_second", lambda device, dtype: 1e12)  # no minute-long peak run
+    argv = ["--model_name", str(tiny_model_dir), "--n_pairs", "3", "--rounds", "1", "--settings", "short",
+            "--flop_floor"]  # fmt: skip
+    assert bench.main(argv) == 0
+    (line,) = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
+    # The floor is 2 x parameters x the scorer's own forward tokens (padding in, shared prefixes once), not the
+    # upstream loop's token count, which the prefix sharing here makes larger.
+    assert line["floor_tokens"] == line["project_forward_tokens"] != line["upstream_forward_tokens"]
+    assert line["matmul_tflops"] == 1.0 and 0 < line["flop_floor_fraction"]
+
+
+def test_flop_floor_fraction_formula():
+    bench = load_script(SCRIPT)
+    # 2 x 1e6 parameters x 500 tokens = 1e9 FLOP; at 1e11 FLOP/s that is 0.01 s; measured 0.04 s -> 25%.
+    assert bench.flop_floor_fraction(10**6, 500, 1e11, 0.04) == pytest.approx(0.25)
