@@ -1,14 +1,17 @@
 """Loading models and tokenizers from a Hub id, a local folder, or a local .gguf file.
 
-Every load goes through here so that device/dtype resolution, 4-bit quantisation, padding side and
-error messages are the same in every script.
+Every load goes through here so that device/dtype resolution (``--device shard`` included: one model over
+several GPUs), 4-bit quantisation, padding side and error messages are the same in every script. The judges
+read a few rows of a model's output layer in float32 through ``linear_rows`` / ``apply_rows`` (whatever the
+model's dtype and wherever accelerate placed the layer) and guard their scores with ``check_finite``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ipo import IpoError
@@ -16,9 +19,20 @@ from ipo import IpoError
 logger = logging.getLogger("ipo")
 
 
-def resolve_device(device: str = "auto") -> str:
+# --device value for a model larger than one GPU: its layers are spread over every visible GPU by
+# transformers' ``device_map="auto"`` (inference only: a judge, a reward model, a sampler).
+SHARD = "shard"
+
+
+def resolve_device(device: str = "auto", shardable: bool = False) -> str:
+    """The device a model goes to: auto = cuda, then mps, then cpu. ``shard`` (SHARD) is returned as is where
+    the caller can place a model over several devices (``shardable``), and refused elsewhere (training)."""
     import torch
 
+    if device == SHARD:
+        if not shardable:
+            raise IpoError(f"--device {SHARD} spreads one model over several GPUs for inference; not usable here")
+        return SHARD
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -31,12 +45,16 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU (bf16 matmuls are slow there)."""
+    """auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU (bf16 matmuls are slow there).
+
+    Only native bf16 counts (compute capability 8.0+, or ROCm): ``is_bf16_supported()`` alone also says yes on
+    V100 and T4, which emulate it (slowly, and without fast attention), so the fp16 fallback never happened.
+    """
     import torch
 
     if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.startswith("cuda") or (device == SHARD and torch.cuda.is_available()):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
@@ -81,8 +99,8 @@ def load_tokenizer(name_or_path: str, padding_side: str = "left", trust_remote_c
 def quantization_config(compute_dtype):
     """4-bit NF4 with double quantisation, as the paper's QLoRA (bitsandbytes)."""
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError as err:
         raise IpoError(f"4-bit loading needs bitsandbytes ({err}); pip install bitsandbytes")
     return BitsAndBytesConfig(
@@ -108,7 +126,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    device = resolve_device(device)
+    device = resolve_device(device, shardable=True)
     torch_dtype = resolve_dtype(dtype, device)
     folder, gguf_file = split_gguf(name_or_path)
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
@@ -116,7 +134,9 @@ def load_model(
         kwargs["gguf_file"] = gguf_file
     if quantized:
         kwargs["quantization_config"] = quantization_config(torch_dtype)
-    if device != "cpu":
+    if device == SHARD:
+        kwargs["device_map"] = "auto"  # layers spread over the visible GPUs (all on the CPU where there are none)
+    elif device != "cpu":
         kwargs["device_map"] = {"": device}
     cls = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
     try:
@@ -129,6 +149,9 @@ def load_model(
         raise IpoError(f"{name_or_path} is not a trained sequence-classification reward model: its weights lack "
                        f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would be random")  # fmt: skip
     model.eval()
+    if device == SHARD:
+        placed = sorted({str(where) for where in (getattr(model, "hf_device_map", None) or {"": "cpu"}).values()})
+        logger.info("%s placed over %s", name_or_path, ", ".join(placed))
     return model, device, torch_dtype
 
 
@@ -138,7 +161,7 @@ class ModelSpec:
 
     name_or_path: str  # Hub id, local folder, or local .gguf file
     dtype: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU
-    device: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps, or shard (SHARD: over every visible GPU)
     quantized: bool = False  # 4-bit NF4 through bitsandbytes
     trust_remote_code: bool = False
 
@@ -159,3 +182,72 @@ def load_model_and_tokenizer(spec: ModelSpec, kind: str = "causal_lm"):
     logger.info("loaded %s (%s, %s%s)", spec.name_or_path, device, str(torch_dtype).replace("torch.", ""),
                 ", 4-bit" if spec.quantized else "")  # fmt: skip
     return model, tokenizer, device, torch_dtype
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a few output rows in float32 (the judges' heads), and the half-precision overflow guard
+# ---------------------------------------------------------------------------------------------------
+def decoder_of(model):
+    """The module that turns token ids into the last hidden state (before the output layer): the body of a
+    causal LM or of a sequence classifier (``get_decoder()``, else ``base_model``)."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+
+
+def linear_rows(layer, rows: Sequence[int]):
+    """Float32 copies of some output rows of a linear layer: (weight (R, H), bias (R,) or None), or None
+    when the layer is not a plain floating-point linear map (a quantised one). The rows are read where the
+    layer keeps them, also from an accelerate-offloaded layer (its weights then sit on the meta device)."""
+    import torch
+
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        return None
+    if weight.device.type == "meta":
+        if not hasattr(layer, "_hf_hook"):
+            return None
+        # accelerate is what offloaded the layer (transformers' device_map), so it is installed.
+        from accelerate.utils import align_module_device
+
+        with align_module_device(layer):
+            return linear_rows(layer, rows)
+    index = torch.tensor(list(rows), dtype=torch.long, device=weight.device)
+    bias = getattr(layer, "bias", None)
+    bias = bias.detach().index_select(0, index).float().clone() if isinstance(bias, torch.Tensor) else None
+    return weight.detach().index_select(0, index).float().clone(), bias
+
+
+def apply_rows(hidden, rows):
+    """``hidden`` (B, H), any dtype and device, through ``linear_rows``' rows in float32: (B, R) on its device."""
+    weight, bias = rows
+    out = hidden.float() @ weight.to(hidden.device).T
+    return out if bias is None else out + bias.to(hidden.device)
+
+
+def close_in_dtype(ours, theirs, dtype) -> bool:
+    """Whether float32 values ``ours`` agree with the model's own ``theirs`` up to rounding in ``dtype``
+    (a few units of its precision, relative, or 1e-4 in float32). A check that a shortcut reads the same
+    head as the model's forward, not an exactness test."""
+    import torch
+
+    tolerance = max(1e-4, 4 * torch.finfo(dtype).eps)
+    ours, theirs = ours.detach().float().cpu(), theirs.detach().float().cpu()
+    return bool(((ours - theirs).abs() <= tolerance * (1 + theirs.abs())).all())
+
+
+def non_finite_error(dtype, what: str) -> IpoError:
+    """The one-line error for a NaN or infinite value in a model's output, with the ``--dtype`` to try."""
+    name = str(dtype).replace("torch.", "")
+    advice = {
+        "float16": "rerun with --dtype bfloat16 or --dtype float32 (float16 overflows)",
+        "bfloat16": "rerun with --dtype float32",
+    }.get(name, "the checkpoint's weights may hold NaN")
+    return IpoError(f"{what} is NaN or infinite in {name}; {advice}")
+
+
+def check_finite(values, dtype, what: str) -> None:
+    """An IpoError (``non_finite_error``) when ``values`` hold a NaN or an infinity, typically a float16
+    overflow: a NaN score is neither better, worse nor a tie, so it must never reach a comparison."""
+    import torch
+
+    if not bool(torch.isfinite(values).all()):
+        raise non_finite_error(dtype, what)

@@ -7,7 +7,14 @@ import torch
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.judges.batching import common_prefix_length, left_pad, levels_cost, plan_batches, prefix_levels
+from ipo.judges.batching import (
+    common_prefix_length,
+    left_pad,
+    levels_cache_positions,
+    levels_cost,
+    plan_batches,
+    prefix_levels,
+)
 from ipo.judges.yes_no import YesNoJudge, YesNoScorer, p_yes_from_logits, resolve_yes_no_tokens, yes_no_mass
 from ipo.modeling import load_model, load_tokenizer
 from ipo.prompts import REWARDBENCH_LAYOUT, RMBENCH_LAYOUT, render_upstream
@@ -126,6 +133,53 @@ def test_prefix_levels_split_a_batch_into_shared_and_own_tokens():
     assert prefix_levels([[[1, 2, 3]], [[1, 2, 4]]]) == [([[1, 2]], None), ([[3], [4]], [0, 0])]
     # A lone sequence is one plain level.
     assert prefix_levels([[[5, 6, 7]]]) == [([[5, 6, 7]], None)]
+
+
+def misaligned_groups():
+    """Two prompts of 4 responses: A shares 60 tokens and differs in 2, B shares 2 and differs in 30. Their
+    tree pads the group level to 60 and the last level to 30, so every row caches 90 positions; a plain
+    pass runs 8 rows x 62."""
+    a = [[100] + [2] * 59 + [10 + i, 20 + i] for i in range(4)]
+    b = [[200, 3] + [30 + i] * 30 for i in range(4)]
+    return [a, b]
+
+
+def test_prefix_cache_positions_arithmetic():
+    # rows of the last level x the sum of the levels' padded widths
+    groups = [[[1, 2, 3, 4, 5], [1, 2, 3, 4, 6, 7]], [[1, 2, 8, 9]]]
+    assert levels_cache_positions(prefix_levels(groups)) == 3 * (2 + 2 + 2)
+    levels = prefix_levels(misaligned_groups())
+    assert [(len(s), max(map(len, s))) for s, _ in levels] == [(2, 60), (8, 30)]
+    assert levels_cost(levels) == 2 * 60 + 8 * 30 == 360  # the tokens the passes run: a saving over 8 x 62 = 496
+    assert levels_cache_positions(levels) == 8 * 90 == 720  # but the cache it holds is over a 512 budget
+    assert levels_cache_positions([([[1, 2, 3], [4]], None)]) == 2 * 3  # a plain pass: rows x longest
+    for group in misaligned_groups():  # each prompt alone: tree caches <= its plain rows x longest
+        alone = prefix_levels([group])
+        assert levels_cache_positions(alone) == 4 * max(map(len, group))
+
+
+def test_planner_keeps_the_prefix_cache_within_the_token_budget(tiny_model):
+    """The judge's token budget counts the prefix key/value cache: a tree that would hold 720 positions under
+    a 512 budget is split per prompt (A's tree: 248 positions; B alone saves under 5%, so it runs plain);
+    scores are unchanged."""
+    model, tokenizer = tiny_model
+    groups = misaligned_groups()
+    judge = YesNoJudge(model, tokenizer, "upstream", batch_size=8, max_batch_tokens=512)
+    passes = judge._plan_passes(groups, [0, 1])
+    planned = [(batch, len(levels), levels_cache_positions(levels), cost) for batch, levels, cost in passes]
+    assert planned == [([0], 2, 248, 68), ([1], 1, 128, 128)]
+    roomy = YesNoJudge(model, tokenizer, "upstream", batch_size=8, max_batch_tokens=1024)
+    assert [(batch, cost) for batch, _, cost in roomy._plan_passes(groups, [0, 1])] == [([0, 1], 360)]
+    # One prompt over the budget on its own runs over it whatever the plan: its tree holds no more than plain.
+    tiny_budget = YesNoJudge(model, tokenizer, "upstream", batch_size=8, max_batch_tokens=100)
+    assert [(len(levels), cost) for _, levels, cost in tiny_budget._plan_passes(groups, [0])] == [(2, 68)]
+    scored = {g: s for window, batch in judge.score_groups(groups) for g, s in zip(window, batch)}
+    assert 0 < judge.stats["peak_cache_positions"] <= 512
+    single = YesNoJudge(model, tokenizer, "upstream", batch_size=1, prefix_sharing=False)
+    for g, group in enumerate(groups):
+        windows = single.score_groups([[seq] for seq in group])
+        alone = {i: s for window, batch in windows for i, (s,) in zip(window, batch)}
+        assert scored[g] == pytest.approx([alone[i] for i in range(len(group))], abs=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------

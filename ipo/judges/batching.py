@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from ipo import IpoError
 from ipo.prompts import PROMPT_FORMATS
@@ -246,3 +246,12 @@ def prefix_levels(groups: Sequence[Sequence[Sequence[int]]]) -> list[tuple[list[
 def levels_cost(levels) -> int:
     """Padded tokens the forward passes of a prefix tree run (rows x longest segment, summed over levels)."""
     return sum(len(segments) * max(len(s) for s in segments) for segments, _ in levels)
+
+
+def levels_cache_positions(levels) -> int:
+    """Key/value-cache positions a prefix tree holds at its peak: while the last level runs, each of its rows
+    holds every level's padded width (the levels above repeated per row, and its own), so rows x the sum of
+    the widths. The cache only grows level by level (rows never shrink), so this is the maximum; a plain
+    single level runs without a cache but holds its rows x longest tokens, which is the same formula.
+    """
+    return len(levels[-1][0]) * sum(max(len(s) for s in segments) for segments, _ in levels)

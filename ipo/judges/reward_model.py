@@ -13,7 +13,10 @@ pipeline's activation (a sigmoid for a one-label head). Here (``--prompt_format`
 The reward is the raw logit of the one-label head, ``logits[:, 0]`` in float32. The sigmoid is monotone,
 so pairwise accuracy is the same whenever the sigmoid does not saturate; in fp16 it rounds large logits to
 1.0 and creates ties that the logit does not have. A head with several labels has no single reward (the
-pipeline's "top label score" then mixes labels), so it is refused.
+pipeline's "top label score" then mixes labels), so it is refused. The head itself is applied in float32 to
+the pooled hidden state (``reward_head``), whatever the model's dtype: a bf16 reward of 4-8 would otherwise
+be rounded to a step of 0.03 before it is compared, and two close responses would tie. A NaN or infinite
+reward (a float16 overflow) raises an IpoError instead of being compared.
 
 Batches are sorted by length and padded on the right; the model pools its own last non-padding
 position (transformers' rule, as in the pipeline), so batched rewards equal one-at-a-time rewards.
@@ -22,7 +25,7 @@ position (transformers' rule, as in the pipeline), so batched rewards equal one-
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
@@ -37,6 +40,7 @@ from ipo.judges.batching import (
     plan_batches,
     require_chat_template,
 )
+from ipo.modeling import apply_rows, check_finite, close_in_dtype, decoder_of, linear_rows
 from ipo.prompts import render_reward_model_upstream
 
 logger = logging.getLogger("ipo")
@@ -45,6 +49,42 @@ logger = logging.getLogger("ipo")
 def rewards_from_logits(logits):
     """The reward of each row: the raw logit of a one-label head, (B, 1) any float dtype -> (B,) float32."""
     return logits[:, 0].float()
+
+
+def last_non_pad(input_ids, pad_id):
+    """Each row's pooled position, transformers' rule for sequence classifiers: the rightmost token that is
+    not ``pad_id`` (so with pad = EOS a trailing EOS is not pooled, exactly as the model's own forward)."""
+    import torch
+
+    columns = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    return (columns * (input_ids != pad_id)).argmax(-1)
+
+
+def reward_head(model, pad_id: int):
+    """(the one-label head's row in float32 for ``apply_rows``, "") or (None, why it cannot be used: the
+    scorer then reads the model's own logits in its dtype, as before).
+
+    The head is the ``score`` linear layer of transformers' sequence classifiers; it is checked once on a
+    padded probe batch against the model's own forward (same rewards up to the model dtype's rounding), so
+    that another pooling or head (remote code) falls back instead of scoring wrongly.
+    """
+    import torch
+
+    rows = linear_rows(getattr(model, "score", None), [0])
+    if rows is None:
+        return None, "no plain floating-point `score` layer"
+    tokens = [t for t in range(4) if t != pad_id][:3]
+    probe = torch.tensor([tokens, tokens[:2] + [pad_id]], dtype=torch.long, device=model.device)
+    mask = (torch.arange(3, device=model.device) < torch.tensor([[3], [2]], device=model.device)).long()
+    with torch.inference_mode():
+        theirs = rewards_from_logits(model(input_ids=probe, attention_mask=mask).logits)
+        hidden = decoder_of(model)(input_ids=probe, attention_mask=mask, use_cache=False).last_hidden_state
+        pooled = hidden[torch.arange(2, device=hidden.device), last_non_pad(probe, pad_id).to(hidden.device)]
+        check_finite(pooled, model.dtype, "the reward model's hidden state on a 3-token probe")
+        ours = apply_rows(pooled, rows)[:, 0]
+    if not close_in_dtype(ours, theirs, model.dtype):
+        return None, "its rewards differ from the model's own forward (another head or pooling)"
+    return rows, ""
 
 
 class RewardModelScorer:
@@ -60,6 +100,8 @@ class RewardModelScorer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_batch_tokens: int | None = None,
     ):
+        import torch
+
         check_prompt_format(input_format, "input format")
         architectures = getattr(model.config, "architectures", None) or []
         if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
@@ -88,6 +130,11 @@ class RewardModelScorer:
             # The model finds each row's last real token by the pad id; without one it refuses batches.
             config.pad_token_id = tokenizer.pad_token_id
         self.pad_id = config.pad_token_id
+        self._decoder = decoder_of(model)
+        self.head, why = reward_head(model, self.pad_id)
+        if self.head is None:
+            log = logger.info if model.dtype == torch.float32 else logger.warning
+            log("rewards from the model's own logits in %s: %s", str(model.dtype).replace("torch.", ""), why)
 
     def encode(self, prompt: str, response: str) -> EncodedPrompt:
         if self.input_format == "upstream":
@@ -103,10 +150,18 @@ class RewardModelScorer:
         import torch
 
         input_ids, attention_mask = pad_sequences(sequences, self.pad_id, side="right")
+        inputs = {"input_ids": input_ids.to(self.model.device), "attention_mask": attention_mask.to(self.model.device)}
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids.to(self.model.device),
-                                attention_mask=attention_mask.to(self.model.device)).logits  # fmt: skip
-        return rewards_from_logits(logits).cpu().tolist()
+            if self.head is None:
+                rewards = rewards_from_logits(self.model(**inputs).logits)
+            else:
+                hidden = self._decoder(**inputs, use_cache=False).last_hidden_state
+                rows = torch.arange(hidden.shape[0], device=hidden.device)
+                pooled = hidden[rows, last_non_pad(input_ids, self.pad_id).to(hidden.device)]
+                check_finite(pooled, self.model.dtype, "the reward model's hidden state")
+                rewards = apply_rows(pooled, self.head)[:, 0]
+        check_finite(rewards, self.model.dtype, "the reward model's rewards")
+        return rewards.cpu().tolist()
 
     def score(self, examples: Sequence[Example]) -> Iterator[list[tuple[Example, list[float], dict]]]:
         encoded = [[self.encode(example.prompt, r) for r in example.responses] for example in examples]

@@ -20,13 +20,18 @@ Two modes (``scoring``, the command line's ``--prompt_format``):
 Generation is batched: prompts are tokenised once, sorted by length and left-padded into batches under
 a token budget that counts the new tokens, and decoded greedily (``do_sample=False`` explicitly; upstream
 passed ``temperature=0.1`` without ``do_sample``, which is greedy with a warning).
+
+Precision: the score is an integer read from generated text, so there is no score to round; the model's
+dtype changes the greedy text itself (other hidden states, near-tied tokens), which no float32 head would
+undo, so none is used. A NaN or +inf next-token logit (a float16 overflow) raises an IpoError at once
+(``RaiseOnNonFinite``): greedy decoding would otherwise emit token 0 and the parse would score garbage.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
@@ -43,6 +48,7 @@ from ipo.judges.batching import (
     require_chat_template,
     split_chat_template,
 )
+from ipo.modeling import non_finite_error
 from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.report import pct
 
@@ -111,6 +117,19 @@ def render_upstream(instruction: str, response: str, prompt: str = SELF_REWARD_P
 # ---------------------------------------------------------------------------------------------------
 # The judge
 # ---------------------------------------------------------------------------------------------------
+class RaiseOnNonFinite:
+    """A logits processor that raises ipo.modeling.non_finite_error when a next-token logit is NaN or +inf
+    (-inf is a token another processor forbade, and stays allowed)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __call__(self, input_ids, scores):
+        if bool((scores.isnan() | scores.isposinf()).any()):
+            raise non_finite_error(self.dtype, "the 5-point judge's next-token logits")
+        return scores
+
+
 class SelfRewardScorer:
     """Batched greedy 5-point judging; ``.score(examples)`` yields lists of ``(example, scores, extra)``.
 
@@ -174,6 +193,7 @@ class SelfRewardScorer:
     def generate(self, prompts: Sequence[Sequence[int]]) -> list[int]:
         """Greedy continuations (token ids, cut after the first end-of-sequence token) of left-padded prompts."""
         import torch
+        from transformers import LogitsProcessorList
 
         input_ids, attention_mask = left_pad(prompts, self.pad_id)
         with torch.inference_mode():
@@ -184,6 +204,7 @@ class SelfRewardScorer:
                 do_sample=False,  # greedy, stated (upstream's temperature=0.1 without do_sample was greedy too)
                 num_beams=1,
                 pad_token_id=self.pad_id,
+                logits_processor=LogitsProcessorList([RaiseOnNonFinite(self.model.dtype)]),
             )
         continuations = []
         for row in output[:, input_ids.shape[1]:].tolist():

@@ -17,11 +17,18 @@ Two scoring modes (``--prompt_format``, stored as ``scoring``):
             question's start) but never the judge instruction.
 
 Speed, without changing a score beyond float noise: examples are tokenised once, sorted by length and
-left-padded into batches under a token budget (ipo.judges.batching); the model returns logits for the last position only
-(``logits_to_keep=1``), and the normalisation uses only the Yes/No logits in float32. When the
-responses of one prompt share a token prefix (the judge question and the user's prompt), the prefix is
-run once and its key/value cache is reused for each response; likewise the judge question, which every
-prompt of a batch shares (batches are formed per question).
+left-padded into batches under a token budget (ipo.judges.batching); only the last position's hidden
+state goes through the output layer, and only through its Yes/No rows. When the responses of one prompt
+share a token prefix (the judge question and the user's prompt), the prefix is run once and its key/value
+cache is reused for each response; likewise the judge question, which every prompt of a batch shares
+(batches are formed per question). The token budget counts that cache: a prefix tree whose cache would
+hold more positions than the budget is split, or run without sharing.
+
+Precision (docs/precision.md): the Yes/No rows of the output layer are applied in float32 to the last
+hidden state whatever the model's dtype (YesNoHead), so bf16 logits are never rounded before the score;
+a NaN or infinite hidden state or logit (a float16 overflow) raises an IpoError instead of scoring. The
+rows are read where the output layer lives and moved to the hidden state's device, so a judge spread over
+several GPUs (``--device shard``) scores the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 from ipo import IpoError
 from ipo.data import Example
@@ -44,13 +51,22 @@ from ipo.judges.batching import (
     encode_right_truncated,
     fit_chat_prompt,
     left_pad,
+    levels_cache_positions,
     levels_cost,
     plan_batches,
     prefix_levels,
     require_chat_template,
     split_chat_template,
 )
-from ipo.modeling import ModelSpec, load_model_and_tokenizer
+from ipo.modeling import (
+    ModelSpec,
+    apply_rows,
+    check_finite,
+    close_in_dtype,
+    decoder_of,
+    linear_rows,
+    load_model_and_tokenizer,
+)
 from ipo.prompts import chat_user_content, render_upstream
 
 logger = logging.getLogger("ipo")
@@ -163,6 +179,60 @@ def yes_no_mass(logits, yes_ids, no_ids):
 
 
 # ---------------------------------------------------------------------------------------------------
+# The Yes/No rows of the output layer, in float32
+# ---------------------------------------------------------------------------------------------------
+class YesNoHead:
+    """The model's output layer cut to the Yes/No rows and applied in float32 to the last hidden state.
+
+    The full layer gives (B, V) logits in the model's dtype: in bf16 a logit of 8-32 is rounded to a step of
+    0.06-0.125 before any float32 arithmetic, which ties scores that differ and makes a score depend on the
+    batch. Here z = post(h W_rows^T + b_rows) in float32 from the same bf16 hidden state h, where post is the
+    architecture's final logit transform read from its config: a scale (Cohere's ``logit_scale``; Granite's
+    and MiniCPM3's ``logits_scaling`` divide) and Gemma-2-style ``final_logit_softcapping``
+    (cap * tanh(z / cap)). ``yes_no_head`` checks the result against the model's own forward once.
+    """
+
+    def __init__(self, rows, scale: float = 1.0, softcap: float | None = None):
+        self.rows, self.scale, self.softcap = rows, scale, softcap
+
+    def logits(self, hidden):
+        """(B, H) last hidden states, any dtype and device -> (B, K + M) float32 Yes-then-No logits there."""
+        import torch
+
+        z = apply_rows(hidden, self.rows) * self.scale
+        return z if self.softcap is None else torch.tanh(z / self.softcap) * self.softcap
+
+
+def yes_no_head(model, tokens: YesNoTokens) -> tuple[YesNoHead | None, str]:
+    """(the float32 Yes/No head of ``model``, "") or (None, why it cannot be used: the judge then reads the
+    full logits in the model's dtype, as before).
+
+    The head is checked once on a short probe against the model's own forward (same values up to the model
+    dtype's rounding), so that a transform this code does not know (a remote-code model, an adapter on the
+    output layer) falls back instead of scoring wrongly.
+    """
+    import torch
+
+    layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    rows = linear_rows(layer, tokens.yes_ids + tokens.no_ids) if layer is not None else None
+    if rows is None:
+        return None, "the output layer is not a plain floating-point linear layer"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+    head = YesNoHead(rows, scale, getattr(config, "final_logit_softcapping", None))
+    probe = torch.tensor([[tokens.yes_ids[0], tokens.no_ids[0]] * 2], dtype=torch.long, device=model.device)
+    ids = list(tokens.yes_ids + tokens.no_ids)
+    with torch.inference_mode():
+        full = model(input_ids=probe, use_cache=False).logits[:, -1]
+        hidden = decoder_of(model)(input_ids=probe, use_cache=False).last_hidden_state[:, -1]
+        check_finite(hidden, model.dtype, "the judge's hidden state on a 4-token probe")
+        ours = head.logits(hidden)
+    if not close_in_dtype(ours, full.index_select(-1, torch.tensor(ids, device=full.device)), model.dtype):
+        return None, "its output differs from the model's own logits (an unknown logit transform)"
+    return head, ""
+
+
+# ---------------------------------------------------------------------------------------------------
 # The judge
 # ---------------------------------------------------------------------------------------------------
 class YesNoJudge:
@@ -195,11 +265,24 @@ class YesNoJudge:
         self.tokens = resolve_yes_no_tokens(tokenizer, scoring)
         self.device = model.device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._yes = torch.tensor(self.tokens.yes_ids, dtype=torch.long, device=self.device)
-        self._no = torch.tensor(self.tokens.no_ids, dtype=torch.long, device=self.device)
+        # The Yes/No ids as one row selection; the score's columns within it (repeated ids kept, as upstream).
+        n_yes, n_all = len(self.tokens.yes_ids), len(self.tokens.yes_ids) + len(self.tokens.no_ids)
+        self._ids = torch.tensor(self.tokens.yes_ids + self.tokens.no_ids, dtype=torch.long)
+        self._yes_columns, self._no_columns = torch.arange(n_yes), torch.arange(n_yes, n_all)
         self._keep_last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._decoder = decoder_of(model)
+        self.head, why = yes_no_head(model, self.tokens)
+        if self.head is None:
+            log = logger.info if model.dtype == torch.float32 else logger.warning
+            log("P(Yes) from the full logits in %s: %s", str(model.dtype).replace("torch.", ""), why)
         self._chat_pieces: dict[str, tuple[str, str, str]] = {}
-        self.stats = {"sequences": 0, "forward_tokens": 0, "shared_prefix_batches": 0, "regrouped_windows": 0}
+        self.stats = {
+            "sequences": 0,
+            "forward_tokens": 0,
+            "shared_prefix_batches": 0,
+            "regrouped_windows": 0,
+            "peak_cache_positions": 0,  # the most key/value-cache positions a prefix tree held (<= the budget)
+        }
 
     # ------------------------------------------------------------------ encoding
     def encode(self, layout: str, template: str, instruction: str, response: str) -> EncodedPrompt:
@@ -250,7 +333,7 @@ class YesNoJudge:
     def _p_yes_window(self, groups: Sequence[Sequence[Sequence[int]]]) -> list[float]:
         """p'_yes of every sequence of a window of groups (flattened in group order), by the cheaper plan.
 
-        Plan A keeps each group in one pass and runs shared prefixes once (prefix_levels); plan B forgets
+        Plan A keeps each group in one pass and runs shared prefixes once (``_plan_passes``); plan B forgets
         the groups and batches the window's sequences by length, which wins when a prompt's responses
         differ a lot in length (RM-Bench: concise vs detailed) and the shared prefix is short. The cost
         of a plan is the padded tokens its passes run.
@@ -261,12 +344,12 @@ class YesNoJudge:
         if any(len(seq) == 0 for seq in sequences):
             raise IpoError("cannot score an empty prompt")
         self.stats["sequences"] += len(sequences)
-        group_batches = plan_batches([[len(s) for s in g] for g in groups], self.batch_size, self.max_batch_tokens)
         starts = [0]
         for group in groups:
             starts.append(starts[-1] + len(group))
-        tree_plans = [self._plan_levels([groups[g] for g in batch]) for batch in group_batches]
-        tree_cost = sum(cost for _, cost in tree_plans)
+        group_batches = plan_batches([[len(s) for s in g] for g in groups], self.batch_size, self.max_batch_tokens)
+        tree_passes = [one for batch in group_batches for one in self._plan_passes(groups, batch)]
+        tree_cost = sum(cost for _, _, cost in tree_passes)
         sequence_batches = plan_batches([[len(s)] for s in sequences], self.batch_size, self.max_batch_tokens)
         regrouped_cost = sum(len(b) * max(len(sequences[i]) for i in b) for b in sequence_batches)
         scores: list[float] = [0.0] * len(sequences)
@@ -275,33 +358,51 @@ class YesNoJudge:
                 self.stats["regrouped_windows"] += 1
                 self.stats["forward_tokens"] += regrouped_cost
                 for batch in sequence_batches:
-                    logits = self._forward_levels([([sequences[i] for i in batch], None)])
-                    for i, p in zip(batch, p_yes_from_logits(logits, self._yes, self._no).tolist()):
+                    for i, p in zip(batch, self._p_yes(self._forward_levels([([sequences[i] for i in batch], None)]))):
                         scores[i] = p
             else:
                 self.stats["forward_tokens"] += tree_cost
-                self.stats["shared_prefix_batches"] += sum(len(levels) > 1 for levels, _ in tree_plans)
-                for batch, (levels, _) in zip(group_batches, tree_plans):
+                self.stats["shared_prefix_batches"] += sum(len(levels) > 1 for _, levels, _ in tree_passes)
+                for batch, levels, _ in tree_passes:
+                    if len(levels) > 1:
+                        peak = max(self.stats["peak_cache_positions"], levels_cache_positions(levels))
+                        self.stats["peak_cache_positions"] = peak
                     rows = [i for g in batch for i in range(starts[g], starts[g + 1])]
-                    logits = self._forward_levels(levels)
-                    for i, p in zip(rows, p_yes_from_logits(logits, self._yes, self._no).tolist()):
+                    for i, p in zip(rows, self._p_yes(self._forward_levels(levels))):
                         scores[i] = p
         return scores
 
-    def _plan_levels(self, groups) -> tuple[list, int]:
-        """(prefix tree or a single plain level, its padded-token cost) for one pass's groups."""
-        sequences = [list(seq) for group in groups for seq in group]
-        plain = [(sequences, None)]
-        plain_cost = levels_cost(plain)
-        if self.prefix_sharing:
-            levels = prefix_levels(groups)
-            cost = levels_cost(levels)
-            if len(levels) > 1 and cost <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
-                return levels, cost
-        return plain, plain_cost
+    def _plan_passes(self, groups, batch: list[int]) -> list[tuple[list[int], list, int]]:
+        """(group indices, prefix tree or one plain level, padded-token cost) of the passes that score ``batch``.
+
+        A prefix tree is used when it saves at least PREFIX_SHARING_MIN_SAVING of the padded tokens and its
+        key/value cache fits the token budget: the cache holds every row's prefix positions while the last
+        level runs (``levels_cache_positions``), which can exceed the plain pass's rows x longest when
+        the levels' paddings do not line up. A tree over the budget is split into two halves of the batch
+        (each planned the same way) if that still saves, else the batch runs as one plain pass (no cache).
+        """
+        members = [groups[g] for g in batch]
+        sequences = [list(seq) for group in members for seq in group]
+        plain_cost = len(sequences) * max(len(seq) for seq in sequences)
+        plain = [(batch, [(sequences, None)], plain_cost)]
+        if not self.prefix_sharing or len(sequences) == 1:
+            return plain
+        levels = prefix_levels(members)
+        if len(levels) == 1 or levels_cost(levels) > (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
+            return plain
+        # A lone group over the budget runs over it whatever the plan; its tree may hold what its plain pass runs.
+        if levels_cache_positions(levels) <= max(self.max_batch_tokens, plain_cost if len(batch) == 1 else 0):
+            return [(batch, levels, levels_cost(levels))]
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            halves = self._plan_passes(groups, batch[:middle]) + self._plan_passes(groups, batch[middle:])
+            if sum(cost for _, _, cost in halves) <= (1 - PREFIX_SHARING_MIN_SAVING) * plain_cost:
+                return halves
+        return plain
 
     def _forward_levels(self, levels):
-        """Last-position logits (B, V) of the sequences spelled out by a prefix tree (see prefix_levels).
+        """Last-position hidden states (B, H) of the sequences spelled out by a prefix tree (see prefix_levels);
+        without a float32 head (``yes_no_head``), the model's last-position logits (B, V) instead.
 
         Each level is one forward pass over its left-padded segments, on top of the key/value cache of
         the level above, whose rows are first repeated for their children (``owner``). The attention
@@ -322,14 +423,25 @@ class YesNoJudge:
             positions = (attention_mask.cumsum(-1) - 1)[:, -input_ids.shape[1]:].clamp(min=0)
             inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device),
                       "position_ids": positions.to(self.device)}  # fmt: skip
-            if self._keep_last_only:
+            if self.head is None and self._keep_last_only:
                 inputs["logits_to_keep"] = 1
+            run = self.model if self.head is None else self._decoder
             if len(levels) == 1:
-                out = self.model(**inputs, use_cache=False)
+                out = run(**inputs, use_cache=False)
             else:
-                out = self.model(**inputs, past_key_values=cache, use_cache=True)
+                out = run(**inputs, past_key_values=cache, use_cache=True)
             cache, mask_above = out.past_key_values, attention_mask
-        return out.logits[:, -1, :]
+        return out.logits[:, -1, :] if self.head is None else out.last_hidden_state[:, -1, :]
+
+    def _p_yes(self, last) -> list[float]:
+        """p'_yes per row of ``_forward_levels``' output; an IpoError rather than a NaN or infinite score."""
+        if self.head is None:
+            z = last.index_select(-1, self._ids.to(last.device)).float()
+        else:
+            check_finite(last, self.model.dtype, "the judge's last hidden state")
+            z = self.head.logits(last)
+        check_finite(z, self.model.dtype, "the judge's Yes/No logits")
+        return p_yes_from_logits(z, self._yes_columns.to(z.device), self._no_columns.to(z.device)).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------
