@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ipo import IpoError
 from ipo.benchmarks import rewardbench, rmbench, rmbench_metrics
 from ipo.judges.batching import DEFAULT_BATCH_SIZE
 from ipo.modeling import ModelSpec
 from ipo.prompts import PROMPT_FORMATS
-from ipo.runs import SECRET_ARGS
+from ipo.runs import SECRET_ARGS, RunDir, release_locks
 
 logger = logging.getLogger("ipo")
 # bitsandbytes (imported by peft and trl even without 4-bit) asks every CPU user to `pip install kernels` for a
@@ -27,20 +28,53 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 
+# Strings that look like a token wherever they appear: Hugging Face (hf_...) and OpenAI-style (sk-..., sk-or-...).
+TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])(?:hf_|sk-)[A-Za-z0-9_-]{6,}")
+
+
+def is_secret_flag(flag: str) -> bool:
+    """--hf_key, --api_key and the rest of SECRET_ARGS, an abbreviation of one argparse would take (--hf_ke),
+    or any flag named like a secret (--hf_token, --wandb_key, --password); not --api_key_env."""
+    name = flag[2:] if flag.startswith("--") else ""
+    return bool(name) and (
+        name in SECRET_ARGS
+        or (len(name) >= 4 and any(secret.startswith(name) for secret in SECRET_ARGS))
+        or re.fullmatch(r"[\w-]*(key|token|secret|password)", name) is not None
+    )
+
+
+def scrub_secrets(text: str, argv: Sequence[str] = ()) -> str:
+    """``text`` with '***' for every value a secret-looking flag takes in ``argv`` (``--hf_key X``,
+    ``--hf_token=X``) and for every token-looking string (hf_..., sk-...)."""
+    argv = list(argv)
+    secrets = [value for flag, value in zip(argv, argv[1:]) if is_secret_flag(flag) and not value.startswith("--")]
+    secrets += [token.split("=", 1)[1] for token in argv if "=" in token and is_secret_flag(token.split("=", 1)[0])]
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return TOKEN_PATTERN.sub("***", text)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: `prog: error: message` on stderr, exit status 2."""
+    """argparse with one-line errors: `prog: error: message` on stderr, exit status 2, secrets scrubbed
+    (argparse echoes what it did not recognise, e.g. `--hf_key hf_...` given to a script without that flag)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        self._argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.stderr.write(f"{self.prog}: error: {scrub_secrets(message, self._argv)} (see --help)\n")
         sys.exit(2)
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call a script's ``main(argv)``; report an IpoError as one line (exit 1), Ctrl-C as exit 130."""
+    """Call a script's ``main(argv)``; report an IpoError as one line (exit 1), Ctrl-C as exit 130. The run
+    folders' locks are released when it returns, however it ends."""
     try:
         return main(argv) or 0
     except IpoError as err:
@@ -49,6 +83,8 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: re-run the same command to resume where it stopped\n")
         return 130
+    finally:
+        release_locks()
 
 
 def setup_logging(level: str = "info") -> None:
@@ -90,9 +126,11 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
         help="weights dtype; auto = bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU "
-        "(upstream used fp16); scores are always normalised in fp32",
+        "(upstream used fp16); the judge's Yes/No head and the reward head run in fp32 (docs/precision.md)",
     )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument("--device", default="auto",
+                       help="auto, cpu, cuda, cuda:N, mps, or shard (one model spread over every visible GPU with "
+                            "transformers' device_map='auto'; inference only: judges, reward model, sampling)")
     group.add_argument(
         "--quantized",
         action="store_true",
@@ -174,6 +212,22 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--seed", type=int, default=42, help="random seed (the paper's value)")
     group.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run_dir(
+    args: argparse.Namespace, default_name: str, datasets: str | Sequence[str], model: str | None = None
+) -> RunDir:
+    """The run folder of a benchmark script: <--output_dir>/<--run_name, else ``default_name``>, --overwrite.
+
+    Its identity covers the content of the data (``datasets``: one source or several) and of a local
+    ``model`` folder or file (a Hub id: its local snapshot's commit), and --limit as the run's coverage: a
+    resume may widen it, never narrow it (ipo.runs.RunDir).
+    """
+    inputs = {source: "dataset" for source in ([datasets] if isinstance(datasets, str) else datasets)}
+    if model:
+        inputs[model] = "model"
+    name = args.run_name or default_name
+    return RunDir(args.output_dir, name, overwrite=args.overwrite, inputs=inputs, coverage=("limit",))
 
 
 # The one switch between upstream's raw-text prompts and the model's chat template. Every script spells it
