@@ -448,10 +448,12 @@ def test_a_response_without_yes_or_no_is_a_failure(openai_server, rb_file, tmp_p
     predictions, metrics = load_run(out / "r")
     assert predictions[1002]["failure"] == "no_yes_no" and predictions[1002]["p_yes_chosen"] is None
     assert metrics["failures_by_kind"] == {"no_yes_no": 1}
-    # Re-running tries the pair again, but from the cache: the same answer, nothing paid.
+    # Re-running asks the unreadable answer again (issue 11: it was not cached, so the failure can clear); the
+    # server still answers "Maybe", so the pair is still a failure. The raw answers are kept for the record.
     assert run_script(OURS, argv_for(openai_server, rb_file, out)) == 0
-    assert openai_server.requests == 2 * N_PAIRS
+    assert openai_server.requests == 2 * N_PAIRS + 1
     assert load_run(out / "r")[1]["failures_by_kind"] == {"no_yes_no": 1}
+    assert len(read_jsonl(out / "api_cache" / f"{MODEL}.unreadable.jsonl")) == 2
 
 
 def test_endpoint_without_logprobs_fails_at_once(openai_server, rb_file, tmp_path):

@@ -39,14 +39,13 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
-from ipo.cli.api import add_api_args, add_order_args, check_api_args, client_from_args, resolve_orders
-from ipo.judges import api
-from ipo.benchmarks import rmbench_api
+from ipo.benchmarks import rmbench, rmbench_api
 from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.benchmarks.rmbench_metrics import pairwise_matrices
-from ipo.benchmarks import rmbench
+from ipo.cli.api import add_api_args, add_order_args, check_api_args, client_from_args, resolve_orders
+from ipo.judges import api
 from ipo.prompts import COMPARE_PROMPT_RMBENCH
-from ipo.runs import RecordLog, RunDir, score_into_log
+from ipo.runs import RecordLog, score_into_log
 
 logger = cli.logger
 
@@ -86,10 +85,10 @@ def main(argv=None) -> int:
     ###############
     # Data and run folder: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
+    examples, counts, coverage = rmbench.load_examples(args.dataset, args.domain, args.limit)
     suffix = "-both-orders" if args.both_orders else ""
     default_name = f"rmbench-{model_short}-api-pairwise-{args.pairs}-{args.scoring}{suffix}"
-    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
+    run = cli.run_dir(args, default_name, args.dataset)
     run.check(cli.public_args(args))
 
     ###############
@@ -128,7 +127,7 @@ def main(argv=None) -> int:
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}, "
               f"{args.pairs} style pairs) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-comparative.json", matrices=pairwise_matrices,
-        extra_metrics=per_order, extra_markdown=api.orders_markdown(per_order),
+        extra_metrics=per_order, extra_markdown=api.orders_markdown(per_order), coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -26,7 +26,7 @@ from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.yes_no import YesNoScorer, load_judge
 from ipo.prompts import RMBENCH_LAYOUT
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.runs import RecordLog, score_into_log, seed_everything
 
 logger = cli.logger
 
@@ -53,12 +53,12 @@ def main(argv=None) -> int:
     ###############
     # Data: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
+    examples, counts, coverage = rmbench.load_examples(args.dataset, args.domain, args.limit)
 
     ###############
     # Run folder (checked before the slow model load), model, judge
     ###############
-    run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-{args.scoring}", overwrite=args.overwrite)
+    run = cli.run_dir(args, f"rmbench-{model_short}-{args.scoring}", args.dataset, args.model_name)
     run.check(cli.public_args(args))
     judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
     run.start(cli.public_args(args), resolved={**resolved, "n_prompts": len(examples), "prompts_per_domain": counts})
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rmbench.write_outputs(
         run, records, title=f"IPO judge ({args.scoring}) on RM-Bench: {model_short}",
-        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
+        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json", coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -33,13 +33,13 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
-from ipo.cli.api import add_api_args, check_api_args, client_from_args
-from ipo.judges import api
+from ipo.benchmarks import rmbench
 from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.benchmarks.rmbench_api import style_answer_fields
-from ipo.benchmarks import rmbench
+from ipo.cli.api import add_api_args, check_api_args, client_from_args
+from ipo.judges import api
 from ipo.prompts import RMBENCH_LAYOUT
-from ipo.runs import RecordLog, RunDir, score_into_log
+from ipo.runs import RecordLog, score_into_log
 
 logger = cli.logger
 
@@ -69,9 +69,8 @@ def main(argv=None) -> int:
     ###############
     # Data and run folder: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
-    run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-api-yesno-{args.scoring}",
-                 overwrite=args.overwrite)  # fmt: skip
+    examples, counts, coverage = rmbench.load_examples(args.dataset, args.domain, args.limit)
+    run = cli.run_dir(args, f"rmbench-{model_short}-api-yesno-{args.scoring}", args.dataset)
     run.check(cli.public_args(args))
 
     ###############
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rmbench.write_outputs(
         run, records, api=ApiUsage.of(client), title=f"IPO judge via {args.model} ({args.scoring}) on RM-Bench",
-        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
+        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json", coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -34,7 +34,7 @@ from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.reward_model import RewardModelScorer
 from ipo.modeling import load_model_and_tokenizer
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.runs import RecordLog, score_into_log, seed_everything
 
 logger = cli.logger
 
@@ -61,13 +61,12 @@ def main(argv=None) -> int:
     ###############
     # Data: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
+    examples, counts, coverage = rmbench.load_examples(args.dataset, args.domain, args.limit)
 
     ###############
     # Run folder (checked before the slow model load), model, scorer
     ###############
-    run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-rm-{args.input_format}",
-                 overwrite=args.overwrite)  # fmt: skip
+    run = cli.run_dir(args, f"rmbench-{model_short}-rm-{args.input_format}", args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
     scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
         run, records, title=f"Reward model ({args.input_format} input) on RM-Bench: {model_short}",
         # Upstream named its file after the last dataset of its loop (safety-refuse), though it holds all.
         upstream_file=f"accuracy_RM-Bench-{examples[-1].domain}_norm_{model_short}.json", score_name="reward",
-        upstream_key="level_{k}_accuracy",
+        upstream_key="level_{k}_accuracy", coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -35,7 +35,7 @@ from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.self_reward import SelfRewardScorer, parse_failure_counts, parse_failure_note
 from ipo.modeling import load_model_and_tokenizer
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.runs import RecordLog, score_into_log, seed_everything
 
 logger = cli.logger
 
@@ -64,13 +64,12 @@ def main(argv=None) -> int:
     ###############
     # Data: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit, args.set_name)
+    examples, counts, coverage = rmbench.load_examples(args.dataset, args.domain, args.limit, args.set_name)
 
     ###############
     # Run folder (checked before the slow model load), model, judge
     ###############
-    run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-self-{args.scoring}-{set_label}",
-                 overwrite=args.overwrite)  # fmt: skip
+    run = cli.run_dir(args, f"rmbench-{model_short}-self-{args.scoring}-{set_label}", args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     scorer = SelfRewardScorer(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
@@ -101,7 +100,7 @@ def main(argv=None) -> int:
     metrics, markdown = rmbench.write_outputs(
         run, records, title=f"Self-Rewarding judge ({args.scoring}) on RM-Bench: {model_short}",
         upstream_file=f"accuracy-rm-bench-{model_short}-scores-{set_label}.json", score_name="score",
-        notes=parse_failure_note(parse_failure_counts(records), "prompts", args.scoring),
+        notes=parse_failure_note(parse_failure_counts(records), "prompts", args.scoring), coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

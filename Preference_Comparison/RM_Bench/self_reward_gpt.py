@@ -38,15 +38,15 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
-from ipo.cli.api import add_api_args, check_api_args, client_from_args
-from ipo.judges import api
+from ipo.benchmarks import rmbench, rmbench_metrics
 from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.benchmarks.rmbench_api import style_answer_fields
-from ipo.benchmarks import rmbench, rmbench_metrics
+from ipo.cli.api import add_api_args, check_api_args, client_from_args
+from ipo.judges import api
+from ipo.judges.self_reward import parse_failure_counts
 from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.report import pct
-from ipo.runs import RecordLog, RunDir, score_into_log
-from ipo.judges.self_reward import parse_failure_counts
+from ipo.runs import RecordLog, score_into_log
 
 logger = cli.logger
 REGEX_SET = "rmbench"  # RM_Bench/self_reward.py's and self_reward_gpt.py's regexes (ipo.judges.self_reward)
@@ -76,9 +76,8 @@ def main(argv=None) -> int:
     ###############
     # Data and run folder: one Example per prompt, responses [chosen x3, rejected x3] in style order
     ###############
-    examples, counts = rmbench.load_examples(args.dataset, args.domain, args.limit)
-    run = RunDir(args.output_dir, args.run_name or f"rmbench-{model_short}-api-self-{args.scoring}",
-                 overwrite=args.overwrite)  # fmt: skip
+    examples, counts, coverage = rmbench.load_examples(args.dataset, args.domain, args.limit)
+    run = cli.run_dir(args, f"rmbench-{model_short}-api-self-{args.scoring}", args.dataset)
     run.check(cli.public_args(args))
 
     ###############
@@ -126,7 +125,7 @@ def main(argv=None) -> int:
         run, records, api=ApiUsage.of(client),
         title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-scores.json", score_name="score",
-        extra_markdown=notes,
+        extra_markdown=notes, coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

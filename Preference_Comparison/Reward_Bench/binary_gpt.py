@@ -31,13 +31,12 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.benchmarks import rewardbench
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.cli.api import add_api_args, add_order_args, check_api_args, client_from_args, resolve_orders
 from ipo.judges import api
-from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
-from ipo.benchmarks import rewardbench
-from ipo.data import limit_per_group
 from ipo.prompts import COMPARE_PROMPT_REWARDBENCH
-from ipo.runs import RecordLog, RunDir, score_into_log
+from ipo.runs import RecordLog, score_into_log
 
 logger = cli.logger
 
@@ -70,13 +69,10 @@ def main(argv=None) -> int:
     ###############
     # Data and run folder
     ###############
-    examples = rewardbench.load_rewardbench(args.dataset, args.split)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
-    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
+    examples, coverage = rewardbench.load_examples(args.dataset, args.split, args.limit)
     suffix = "-both-orders" if args.both_orders else ""
-    run = RunDir(args.output_dir,
-                 args.run_name or f"rewardbench-{args.split}-{model_short}-api-pairwise-{args.scoring}{suffix}",
-                 overwrite=args.overwrite)  # fmt: skip
+    default_name = f"rewardbench-{args.split}-{model_short}-api-pairwise-{args.scoring}{suffix}"
+    run = cli.run_dir(args, default_name, args.dataset)
     run.check(cli.public_args(args))
 
     ###############
@@ -114,7 +110,7 @@ def main(argv=None) -> int:
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}) "
               f"on RewardBench {args.split}",
         upstream_file=f"accuracy_reward-bench_comparison_{model_short}.json",
-        extra_metrics=per_order, extra_markdown=api.orders_markdown(per_order),
+        extra_metrics=per_order, extra_markdown=api.orders_markdown(per_order), coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -21,10 +21,9 @@ import sys
 
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
-from ipo.data import limit_per_group
 from ipo.judges.yes_no import YesNoScorer, load_judge
 from ipo.prompts import REWARDBENCH_FALLBACK_SUBSET, REWARDBENCH_LAYOUT
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.runs import RecordLog, score_into_log, seed_everything
 
 logger = cli.logger
 
@@ -54,21 +53,19 @@ def main(argv=None) -> int:
     ###############
     # Data
     ###############
-    examples = rewardbench.load_rewardbench(args.dataset, args.split)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
+    examples, coverage = rewardbench.load_examples(args.dataset, args.split, args.limit)
     table = rewardbench.PROMPT_TABLES[args.prompt_table]
     unknown = sorted({e.subset for e in examples if e.subset not in table})
     if unknown:
         logger.warning("subsets without a judge question, scored with the %r one: %s",
                        REWARDBENCH_FALLBACK_SUBSET, ", ".join(unknown))  # fmt: skip
-    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
 
     ###############
-    # Run folder, model, judge
+    # Run folder (checked before the slow model load: output folder, lock, settings, inputs), model, judge
     ###############
     suffix = "" if args.prompt_table == "paper" else f"-{args.prompt_table}"
-    run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-{args.scoring}{suffix}",
-                 overwrite=args.overwrite)  # fmt: skip
+    default_name = f"rewardbench-{args.split}-{model_short}-{args.scoring}{suffix}"
+    run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     run.check(cli.public_args(args))
     judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
     run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(examples)})
@@ -90,7 +87,7 @@ def main(argv=None) -> int:
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rewardbench.write_outputs(
         run, records, title=f"IPO judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
-        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json", coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

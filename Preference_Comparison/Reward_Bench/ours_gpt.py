@@ -29,13 +29,12 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.benchmarks import rewardbench
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
-from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
-from ipo.benchmarks import rewardbench
-from ipo.data import limit_per_group
 from ipo.prompts import REWARDBENCH_LAYOUT
-from ipo.runs import RecordLog, RunDir, score_into_log
+from ipo.runs import RecordLog, score_into_log
 
 logger = cli.logger
 
@@ -65,11 +64,8 @@ def main(argv=None) -> int:
     ###############
     # Data and run folder
     ###############
-    examples = rewardbench.load_rewardbench(args.dataset, args.split)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
-    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
-    run = RunDir(args.output_dir, args.run_name or f"rewardbench-{args.split}-{model_short}-api-yesno-{args.scoring}",
-                 overwrite=args.overwrite)  # fmt: skip
+    examples, coverage = rewardbench.load_examples(args.dataset, args.split, args.limit)
+    run = cli.run_dir(args, f"rewardbench-{args.split}-{model_short}-api-yesno-{args.scoring}", args.dataset)
     run.check(cli.public_args(args))
 
     ###############
@@ -110,7 +106,7 @@ def main(argv=None) -> int:
     metrics, markdown = rewardbench.write_outputs(
         run, records, api=ApiUsage.of(client),
         title=f"IPO judge via {args.model} ({args.scoring}) on RewardBench {args.split}",
-        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json", coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

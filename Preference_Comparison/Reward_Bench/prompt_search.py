@@ -26,10 +26,9 @@ from pathlib import Path
 
 from ipo import cli, hub
 from ipo.benchmarks import prompt_search, rewardbench
-from ipo.data import limit_per_group
 from ipo.judges.yes_no import YesNoScorer, load_judge
 from ipo.prompts import REWARDBENCH_LAYOUT
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.runs import RecordLog, score_into_log, seed_everything
 
 logger = cli.logger
 DEFAULT_PROMPTS_FILE = Path(__file__).resolve().parent / "candidate_prompts.json"
@@ -66,16 +65,15 @@ def main(argv=None) -> int:
     # Data: one example per (pair, candidate)
     ###############
     prompts = prompt_search.load_candidate_prompts(args.prompts_file)
-    pairs = rewardbench.load_rewardbench(args.dataset, args.split)
-    pairs = limit_per_group(pairs, args.limit, key=lambda e: e.subset)
+    pairs, coverage = rewardbench.load_examples(args.dataset, args.split, args.limit)
     examples, plan = prompt_search.expand(pairs, prompts)
     logger.info("%d pairs in %d subsets, %d (pair, candidate) scorings", len(pairs), len(plan), len(examples))
 
     ###############
-    # Run folder, model, judge
+    # Run folder (checked before the slow model load: output folder, lock, settings, inputs), model, judge
     ###############
     default_name = f"rewardbench-{args.split}-{model_short}-{args.scoring}-prompt-search"
-    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
+    run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     fingerprint = {"prompts_sha256": prompt_search.prompts_fingerprint(prompts)}
     run.check(cli.public_args(args), fingerprint)
     judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
@@ -102,7 +100,7 @@ def main(argv=None) -> int:
     metrics, markdown = prompt_search.write_outputs(
         run, records, plan, args.select_fraction, args.seed,
         title=f"Prompt search ({args.scoring}) on RewardBench {args.split}: {model_short}",
-        upstream_file=f"accuracy_reward-bench_yesno_{model_short}_multi_prompt.json",
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}_multi_prompt.json", coverage=coverage,
     )
     print(markdown)
     logger.info("outputs in %s", run.path)

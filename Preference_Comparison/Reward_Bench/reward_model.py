@@ -22,10 +22,9 @@ import sys
 
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
-from ipo.data import limit_per_group
 from ipo.judges.reward_model import RewardModelScorer
 from ipo.modeling import load_model_and_tokenizer
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.runs import RecordLog, score_into_log, seed_everything
 
 logger = cli.logger
 
@@ -53,18 +52,15 @@ def main(argv=None) -> int:
     ###############
     # Data
     ###############
-    examples = rewardbench.load_rewardbench(args.dataset, args.split)
     subsets = rewardbench.PAPER_CATEGORIES[args.set_name] if args.set_name else None
-    examples = rewardbench.select_subsets(examples, subsets, args.set_name, args.dataset)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
-    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
+    examples, coverage = rewardbench.load_examples(args.dataset, args.split, args.limit, subsets, args.set_name)
 
     ###############
-    # Run folder, model, scorer
+    # Run folder (checked before the slow model load: output folder, lock, settings, inputs), model, scorer
     ###############
     set_suffix = f"-{args.set_name}" if args.set_name else ""
     default_name = f"rewardbench-{args.split}-{model_short}-rm-{args.input_format}{set_suffix}"
-    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
+    run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
     scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,
@@ -91,7 +87,7 @@ def main(argv=None) -> int:
     metrics, markdown = rewardbench.write_outputs(
         run, records, title=f"Reward model ({args.input_format} input) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_norm_{model_short}.json",
-        extra_metrics={"n_ties": sum(r["tie"] for r in records)},
+        extra_metrics={"n_ties": sum(r["tie"] for r in records)}, coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

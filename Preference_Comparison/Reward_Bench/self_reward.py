@@ -28,7 +28,6 @@ import sys
 
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
-from ipo.data import limit_per_group
 from ipo.judges.self_reward import (
     SelfRewardScorer,
     compare_scores,
@@ -38,7 +37,7 @@ from ipo.judges.self_reward import (
 )
 from ipo.modeling import load_model_and_tokenizer
 from ipo.report import pct
-from ipo.runs import RecordLog, RunDir, score_into_log, seed_everything
+from ipo.runs import RecordLog, score_into_log, seed_everything
 
 logger = cli.logger
 
@@ -66,17 +65,14 @@ def main(argv=None) -> int:
     ###############
     # Data
     ###############
-    examples = rewardbench.load_rewardbench(args.dataset, args.split)
     subsets = rewardbench.SELF_REWARD_SETS[args.set_name] if args.set_name else None
-    examples = rewardbench.select_subsets(examples, subsets, args.set_name, args.dataset)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
-    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
+    examples, coverage = rewardbench.load_examples(args.dataset, args.split, args.limit, subsets, args.set_name)
 
     ###############
-    # Run folder, model, judge
+    # Run folder (checked before the slow model load: output folder, lock, settings, inputs), model, judge
     ###############
     default_name = f"rewardbench-{args.split}-{model_short}-self-{args.scoring}-{set_label}"
-    run = RunDir(args.output_dir, args.run_name or default_name, overwrite=args.overwrite)
+    run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     scorer = SelfRewardScorer(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
@@ -117,7 +113,7 @@ def main(argv=None) -> int:
     metrics, markdown = rewardbench.write_outputs(
         run, records, title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json", extra_metrics=failures,
-        notes=notes,
+        notes=notes, coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

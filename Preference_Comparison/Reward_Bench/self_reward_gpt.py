@@ -36,15 +36,14 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
+from ipo.benchmarks import rewardbench
+from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
 from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.judges import api
-from ipo.benchmarks.api_failures import ApiUsage, forget_failures, pending_examples
-from ipo.benchmarks import rewardbench
-from ipo.data import limit_per_group
+from ipo.judges.self_reward import compare_scores, parse_failure_metrics
 from ipo.prompts import SELF_REWARD_PROMPT_BULLET
 from ipo.report import pct
-from ipo.runs import RecordLog, RunDir, score_into_log
-from ipo.judges.self_reward import compare_scores, parse_failure_metrics
+from ipo.runs import RecordLog, score_into_log
 
 logger = cli.logger
 REGEX_SET = "gpt_rewardbench"  # upstream self_reward_gpt.py's own regexes (ipo.judges.self_reward.UPSTREAM_REGEX_SETS)
@@ -77,14 +76,9 @@ def main(argv=None) -> int:
     ###############
     # Data and run folder
     ###############
-    examples = rewardbench.load_rewardbench(args.dataset, args.split)
     subsets = rewardbench.SELF_REWARD_GPT_SETS[args.set_name] if args.set_name else None
-    examples = rewardbench.select_subsets(examples, subsets, args.set_name, args.dataset)
-    examples = limit_per_group(examples, args.limit, key=lambda e: e.subset)
-    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), args.dataset)
-    run = RunDir(args.output_dir,
-                 args.run_name or f"rewardbench-{args.split}-{model_short}-api-self-{args.scoring}-{set_label}",
-                 overwrite=args.overwrite)  # fmt: skip
+    examples, coverage = rewardbench.load_examples(args.dataset, args.split, args.limit, subsets, args.set_name)
+    run = cli.run_dir(args, f"rewardbench-{args.split}-{model_short}-api-self-{args.scoring}-{set_label}", args.dataset)
     run.check(cli.public_args(args))
 
     ###############
@@ -138,7 +132,7 @@ def main(argv=None) -> int:
         title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RewardBench "
               f"{args.split}, {set_label} subsets",
         upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json", extra_metrics=judged,
-        extra_markdown=notes,
+        extra_markdown=notes, coverage=coverage,
     )  # fmt: skip
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ipo import IpoError
 from ipo.benchmarks.rewardbench import judge_template, section_scores
-from ipo.data import Example
+from ipo.data import Coverage, Example
 from ipo.report import markdown_table, mean, pct
 from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
@@ -185,15 +185,21 @@ def results_markdown(metrics: dict, title: str) -> str:
 
 
 def write_outputs(run: RunDir, records: Sequence[dict], plan: dict[str, dict], fraction: float, seed: int,
-                  title: str, upstream_file: str) -> tuple[dict, str]:
+                  title: str, upstream_file: str, coverage: Coverage | None = None) -> tuple[dict, str]:
     """metrics.json and results.md (the selection and held-out accuracies, see summarize) and upstream's
-    whole-subset multi-prompt file, in ``run``. Returns (metrics, results markdown)."""
+    whole-subset multi-prompt file, in ``run``. Returns (metrics, results markdown). ``coverage``: which
+    pairs of the data were searched on, stated in metrics.json ("coverage") and under results.md's title."""
     metrics, upstream = summarize(records, plan, fraction, seed)
+    n_pairs = len({str(r["pair_id"]) for r in records})
+    if coverage is not None:
+        metrics["coverage"] = coverage.metrics(n_pairs)
     too_small = sorted(s for s, v in metrics["subsets"].items() if v["n_heldout"] == 0)
     if too_small:
         logger.warning("%d subsets have a single pair, so nothing of them is held out: %s",
                        len(too_small), ", ".join(too_small))  # fmt: skip
     markdown = results_markdown(metrics, title)
+    if coverage is not None:
+        markdown = markdown.replace("\n", "\n\n" + coverage.markdown(n_pairs) + "\n", 1)
     atomic_write_json(run.file("metrics.json"), metrics)
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), upstream)

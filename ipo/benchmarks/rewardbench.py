@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 
 from ipo import IpoError
 from ipo.benchmarks.api_failures import ApiUsage, answered_records, api_markdown, failure_metrics, usage_markdown
-from ipo.data import Example, read_records, require_columns, require_text, row_ids
+from ipo.data import Coverage, Example, limit_per_group, read_records, require_columns, require_text, row_ids
 from ipo.prompts import (
     REWARDBENCH_FALLBACK_SUBSET,
     REWARDBENCH_PROMPTS,
@@ -26,7 +26,7 @@ from ipo.prompts import (
     SHUFFLED_REWARDBENCH_PROMPTS,
 )
 from ipo.report import bar_chart, markdown_table, mean, pct
-from ipo.runs import RunDir, atomic_write_json, atomic_write_text
+from ipo.runs import RunDir, apply_umask, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
 
@@ -130,6 +130,19 @@ def load_rewardbench(dataset: str = HUB_ID, split: str = "raw") -> list[Example]
             subset=require_text(row["subset"], dataset, row_id, "subset"),
         ))  # fmt: skip
     return examples
+
+
+def load_examples(
+    dataset: str, split: str, limit: int | None = None, subsets: list[str] | None = None, set_name: str | None = None
+) -> tuple[list[Example], Coverage]:
+    """What a RewardBench script scores, from its --dataset, --split, --limit and --set_name: the pairs (of
+    ``subsets``, the group ``set_name`` names; at most ``limit`` per subset, in file order), logged, and the
+    Coverage of the data they are."""
+    loaded = load_rewardbench(dataset, split)
+    examples = limit_per_group(select_subsets(loaded, subsets, set_name, dataset), limit, key=lambda e: e.subset)
+    logger.info("%d pairs in %d subsets from %s", len(examples), len({e.subset for e in examples}), dataset)
+    selection = f"--set_name {set_name}" if set_name else ""
+    return examples, Coverage(len(loaded), limit, per="subset", unit="pairs", selection=selection)
 
 
 def select_subsets(examples: list[Example], subsets: list[str] | None, set_name: str, source: str) -> list[Example]:
@@ -274,7 +287,8 @@ def subset_bar_chart(metrics: dict, path, title: str) -> None:
 
 
 def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: str, extra_metrics: dict | None = None,
-                  notes: str = "", extra_markdown: str = "", api: ApiUsage | None = None) -> tuple[dict, str]:
+                  notes: str = "", extra_markdown: str = "", api: ApiUsage | None = None,
+                  coverage: Coverage | None = None) -> tuple[dict, str]:
     """metrics.json, results.md, subset_accuracy.png and upstream's per-subset percent file, in ``run``.
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
@@ -286,6 +300,9 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
     metrics.json then adds n_answered, n_failed, failures_by_kind, accuracy_all_pairs, accuracy_answered,
     ``answered_only`` (the same metrics over the answered pairs) and ``api_usage_this_invocation``;
     results.md ends with the API section (ipo.benchmarks.api_failures).
+
+    ``coverage``: which pairs of the data the run covers, stated as metrics.json's "coverage" and as the
+    first line under results.md's headline.
     """
     if api is not None:
         summary, answered = answered_records(records)
@@ -303,6 +320,9 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
                                                                      answered_metrics["accuracy"]))
     metrics = compute_metrics(records)
     metrics.update(extra_metrics or {})
+    if coverage is not None:
+        metrics["coverage"] = coverage.metrics(len(records))
+        notes = coverage.markdown(len(records)) + ("\n" + notes if notes else "")
     markdown = results_markdown(metrics, title)
     if notes:
         headline_end = markdown.index("\n## ")
@@ -313,4 +333,5 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics))
     subset_bar_chart(metrics, run.file("subset_accuracy.png"), title)
+    apply_umask(run.file("subset_accuracy.png"))  # ipo.report writes figures through mkstemp (mode 0600)
     return metrics, markdown

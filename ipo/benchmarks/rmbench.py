@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from ipo import IpoError
 from ipo.benchmarks.api_failures import ApiUsage, answered_records, api_markdown, failure_metrics, usage_markdown
 from ipo.benchmarks.rmbench_metrics import DOMAINS, N_STYLES, STYLES, compute_metrics
-from ipo.data import Example, limit_per_group, read_records, require_columns, require_text
+from ipo.data import Coverage, Example, limit_per_group, read_records, require_columns, require_text
 from ipo.prompts import RMBENCH_PROMPTS
 from ipo.report import heatmap, markdown_table, pct
-from ipo.runs import RunDir, atomic_write_json, atomic_write_text
+from ipo.runs import RunDir, apply_umask, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
 
@@ -183,9 +183,10 @@ def select_domains(examples: list[Example], domains: Sequence[str] | None, set_n
 
 
 def load_examples(sources: Sequence[str], domain: str | None = None, limit: int | None = None,
-                  set_name: str | None = None) -> tuple[list[Example], dict[str, int]]:  # fmt: skip
+                  set_name: str | None = None) -> tuple[list[Example], dict[str, int], Coverage]:  # fmt: skip
     """What an RM-Bench script scores, from its --dataset, --domain, --limit and --set_name: the examples
-    (at most ``limit`` per data domain, in file order) and the number per data domain, logged.
+    (at most ``limit`` per data domain, in file order), the number per data domain (logged), and the
+    Coverage of the data they are.
 
     ``set_name`` (a key of SELF_REWARD_SETS) keeps that group's domains; with the default --dataset only
     the group's Hub datasets are fetched.
@@ -193,12 +194,13 @@ def load_examples(sources: Sequence[str], domain: str | None = None, limit: int 
     domains = SELF_REWARD_SETS[set_name] if set_name else None
     if domains and list(sources) == default_sources():
         sources = default_sources(domains)
-    examples = select_domains(load_rmbench(sources, domain), domains, set_name)
-    examples = limit_per_group(examples, limit, key=lambda e: e.domain)
+    loaded = load_rmbench(sources, domain)
+    examples = limit_per_group(select_domains(loaded, domains, set_name), limit, key=lambda e: e.domain)
     counts = domain_counts(examples)
     logger.info("%d prompts (%s) from %d source(s)", len(examples), ", ".join(f"{d} {n}" for d, n in counts.items()),
                 len(sources))  # fmt: skip
-    return examples, counts
+    selection = f"--set_name {set_name}" if set_name else ""
+    return examples, counts, Coverage(len(loaded), limit, per="domain", unit="prompts", selection=selection)
 
 
 def domain_counts(examples: Sequence[Example]) -> dict[str, int]:
@@ -309,7 +311,7 @@ def upstream_accuracy(metrics: dict, percent: bool = True, key: str = "level_{k}
 def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: str, score_name: str = "p_yes",
                   upstream_percent: bool = True, upstream_key: str = "level_{k}", matrices: Callable | None = None,
                   extra_metrics: dict | None = None, notes: str = "", extra_markdown: str = "",
-                  api: ApiUsage | None = None) -> tuple[dict, str]:
+                  api: ApiUsage | None = None, coverage: Coverage | None = None) -> tuple[dict, str]:
     """metrics.json, results.md, style_matrix_<domain>.png and upstream's level file, in ``run``.
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
@@ -322,6 +324,9 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
     file likewise). metrics.json then adds n_answered, n_failed, failures_by_kind (per prompt),
     ``answered_only`` (the same metrics over the prompts whose requests all succeeded) and
     ``api_usage_this_invocation``; results.md ends with the API section (ipo.benchmarks.api_failures).
+
+    ``coverage``: which prompts of the data the run covers, stated as metrics.json's "coverage" and as the
+    first line under results.md's headline.
     """
     if api is not None:
         summary, answered = answered_records(records)
@@ -336,6 +341,9 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
         extra_markdown = api_markdown(extra_markdown, usage_markdown(
             api, summary, metrics[headline], answered_metrics[headline], label=f"RM-Bench {headline}"))
     metrics.update(extra_metrics or {})
+    if coverage is not None:
+        metrics["coverage"] = coverage.metrics(len(records))
+        notes = coverage.markdown(len(records)) + ("\n" + notes if notes else "")
     if not metrics["complete"]:
         logger.warning("domains missing: %s; the overall values average %s only",
                        ", ".join(metrics["domains_missing"]), ", ".join(metrics["domains_present"]))  # fmt: skip
@@ -349,4 +357,5 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
         title = f"{name}: hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
         heatmap(d["matrix"], run.file(f"style_matrix_{name}.png"), title, row_labels=STYLES,
                 col_labels=[s.replace(" ", "\n") for s in STYLES], xlabel="rejected style", ylabel="chosen style")
+        apply_umask(run.file(f"style_matrix_{name}.png"))  # ipo.report writes figures through mkstemp (0600)
     return metrics, markdown

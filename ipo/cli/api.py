@@ -21,6 +21,7 @@ from ipo.judges.api_client import (
     ResponseCache,
     read_api_key,
 )
+from ipo.runs import check_output_dir
 
 
 class _RejectKeyOnCommandLine(argparse.Action):
@@ -137,8 +138,11 @@ def resolve_orders(args: argparse.Namespace) -> tuple[tuple[str, int], ...]:
 
 
 def client_from_args(args: argparse.Namespace) -> ApiClient:
-    """A client from add_api_args' flags; the key from the environment (one line if it is missing)."""
+    """A client from add_api_args' flags; the key from the environment, the output and cache folders checked
+    (one line if the key is missing or a folder is a file or not writable, before any request)."""
+    check_output_dir(args.output_dir)
     cache_dir = args.cache_dir or os.path.join(args.output_dir, "api_cache")
+    check_output_dir(cache_dir, "--cache_dir")
     return ApiClient(base_url=args.base_url, model=args.model, api_key=read_api_key(args.api_key_env),
                      timeout=args.timeout, max_retries=args.max_retries, max_concurrency=args.max_concurrency,
                      retry_base_delay=args.retry_base_delay, cache=ResponseCache(cache_dir, args.model),

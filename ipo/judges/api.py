@@ -20,7 +20,8 @@ scorers (ipo.judges.yes_no.YesNoScorer), so ipo.runs.score_into_log runs every j
     (SYSTEMATIC_PARSE_FAILURES).
   * After that, a request that fails after all retries or is rejected is a *failure*: kept in the
     predictions with its kind, counted in metrics.json, never scored as a number, and tried again by the
-    next run of the same command.
+    next run of the same command. So is an answer that could not be read (UNREADABLE): it is not cached,
+    so the next run asks again instead of reading the same unreadable answer from the cache.
   * The scorer hands each example on as soon as all its requests are done.
 """
 
@@ -28,8 +29,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from ipo import IpoError
 from ipo.data import Example
@@ -55,6 +57,10 @@ PAIRWISE_REQUEST = {
 # upstream: the parameters of Reward_Bench/self_reward_gpt.py and RM_Bench/self_reward_gpt.py (the same in
 # both); 200 tokens fit the ~100-word justification the prompt asks for. chat: the same, greedy.
 SELF_REWARD_REQUEST = PAIRWISE_REQUEST
+# Answers that say nothing about the question (no log-probabilities, no Yes/No among them, no text): not
+# cached, so the next run asks again (ipo.judges.api_client keeps them for the record). An answer that was
+# read but fits no verdict ("unparsed") is the judge's answer, and cached like any other.
+UNREADABLE = frozenset({"no_logprobs", "no_yes_no", "no_text"})
 # Answers that say the endpoint cannot serve this judge at all: fatal when the probe gets one.
 SYSTEMATIC_PARSE_FAILURES = {
     "no_logprobs": "returned no log-probabilities; the Yes/No judge needs `logprobs` and `top_logprobs` "
@@ -362,13 +368,17 @@ class ApiScorer:
         and spends nothing extra: the answer is cached and reused. Does nothing when all is cached."""
         for example in examples:
             for body in self.requests_for(example):
-                if self.client.cached(body) is None:
-                    result = self.client.fetch(body, strict=True)
+                if self.client.cached(body, self.readable) is None:
+                    result = self.client.fetch(body, strict=True, accept=self.readable)
                     answer = self.parse(result.response)
                     if answer.failure in SYSTEMATIC_PARSE_FAILURES:
                         raise IpoError(f"{self.client.base_url} (model {self.client.model!r}) "
                                        f"{SYSTEMATIC_PARSE_FAILURES[answer.failure]}")  # fmt: skip
                     return
+
+    def readable(self, response: dict) -> bool:
+        """Whether ``response`` says something about the question (not UNREADABLE): only those are cached."""
+        return self.parse(response).failure not in UNREADABLE
 
     def _answer(self, result: Result) -> Answer:
         if result.response is None:
@@ -385,7 +395,7 @@ class ApiScorer:
                 bodies.append(body)
                 owners.append((e_index, slot))
         remaining = [len(a) for a in answers]
-        for batch in self.client.fetch_many(bodies):
+        for batch in self.client.fetch_many(bodies, accept=self.readable):
             finished = []
             for index, result in batch:
                 e_index, slot = owners[index]

@@ -19,6 +19,9 @@ argument and turned any failed request into a score of 0):
   * Every answered request is appended (and fsynced) to an on-disk cache, keyed by a hash of the base URL
     and the full request body (model, messages, parameters; never the key), so a re-run, a resume or an
     overlapping run never pays twice for the same request.
+  * An answer the judge cannot read (``accept`` says no: e.g. a 200 without log-probabilities, or without
+    Yes/No among them) is kept for the record in ``<model>.unreadable.jsonl`` beside the cache, served again
+    only within this invocation, and asked again by the next run: a failure that may clear, never a cache hit.
   * At most ``max_concurrency`` requests are in flight; results come back in completion order.
 """
 
@@ -34,10 +37,11 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ipo import IpoError
 from ipo.runs import RecordLog
@@ -53,6 +57,8 @@ MAX_RETRY_DELAY = 60.0  # seconds; a longer Retry-After (e.g. a daily quota) fal
 RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "conflict", "connection", "bad_response"})
 # Fatal at any point: no retry and no other request can succeed with this key, model and base URL.
 FATAL = frozenset({"unauthorized", "forbidden", "not_found", "quota"})
+# Whether the caller can read an answer (ipo.judges.api.ApiScorer.readable); an unreadable one is not cached.
+Accept = Callable[[dict], bool]
 
 
 def read_api_key(env_name: str = DEFAULT_KEY_ENV) -> str:
@@ -136,16 +142,20 @@ class ResponseCache:
     """Answered requests of one model, one JSON line each: {"key", "model", "response"}.
 
     ``<folder>/<model>.jsonl``, appended and fsynced per answer under a lock (workers share it); a line cut
-    by a kill is dropped on load (ipo.runs.RecordLog). Created on the first answer, so a run that fails
-    before any answer leaves nothing behind.
+    by a kill is dropped on load (ipo.runs.RecordLog), and a key written again (an answer that replaced an
+    unreadable one) keeps its last answer. Created on the first answer, so a run that fails before any answer
+    leaves nothing behind. Unreadable answers go to ``<folder>/<model>.unreadable.jsonl`` (``put_unreadable``),
+    for the record only: nothing reads them back.
     """
 
     def __init__(self, folder: str | os.PathLike, model: str):
         self.path = Path(folder) / (re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("._") + ".jsonl")
-        try:
-            self._log = RecordLog(self.path, key="key")
-        except IpoError as err:
-            raise IpoError(f"the response cache is damaged ({err}); move {self.path} away to start a new one")
+        self.unreadable_path = self.path.with_suffix(".unreadable.jsonl")
+        remedy = (
+            f"the response cache is damaged: delete {self.path} to start a new one (its answers will be asked, "
+            "and paid for, again), or repair that line"
+        )
+        self._log = RecordLog(self.path, key="key", last_wins=True, remedy=remedy)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -157,7 +167,16 @@ class ResponseCache:
 
     def put(self, key: str, model: str, response: dict) -> None:
         with self._lock:
-            self._log.append([{"key": key, "model": model, "response": response}])
+            self._log.append([{"key": key, "model": model, "response": response}], replace=True)
+
+    def put_unreadable(self, key: str, model: str, response: dict) -> None:
+        """Keep an answer the judge could not read, for the record (never served from the cache)."""
+        line = json.dumps({"key": key, "model": model, "response": response, "at": time.time()}, ensure_ascii=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.unreadable_path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -204,6 +223,7 @@ class ApiClient:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._rng = random.Random()
+        self._unreadable: dict[str, dict] = {}  # unreadable answers of this invocation: not paid for twice in it
         self.stats: dict[str, Any] = {
             "requests_sent": 0, "answered": 0, "cache_hits": 0, "retries": 0,
             "errors_by_kind": Counter(), "gave_up_by_kind": Counter(), "prompt_tokens": 0, "completion_tokens": 0,
@@ -224,18 +244,26 @@ class ApiClient:
         full = {"model": self.model, **body}
         return request_key(self.base_url, full), full
 
-    def cached(self, body: dict) -> dict | None:
-        """The cached response of ``body``, without counting or sending anything."""
-        return self.cache.get(self.full_request(body)[0]) if self.cache is not None else None
+    def cached(self, body: dict, accept: Accept | None = None) -> dict | None:
+        """The cached response of ``body`` (one ``accept`` takes), without counting or sending anything."""
+        return self._lookup(self.full_request(body)[0], accept)
 
-    def fetch(self, body: dict, strict: bool = False) -> Result:
-        """One request: from the cache, or sent with retries. ``strict``: any failure raises IpoError."""
+    def fetch(self, body: dict, strict: bool = False, accept: Accept | None = None) -> Result:
+        """One request: from the cache, or sent with retries. ``strict``: any failure raises IpoError.
+        ``accept(response)``: False for an answer the caller cannot read, which is then not cached (see
+        the module's docstring)."""
         key, full = self.full_request(body)
-        return self._from_cache(key) or self._send(key, full, strict)
+        return self._from_cache(key, accept) or self._send(key, full, strict, accept)
 
-    def _from_cache(self, key: str) -> Result | None:
-        """The cached Result of ``key`` (counted as a cache hit), or None."""
+    def _lookup(self, key: str, accept: Accept | None) -> dict | None:
         response = self.cache.get(key) if self.cache is not None else None
+        if response is not None and (accept is None or accept(response)):
+            return response
+        return self._unreadable.get(key)
+
+    def _from_cache(self, key: str, accept: Accept | None) -> Result | None:
+        """The cached Result of ``key`` (counted as a cache hit), or None."""
+        response = self._lookup(key, accept)
         if response is None:
             return None
         self._count("cache_hits")
@@ -279,7 +307,7 @@ class ApiClient:
             return None, "bad_response", self._clean(f"no `choices` in the answer: {str(response)[:200]}"), None
         return response, None, "", None
 
-    def _send(self, key: str, full: dict, strict: bool) -> Result:
+    def _send(self, key: str, full: dict, strict: bool, accept: Accept | None = None) -> Result:
         attempt = 0
         while True:
             if self._stop.is_set():
@@ -287,7 +315,11 @@ class ApiClient:
             self._count("requests_sent")
             response, kind, message, retry_after = self._attempt(full)
             if response is not None:
-                if self.cache is not None:
+                if accept is not None and not accept(response):
+                    self._unreadable[key] = response
+                    if self.cache is not None:
+                        self.cache.put_unreadable(key, self.model, response)
+                elif self.cache is not None:
                     self.cache.put(key, self.model, response)
                 usage = response.get("usage") or {}
                 with self._lock:
@@ -335,9 +367,10 @@ class ApiClient:
                     "nothing was answered, try again later")  # fmt: skip
 
     # ------------------------------------------------------------------ many requests
-    def fetch_many(self, bodies: Sequence[dict]) -> Iterator[list[tuple[int, Result]]]:
+    def fetch_many(self, bodies: Sequence[dict], accept: Accept | None = None) -> Iterator[list[tuple[int, Result]]]:
         """Every body, cached ones first (in one batch, nothing sent), then the rest at most
         ``max_concurrency`` at a time; yields lists of (index into ``bodies``, Result) as they complete.
+        ``accept`` as in ``fetch``.
 
         Identical bodies are sent once. A fatal error stops everything and propagates as IpoError; the
         answers that arrived before it are in the cache.
@@ -347,7 +380,7 @@ class ApiClient:
         full_requests: dict[str, dict] = {}
         for index, body in enumerate(bodies):
             key, full = self.full_request(body)
-            hit = self._from_cache(key)
+            hit = self._from_cache(key, accept)
             if hit is not None:
                 ready.append((index, hit))
             else:
@@ -368,7 +401,7 @@ class ApiClient:
                 if item is None:
                     return
                 key, indices = item
-                in_flight[pool.submit(self._send, key, full_requests[key], False)] = indices
+                in_flight[pool.submit(self._send, key, full_requests[key], False, accept)] = indices
 
         try:
             top_up()
