@@ -13,8 +13,19 @@ import sys
 import time
 
 import pytest
+from helpers import (
+    API_MODEL,
+    REPO,
+    api_argv,
+    load_run,
+    read_jsonl,
+    rewardbench_rows,
+    rmbench_rows,
+    run_script,
+    write_json,
+    write_jsonl,
+)
 
-from helpers import API_MODEL, REPO, api_argv, load_run, read_jsonl, rewardbench_rows, run_script, write_jsonl
 from ipo import IpoError, cli, modeling
 from ipo.runs import LOCK_FILE, RunDir, atomic_write_dir, atomic_write_json, validate_name
 
@@ -47,8 +58,6 @@ def rb_file(tmp_path):
 
 @pytest.fixture
 def rm_file(tmp_path):
-    from helpers import rmbench_rows, write_json
-
     return write_json(tmp_path / "chat_filtered.json", rmbench_rows(2))
 
 
