@@ -26,7 +26,7 @@ from ipo.prompts import (
     SHUFFLED_REWARDBENCH_PROMPTS,
 )
 from ipo.report import bar_chart, markdown_table, mean, pct
-from ipo.runs import RunDir, apply_umask, atomic_write_json, atomic_write_text
+from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
 
@@ -333,5 +333,4 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics))
     subset_bar_chart(metrics, run.file("subset_accuracy.png"), title)
-    apply_umask(run.file("subset_accuracy.png"))  # ipo.report writes figures through mkstemp (mode 0600)
     return metrics, markdown

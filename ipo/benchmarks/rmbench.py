@@ -31,7 +31,7 @@ from ipo.benchmarks.rmbench_metrics import DOMAINS, N_STYLES, STYLES, compute_me
 from ipo.data import Coverage, Example, limit_per_group, read_records, require_columns, require_text
 from ipo.prompts import RMBENCH_PROMPTS
 from ipo.report import heatmap, markdown_table, pct
-from ipo.runs import RunDir, apply_umask, atomic_write_json, atomic_write_text
+from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
 
@@ -357,5 +357,4 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
         title = f"{name}: hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
         heatmap(d["matrix"], run.file(f"style_matrix_{name}.png"), title, row_labels=STYLES,
                 col_labels=[s.replace(" ", "\n") for s in STYLES], xlabel="rejected style", ylabel="chosen style")
-        apply_umask(run.file(f"style_matrix_{name}.png"))  # ipo.report writes figures through mkstemp (0600)
     return metrics, markdown
