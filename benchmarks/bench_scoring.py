@@ -44,12 +44,23 @@ from ipo.prompts import REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, render_upstream
 # subsets (whose questions fit), pairs by default (enough that a batch of the scorer is full, as in a
 # real run where each question has hundreds of pairs), and the ratio the issue asks for.
 SETTINGS = {
-    "short": {"prompt_tokens": (5, 12), "response_tokens": (4, 12), "max_total_tokens": 59, "n_pairs": 128,
-              "subsets": ["alpacaeval-easy", "llmbar-natural", "xstest-should-respond", "refusals-offensive"],
-              "target_ratio": 8.0},
-    "long": {"prompt_tokens": (20, 80), "response_tokens": (300, 400), "max_total_tokens": 1024, "n_pairs": 24,
-             "subsets": ["alpacaeval-length", "hep-python", "math-prm", "mt-bench-med"], "target_ratio": 1.25},
-}  # fmt: skip
+    "short": {
+        "prompt_tokens": (5, 12),
+        "response_tokens": (4, 12),
+        "max_total_tokens": 59,
+        "n_pairs": 128,
+        "subsets": ["alpacaeval-easy", "llmbar-natural", "xstest-should-respond", "refusals-offensive"],
+        "target_ratio": 8.0,
+    },
+    "long": {
+        "prompt_tokens": (20, 80),
+        "response_tokens": (300, 400),
+        "max_total_tokens": 1024,
+        "n_pairs": 24,
+        "subsets": ["alpacaeval-length", "hep-python", "math-prm", "mt-bench-med"],
+        "target_ratio": 1.25,
+    },
+}
 UPSTREAM_MAX_LENGTH = 1024
 WORDS = (
     "the a of to and in is it that for on with as was at by this be from or have an are not but had his they "
@@ -92,8 +103,10 @@ def synthetic_pairs(tokenizer, setting: str, n_pairs: int, seed: int = 0) -> lis
                 response = response.rsplit(" ", 1)[0]
             responses[k] = response
             if prompt_length(tokenizer, subset, prompt, response) > spec["max_total_tokens"]:
-                raise IpoError(f"this tokenizer makes the {setting!r} judge prompts longer than "
-                               f"{spec['max_total_tokens']} tokens even with one-word responses")  # fmt: skip
+                raise IpoError(
+                    f"this tokenizer makes the {setting!r} judge prompts longer than "
+                    f"{spec['max_total_tokens']} tokens even with one-word responses"
+                )
         examples.append(Example(id=i, prompt=prompt, responses=responses, subset=subset))
     return examples
 
@@ -149,6 +162,7 @@ def make_clock(device: str):
     import torch
 
     if device.startswith("cuda"):
+
         def clock():
             torch.cuda.synchronize()
             return time.perf_counter()
@@ -194,10 +208,17 @@ def random_qwen_0_5b(device: str, vocab_size: int = 151936):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
@@ -217,30 +238,49 @@ def non_embedding_parameters(model) -> int:
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name", default=None,
-                        help="model folder or Hub id; default: the embedded SmolLM2-135M-Instruct")  # fmt: skip
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer folder (default: the model's; with --random_qwen_0_5b, SmolLM2's, whose "
-                             "ids all fit Qwen's vocabulary)")  # fmt: skip
-    parser.add_argument("--random_qwen_0_5b", action="store_true",
-                        help="score with a random-weight Qwen2.5-0.5B-sized model in bf16 (for GPU timing runs) "
-                             "and report the fraction of the FLOP floor reached")  # fmt: skip
-    parser.add_argument("--flop_floor", action="store_true",
-                        help="also measure the matmul peak at the run's dtype and report the fraction of the FLOP "
-                             "floor the scorer reaches (adds about a minute on a CPU)")  # fmt: skip
-    parser.add_argument("--settings", default="short,long",
-                        help=f"comma-separated, from {', '.join(SETTINGS)}")  # fmt: skip
-    parser.add_argument("--n_pairs", type=int, default=None,
-                        help="pairs per setting (default: short 128, long 24; the batch-1 loop takes most of the time)")  # fmt: skip
+    parser.add_argument(
+        "--model_name", default=None, help="model folder or Hub id; default: the embedded SmolLM2-135M-Instruct"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer folder (default: the model's; with --random_qwen_0_5b, SmolLM2's, whose "
+        "ids all fit Qwen's vocabulary)",
+    )
+    parser.add_argument(
+        "--random_qwen_0_5b",
+        action="store_true",
+        help="score with a random-weight Qwen2.5-0.5B-sized model in bf16 (for GPU timing runs) "
+        "and report the fraction of the FLOP floor reached",
+    )
+    parser.add_argument(
+        "--flop_floor",
+        action="store_true",
+        help="also measure the matmul peak at the run's dtype and report the fraction of the FLOP "
+        "floor the scorer reaches (adds about a minute on a CPU)",
+    )
+    parser.add_argument("--settings", default="short,long", help=f"comma-separated, from {', '.join(SETTINGS)}")
+    parser.add_argument(
+        "--n_pairs",
+        type=int,
+        default=None,
+        help="pairs per setting (default: short 128, long 24; the batch-1 loop takes most of the time)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the minimum counts")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads; 1 gives stable CPU-time ratios on a shared machine")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads; 1 gives stable CPU-time ratios on a shared machine"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype (default: float32 on CPU; bf16 with --random_qwen_0_5b)")  # fmt: skip
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype (default: float32 on CPU; bf16 with --random_qwen_0_5b)",
+    )
     parser.add_argument("--batch_size", type=int, default=None, help="the scorer's batch size (default: its own)")
-    parser.add_argument("--max_batch_tokens", type=int, default=None,
-                        help="the scorer's token budget per batch (default: its own)")  # fmt: skip
+    parser.add_argument(
+        "--max_batch_tokens", type=int, default=None, help="the scorer's token budget per batch (default: its own)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pairs")
     args = parser.parse_args(argv)
     cli.check_positive(parser, args, "n_pairs", "rounds", "threads", "batch_size", "max_batch_tokens")
@@ -287,10 +327,14 @@ def main(argv=None) -> int:
         upstream_style_scores(model, tokenizer, examples[: min(2, len(examples))])
         project_scores(judge, examples)
         judge.stats = dict.fromkeys(judge.stats, 0)
-        seconds, scores = interleaved_minimum({
-            "upstream": lambda: upstream_style_scores(model, tokenizer, examples),
-            "project": lambda: project_scores(judge, examples),
-        }, args.rounds, clock)  # fmt: skip
+        seconds, scores = interleaved_minimum(
+            {
+                "upstream": lambda examples=examples: upstream_style_scores(model, tokenizer, examples),
+                "project": lambda examples=examples: project_scores(judge, examples),
+            },
+            args.rounds,
+            clock,
+        )
         n_sequences = len(lengths)
         line = {
             "setting": setting,
@@ -318,8 +362,12 @@ def main(argv=None) -> int:
         if matmul_flops:
             line["matmul_tflops"] = round(matmul_flops / 1e12, 3)
             line["floor_tokens"] = line["project_forward_tokens"]
-            line["flop_floor_fraction"] = round(flop_floor_fraction(
-                non_embedding_parameters(model), line["floor_tokens"], matmul_flops, seconds["project"]), 3)
+            line["flop_floor_fraction"] = round(
+                flop_floor_fraction(
+                    non_embedding_parameters(model), line["floor_tokens"], matmul_flops, seconds["project"]
+                ),
+                3,
+            )
         print(json.dumps(line), flush=True)
     return 0
 

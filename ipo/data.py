@@ -144,9 +144,7 @@ def require_columns(rows: Sequence[dict], columns: Iterable[str], source: str) -
         missing = [c for c in columns if c not in row]
         if missing:
             where = f"row {index}" + (f" (id {row['id']})" if "id" in row else "")
-            raise IpoError(
-                f"{source}: {where} has no column {missing[0]!r} (columns: {', '.join(sorted(row))})"
-            )
+            raise IpoError(f"{source}: {where} has no column {missing[0]!r} (columns: {', '.join(sorted(row))})")
 
 
 def require_text(value, source: str, row_id, column: str) -> str:
@@ -217,7 +215,17 @@ class Coverage:
 # ---------------------------------------------------------------------------------------------------
 # The files of a local model folder that decide its outputs: configs, tokenizer, chat template, weights.
 MODEL_FILE_SUFFIXES = (
-    ".json", ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".txt", ".jinja", ".tiktoken", ".py"
+    ".json",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".gguf",
+    ".model",
+    ".txt",
+    ".jinja",
+    ".tiktoken",
+    ".py",
 )
 _HASH_CACHE_LIMIT = 5000  # entries kept in the user-wide cache of file hashes
 
@@ -225,7 +233,8 @@ _HASH_CACHE_LIMIT = 5000  # entries kept in the user-wide cache of file hashes
 def hash_cache_path() -> Path:
     """The user-wide cache of file hashes: $IPO_CACHE_DIR, else $XDG_CACHE_HOME/ipo or ~/.cache/ipo."""
     root = os.environ.get("IPO_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ipo")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ipo"
+    )
     return Path(root) / "sha256.json"
 
 
@@ -278,7 +287,8 @@ def file_fingerprint(path: str | os.PathLike, previous: dict | None = None) -> d
 def hub_commit(repo_id: str, repo_type: str) -> str | None:
     """The commit of the local snapshot of a Hub repository (its refs/main in the Hub cache), or None; offline."""
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub"
+    )
     ref = Path(cache) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "refs" / "main"
     try:
         return ref.read_text(encoding="utf-8").strip() or None
@@ -302,7 +312,8 @@ def input_fingerprint(source: str, previous: dict | None = None, repo_type: str 
     if os.path.isdir(path):
         old = previous.get("files") if isinstance(previous.get("files"), dict) else {}
         names = sorted(
-            n for n in os.listdir(path)
+            n
+            for n in os.listdir(path)
             if n.endswith(MODEL_FILE_SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(path, n))
         )
         return {"kind": "folder", "files": {n: file_fingerprint(os.path.join(path, n), old.get(n)) for n in names}}

@@ -146,8 +146,10 @@ def load_model(
     if kind == "sequence_classification" and loading_info.get("missing_keys"):
         # transformers would silently give a causal LM a fresh, random classification head.
         missing = sorted(loading_info["missing_keys"])
-        raise IpoError(f"{name_or_path} is not a trained sequence-classification reward model: its weights lack "
-                       f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would be random")  # fmt: skip
+        raise IpoError(
+            f"{name_or_path} is not a trained sequence-classification reward model: its weights lack "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which would be random"
+        )
     model.eval()
     if device == SHARD:
         placed = sorted({str(where) for where in (getattr(model, "hf_device_map", None) or {"": "cpu"}).values()})
@@ -179,8 +181,13 @@ def load_model_and_tokenizer(spec: ModelSpec, kind: str = "causal_lm"):
     )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    logger.info("loaded %s (%s, %s%s)", spec.name_or_path, device, str(torch_dtype).replace("torch.", ""),
-                ", 4-bit" if spec.quantized else "")  # fmt: skip
+    logger.info(
+        "loaded %s (%s, %s%s)",
+        spec.name_or_path,
+        device,
+        str(torch_dtype).replace("torch.", ""),
+        ", 4-bit" if spec.quantized else "",
+    )
     return model, tokenizer, device, torch_dtype
 
 

@@ -40,8 +40,15 @@ def _pyplot():
     return plt
 
 
-def bar_chart(labels: Sequence[str], fractions: Sequence[float], path: str | os.PathLike, title: str,
-              colors: Sequence[str], legend: dict[str, str], reference: float = 50) -> None:
+def bar_chart(
+    labels: Sequence[str],
+    fractions: Sequence[float],
+    path: str | os.PathLike,
+    title: str,
+    colors: Sequence[str],
+    legend: dict[str, str],
+    reference: float = 50,
+) -> None:
     """Horizontal bars of fractions shown in percent, top to bottom in the order given, a dashed line at
     ``reference`` percent (chance for a pair), and a legend {label: color}."""
     plt = _pyplot()
@@ -58,19 +65,32 @@ def bar_chart(labels: Sequence[str], fractions: Sequence[float], path: str | os.
     plt.close(fig)
 
 
-def heatmap(matrix: Sequence[Sequence[float]], path: str | os.PathLike, title: str,
-            row_labels: Sequence[str], col_labels: Sequence[str],
-            xlabel: str = "", ylabel: str = "") -> None:  # fmt: skip
+def heatmap(
+    matrix: Sequence[Sequence[float]],
+    path: str | os.PathLike,
+    title: str,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    xlabel: str = "",
+    ylabel: str = "",
+) -> None:
     """An annotated heat map of a small matrix of fractions, shown in percent; None cells (not measured)
     are left blank and marked "-"."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.3 * len(col_labels) + 1.5, 1.1 * len(row_labels) + 1))
-    image = ax.imshow([[float("nan") if v is None else 100 * v for v in row] for row in matrix], vmin=0, vmax=100,
-                      cmap="viridis")  # fmt: skip
+    image = ax.imshow(
+        [[float("nan") if v is None else 100 * v for v in row] for row in matrix], vmin=0, vmax=100, cmap="viridis"
+    )
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
-            ax.text(j, i, pct(value, 1), ha="center", va="center",
-                    color="white" if value is not None and value < 0.6 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                pct(value, 1),
+                ha="center",
+                va="center",
+                color="white" if value is not None and value < 0.6 else "black",
+            )
     ax.set_xticks(range(len(col_labels)), col_labels)
     ax.set_yticks(range(len(row_labels)), row_labels)
     ax.set_xlabel(xlabel)
@@ -79,4 +99,3 @@ def heatmap(matrix: Sequence[Sequence[float]], path: str | os.PathLike, title: s
     fig.colorbar(image, ax=ax, label="%")
     save_figure(fig, path)
     plt.close(fig)
-

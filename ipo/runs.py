@@ -55,6 +55,7 @@ NON_RESULT_ARGS = frozenset(
     "precompute_ref_log_probs logging_steps save_steps save_total_limit eval_steps dataloader_num_workers".split()
 )
 
+
 # ---------------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------------
@@ -77,8 +78,10 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (sha + ("+dirty" if dirty else "")) or None
@@ -343,8 +346,9 @@ def lock_folder(folder: str | os.PathLike) -> None:
     except BlockingIOError:
         holder = _lock_holder(fd)
         os.close(fd)
-        raise IpoError(f"{folder} is in use by another run ({holder}); wait for it to end (or stop it), or pass "
-                       "another --run_name")
+        raise IpoError(
+            f"{folder} is in use by another run ({holder}); wait for it to end (or stop it), or pass another --run_name"
+        )
     except OSError as err:  # a filesystem without locks: run unprotected rather than not at all
         logger.warning("cannot lock %s (%s); nothing stops a second run on this folder", folder, err.strerror)
     started = _dt.datetime.now().isoformat(timespec="seconds")
@@ -550,8 +554,14 @@ def score_into_log(scorer, examples, log: RecordLog, make_record, unit: str = "e
     if len(todo) < len(examples):
         logger.info("resuming: %d of %d examples already scored", len(examples) - len(todo), len(examples))
     interactive = sys.stderr.isatty()
-    with tqdm(total=len(examples), initial=len(examples) - len(todo), unit=unit, desc=desc,
-              dynamic_ncols=True, mininterval=0.5 if interactive else 30) as bar:  # fmt: skip
+    with tqdm(
+        total=len(examples),
+        initial=len(examples) - len(todo),
+        unit=unit,
+        desc=desc,
+        dynamic_ncols=True,
+        mininterval=0.5 if interactive else 30,
+    ) as bar:
         for batch in scorer.score(todo):
             log.append([make_record(example, scores, extra) for example, scores, extra in batch])
             bar.update(len(batch))

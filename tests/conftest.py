@@ -10,9 +10,13 @@ import pytest
 
 # Offline and quiet before anything imports transformers/datasets/wandb.
 for key, value in {
-    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline",
-    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-}.items():  # fmt: skip
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}.items():
     os.environ.setdefault(key, value)
 
 import torch  # noqa: E402

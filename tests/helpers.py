@@ -23,14 +23,25 @@ CHATML_TEMPLATE = (
 )
 
 CORPUS = [
-    "Yes", "No", " Yes", " No", "yes", "no", "Answer Yes/No.", "Yes No Yes No yes no", " Yes No No Yes", "Answer with just Yes/No",
+    "Yes",
+    "No",
+    " Yes",
+    " No",
+    "yes",
+    "no",
+    "Answer Yes/No.",
+    "Yes No Yes No yes no",
+    " Yes No No Yes",
+    "Answer with just Yes/No",
     "Below is a question and its response. Assess if the response is helpful and correct.",
     "User : What is the capital of France?\n    Response : The capital of France is Paris.\n    ",
     "Given the following:\n    User : question\n    Response : answer\n    Is the response correct?",
-    "Question:\nResponse:\n", "def add(a, b):\n    return a + b\n", "The answer is 42. Score: 5",
+    "Question:\nResponse:\n",
+    "def add(a, b):\n    return a + b\n",
+    "The answer is 42. Score: 5",
     "Review the user's question and the corresponding response using the additive 5-point scoring system.",
     "Hello, how are you today? I am fine, thank you. The weather is nice and the sky is blue.",
-]  # fmt: skip
+]
 
 
 def build_tokenizer(chat_template: bool = True, with_yes_no: bool = True, vocab_size: int = 512, eos: bool = True):
@@ -39,20 +50,30 @@ def build_tokenizer(chat_template: bool = True, with_yes_no: bool = True, vocab_
     from transformers import PreTrainedTokenizerFast
 
     # Without Yes/No, every "yes" and "no" in the corpus is broken up, so no merge can form them.
-    corpus = CORPUS if with_yes_no else [re.sub(r"(?i)(n)(o)", r"\1 \2", re.sub(r"(?i)(y)(es)", r"\1 \2", c)) for c in CORPUS]
+    corpus = (
+        CORPUS
+        if with_yes_no
+        else [re.sub(r"(?i)(n)(o)", r"\1 \2", re.sub(r"(?i)(y)(es)", r"\1 \2", c)) for c in CORPUS]
+    )
     backend = Tokenizer(models.BPE(unk_token=None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(corpus * 20, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>" if eos else None, pad_token="<|endoftext|>",
-        padding_side="left", model_max_length=4096,
-    )  # fmt: skip
+        tokenizer_object=backend,
+        eos_token="<|im_end|>" if eos else None,
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        model_max_length=4096,
+    )
     if chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
@@ -64,17 +85,26 @@ def build_model(tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return model.eval()
 
 
-def save_tiny_model(path: Path, chat_template: bool = True, with_yes_no: bool = True, seed: int = 0,
-                    eos: bool = True) -> Path:
+def save_tiny_model(
+    path: Path, chat_template: bool = True, with_yes_no: bool = True, seed: int = 0, eos: bool = True
+) -> Path:
     """``eos=False``: neither the tokenizer nor the configs name an end-of-sequence token."""
     tokenizer = build_tokenizer(chat_template=chat_template, with_yes_no=with_yes_no, eos=eos)
     model = build_model(tokenizer, seed=seed)
@@ -91,10 +121,18 @@ def save_tiny_reward_model(path: Path, num_labels: int = 1, chat_template: bool 
     tokenizer = build_tokenizer(chat_template=chat_template)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, num_labels=num_labels,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        num_labels=num_labels,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
     model = LlamaForSequenceClassification(config).eval()
     with torch.no_grad():  # a visible spread of rewards (the default init gives logits near 0)
         model.score.weight.normal_(0.0, 1.0)
@@ -106,22 +144,33 @@ def save_tiny_reward_model(path: Path, num_labels: int = 1, chat_template: bool 
 # ---------------------------------------------------------------------------------------------------
 # Data in the benchmarks' schemas
 # ---------------------------------------------------------------------------------------------------
-REWARDBENCH_SUBSETS = ["alpacaeval-easy", "mt-bench-hard", "llmbar-natural", "refusals-dangerous",
-                       "xstest-should-respond", "math-prm", "hep-python", "donotanswer"]  # fmt: skip
+REWARDBENCH_SUBSETS = [
+    "alpacaeval-easy",
+    "mt-bench-hard",
+    "llmbar-natural",
+    "refusals-dangerous",
+    "xstest-should-respond",
+    "math-prm",
+    "hep-python",
+    "donotanswer",
+]
 
 
 def rewardbench_rows(n: int = 16, subsets=REWARDBENCH_SUBSETS, long_responses: bool = False) -> list[dict]:
     rows = []
     for i in range(n):
         filler = " and the sky is blue" * (40 if long_responses and i % 3 == 0 else i % 4)
-        rows.append({
-            "id": 1000 + i,
-            "subset": subsets[i % len(subsets)],
-            "prompt": f"What is {i} plus {i}?" + " Please explain." * (i % 3),
-            "chosen": f"The answer is {2 * i}{filler}.",
-            "rejected": f"The answer is {2 * i + 1}. Hello{filler}.",
-            "chosen_model": "a", "rejected_model": "b",
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": 1000 + i,
+                "subset": subsets[i % len(subsets)],
+                "prompt": f"What is {i} plus {i}?" + " Please explain." * (i % 3),
+                "chosen": f"The answer is {2 * i}{filler}.",
+                "rejected": f"The answer is {2 * i + 1}. Hello{filler}.",
+                "chosen_model": "a",
+                "rejected_model": "b",
+            }
+        )
     return rows
 
 
@@ -142,7 +191,9 @@ BAD_REWARDBENCH_FILES = {
 def bad_rewardbench_file(case: str, tmp_path: Path) -> Path:
     """A RewardBench input file with the defect ``case`` (a key of BAD_REWARDBENCH_FILES)."""
     if case == "missing_column":
-        return write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items() if k != "chosen"} for r in rewardbench_rows(3)])
+        return write_jsonl(
+            tmp_path / "bad.jsonl", [{k: v for k, v in r.items() if k != "chosen"} for r in rewardbench_rows(3)]
+        )
     if case == "not_json":
         path = tmp_path / "bad.json"
         path.write_text("this is not json")
@@ -177,8 +228,14 @@ def run_script(relative_path: str, argv: list[str]) -> int:
 def run_subprocess(relative_path: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     """Run a script as its own process, with this checkout's `ipo` first on the path."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, str(REPO / relative_path), *argv], capture_output=True, text=True,
-                          env=env, cwd=kwargs.pop("cwd", REPO), **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / relative_path), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=kwargs.pop("cwd", REPO),
+        **kwargs,
+    )
 
 
 def rmbench_rows(n: int = 4, domain: str | None = None, first_id: int = 0, long_prompt: bool = False) -> list[dict]:
@@ -196,8 +253,12 @@ def rmbench_rows(n: int = 4, domain: str | None = None, first_id: int = 0, long_
             "subset": "alpacaeval",
             "prompt": f"What is {a} plus {a}?" + " Please explain the steps carefully." * (8 if long_prompt else i % 3),
             "chosen": [f"{2 * a}.", f"The answer is {2 * a}.{detail}", f"**Answer:** {2 * a}\n\n-{detail}"],
-            "rejected": [f"{2 * a + 1}.", f"The answer is {2 * a + 1}.{detail}", f"**Answer:** {2 * a + 1}\n\n-{detail}"],
-        }  # fmt: skip
+            "rejected": [
+                f"{2 * a + 1}.",
+                f"The answer is {2 * a + 1}.{detail}",
+                f"**Answer:** {2 * a + 1}\n\n-{detail}",
+            ],
+        }
         if domain:
             row["domain"] = domain
         rows.append(row)
@@ -230,8 +291,23 @@ def api_argv(server, data, out, *extra, run_name: str = "r") -> list[str]:
     """Arguments of an API judge script against the test server: --base_url at index 1, --model's value
     API_MODEL; ``data``: one path or a list (RM-Bench's several files)."""
     datasets = [str(d) for d in data] if isinstance(data, (list, tuple)) else [str(data)]
-    return ["--base_url", server.base_url, "--model", API_MODEL, "--dataset", *datasets, "--output_dir", str(out),
-            "--run_name", run_name, "--retry_base_delay", "0.001", "--log_level", "warning", *extra]
+    return [
+        "--base_url",
+        server.base_url,
+        "--model",
+        API_MODEL,
+        "--dataset",
+        *datasets,
+        "--output_dir",
+        str(out),
+        "--run_name",
+        run_name,
+        "--retry_base_delay",
+        "0.001",
+        "--log_level",
+        "warning",
+        *extra,
+    ]
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -37,8 +37,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from ipo.judges.yes_no import NO_VARIANTS, YES_VARIANTS
 
@@ -50,9 +50,17 @@ def error_body(message: str, kind: str, code: str | None = None) -> dict:
 class OpenAIServer:
     """Serves `model` under the id `model_id`; use as a context manager (start/stop)."""
 
-    def __init__(self, model, tokenizer, model_id: str = "tiny-judge", api_key: str | None = "test-key",
-                 answer_bias: float = 8.0, stall_seconds: float = 30.0, max_prompt_tokens: int = 2048,
-                 port: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        model_id: str = "tiny-judge",
+        api_key: str | None = "test-key",
+        answer_bias: float = 8.0,
+        stall_seconds: float = 30.0,
+        max_prompt_tokens: int = 2048,
+        port: int = 0,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -60,8 +68,13 @@ class OpenAIServer:
         self.stall_seconds = stall_seconds
         self.max_prompt_tokens = max_prompt_tokens
         self.port = port  # 0: a free port
-        self.answer_ids = sorted({ids[0] for v in YES_VARIANTS + NO_VARIANTS
-                                  if len(ids := tokenizer.encode(v, add_special_tokens=False)) == 1})  # fmt: skip
+        self.answer_ids = sorted(
+            {
+                ids[0]
+                for v in YES_VARIANTS + NO_VARIANTS
+                if len(ids := tokenizer.encode(v, add_special_tokens=False)) == 1
+            }
+        )
         self.answer_bias = answer_bias
         self.canned: Callable[[dict], dict | None] | None = None
         self._lock = threading.Lock()
@@ -79,7 +92,7 @@ class OpenAIServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
-    def start(self) -> "OpenAIServer":
+    def start(self) -> OpenAIServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.app = self
@@ -94,7 +107,7 @@ class OpenAIServer:
             self._httpd.server_close()
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "OpenAIServer":
+    def __enter__(self) -> OpenAIServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -134,8 +147,14 @@ class OpenAIServer:
         if canned is not None:
             content = canned["content"]
             top = canned.get("top_logprobs", [])[:top_k]
-            entries = [{"token": content, "logprob": top[0]["logprob"] if top else 0.0,
-                        "bytes": list(content.encode()), "top_logprobs": top}]  # fmt: skip
+            entries = [
+                {
+                    "token": content,
+                    "logprob": top[0]["logprob"] if top else 0.0,
+                    "bytes": list(content.encode()),
+                    "top_logprobs": top,
+                }
+            ]
             if canned.get("logprobs") is False:
                 want_logprobs = False
             prompt_tokens, completion_tokens, finish = 0, 1, "stop"
@@ -147,15 +166,20 @@ class OpenAIServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.model_id,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": {"content": entries} if want_logprobs else None,
-                "finish_reason": finish,
-            }],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }  # fmt: skip
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": {"content": entries} if want_logprobs else None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
     def _entry(self, token_id: int, log_probs, top_k: int) -> dict:
         import torch
@@ -165,14 +189,16 @@ class OpenAIServer:
             return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
 
         values, ids = torch.topk(log_probs, top_k) if top_k else (torch.empty(0), torch.empty(0, dtype=torch.long))
-        return {**item(token_id, float(log_probs[token_id])),
-                "top_logprobs": [item(int(i), float(v)) for v, i in zip(values, ids)]}  # fmt: skip
+        return {
+            **item(token_id, float(log_probs[token_id])),
+            "top_logprobs": [item(int(i), float(v)) for v, i in zip(values, ids)],
+        }
 
     def _generate(self, messages: list[dict], max_tokens: int, top_k: int):
         import torch
 
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt = self.tokenizer(text, add_special_tokens=False).input_ids[-self.max_prompt_tokens:]
+        prompt = self.tokenizer(text, add_special_tokens=False).input_ids[-self.max_prompt_tokens :]
         generated, entries = [], []
         with self._model_lock, torch.inference_mode():
             input_ids, past = torch.tensor([prompt]), None
@@ -214,8 +240,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         app: OpenAIServer = self.server.app
         if self.path.rstrip("/") == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [
-                {"id": app.model_id, "object": "model", "created": 0, "owned_by": "ipo-tests"}]})  # fmt: skip
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": app.model_id, "object": "model", "created": 0, "owned_by": "ipo-tests"}],
+                },
+            )
         else:
             self._send_json(404, error_body(f"no route {self.path}", "invalid_request_error"))
 
@@ -263,8 +294,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(401, error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
             return
         if body.get("model") != app.model_id:
-            self._send_json(404, error_body(f"The model `{body.get('model')}` does not exist or you do not have "
-                                            "access to it.", "invalid_request_error", "model_not_found"))  # fmt: skip
+            self._send_json(
+                404,
+                error_body(
+                    f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                    "invalid_request_error",
+                    "model_not_found",
+                ),
+            )
             return
         try:
             answer = app.complete(body)
@@ -291,8 +328,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model_dir", default=None, help="a local model folder; default: the tiny random test model")
     parser.add_argument("--model_id", default="tiny-judge", help="the model id clients must ask for")
     parser.add_argument("--api_key", default="test-key", help="the key clients must send (a test value, not a secret)")
-    parser.add_argument("--answer_bias", type=float, default=8.0,
-                        help="logit bias on Yes/No tokens (0 for a real judge)")
+    parser.add_argument(
+        "--answer_bias", type=float, default=8.0, help="logit bias on Yes/No tokens (0 for a real judge)"
+    )
     args = parser.parse_args(argv)
     if args.model_dir:
         from ipo.modeling import load_model, load_tokenizer
@@ -304,8 +342,9 @@ def main(argv=None) -> int:
 
         tokenizer = build_tokenizer()
         model = build_model(tokenizer)
-    with OpenAIServer(model, tokenizer, model_id=args.model_id, api_key=args.api_key,
-                      answer_bias=args.answer_bias, port=args.port) as server:  # fmt: skip
+    with OpenAIServer(
+        model, tokenizer, model_id=args.model_id, api_key=args.api_key, answer_bias=args.answer_bias, port=args.port
+    ) as server:
         print(f"serving {args.model_id} at {server.base_url} (key {args.api_key!r}); Ctrl-C stops", flush=True)
         try:
             while server._thread.is_alive():

@@ -17,15 +17,19 @@ import sys
 import time
 
 import pytest
-
 from helpers import API_MODEL as MODEL
 from helpers import REPO, api_argv, load_run, read_jsonl, rewardbench_rows, run_script, run_subprocess, write_jsonl
+
 from ipo import IpoError
-from ipo.judges import api, api_client
 from ipo.benchmarks.api_failures import forget_failures
+from ipo.judges import api, api_client
 from ipo.prompts import (
-    COMPARE_PROMPT_REWARDBENCH, REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, chat_user_content, render_api_upstream,
-)  # fmt: skip
+    COMPARE_PROMPT_REWARDBENCH,
+    REWARDBENCH_LAYOUT,
+    REWARDBENCH_PROMPTS,
+    chat_user_content,
+    render_api_upstream,
+)
 
 OURS = "Preference_Comparison/Reward_Bench/ours_gpt.py"
 BINARY = "Preference_Comparison/Reward_Bench/binary_gpt.py"
@@ -40,16 +44,35 @@ def lp(token, logprob):
 def completion(top_logprobs=None, content="Yes", logprobs=True):
     """A chat-completions JSON answer as OpenAI sends it."""
     entries = [{**lp(content, -0.1), "top_logprobs": top_logprobs or []}] if logprobs else None
-    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": {"content": entries} if logprobs else None, "finish_reason": "length"}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": {"content": entries} if logprobs else None,
+                "finish_reason": "length",
+            }
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------------------------------
-TOP = [lp(" yes", -1.0), lp("Yes", -0.5), lp("Yesterday", -0.1), lp("Yes.", -0.2), lp(" No", -2.0), lp("no", -1.5),
-       lp(" NO ", -3.0), lp("maybe", -0.3)]
+TOP = [
+    lp(" yes", -1.0),
+    lp("Yes", -0.5),
+    lp("Yesterday", -0.1),
+    lp("Yes.", -0.2),
+    lp(" No", -2.0),
+    lp("no", -1.5),
+    lp(" NO ", -3.0),
+    lp("maybe", -0.3),
+]
 
 
 def test_yes_no_logprobs_upstream_takes_the_first_match_of_each_side():
@@ -111,8 +134,15 @@ def test_pairwise_verdict(text, upstream, chat):
 def test_pairwise_fields_and_order_metrics():
     ok = {"failure": None, "failed": [], "info": [{"judge_text": "a"}, {"judge_text": "b"}]}
     assert api.pairwise_fields([1, 2], ok) == {
-        "correct": True, "tie": False, "verdict_chosen_first": 1, "verdict_chosen_second": 2,
-        "failure": None, "failed": [], "judge_text_chosen_first": "a", "judge_text_chosen_second": "b"}  # fmt: skip
+        "correct": True,
+        "tie": False,
+        "verdict_chosen_first": 1,
+        "verdict_chosen_second": 2,
+        "failure": None,
+        "failed": [],
+        "judge_text_chosen_first": "a",
+        "judge_text_chosen_second": "b",
+    }
     assert (api.pairwise_fields([1, 1], ok)["correct"], api.pairwise_fields([1, 1], ok)["tie"]) == (False, True)
     assert (api.pairwise_fields([2, 1], ok)["correct"], api.pairwise_fields([2, 1], ok)["tie"]) == (False, False)
     failed = {"failure": "unparsed", "failed": [0], "info": [{"judge_text": "?"}, {"judge_text": "b"}]}
@@ -130,8 +160,13 @@ def test_pairwise_fields_and_order_metrics():
 def test_answer_fields_give_every_record_the_same_columns():
     extra = {"failure": "timeout", "failed": [1], "info": [{"logprob_yes": -1.0, "logprob_no": -2.0}, {"error": "x"}]}
     assert api.answer_fields(extra, ("chosen", "rejected"), keys=("logprob_yes", "logprob_no")) == {
-        "failure": "timeout", "failed": ["rejected"], "logprob_yes_chosen": -1.0, "logprob_yes_rejected": None,
-        "logprob_no_chosen": -2.0, "logprob_no_rejected": None}  # fmt: skip
+        "failure": "timeout",
+        "failed": ["rejected"],
+        "logprob_yes_chosen": -1.0,
+        "logprob_yes_rejected": None,
+        "logprob_no_chosen": -2.0,
+        "logprob_no_rejected": None,
+    }
 
 
 def test_requests_are_upstreams():
@@ -140,13 +175,20 @@ def test_requests_are_upstreams():
     assert content == f"{template}\nUser: {question}\nResponse: {response}"
     assert content == render_api_upstream(template, question, response)
     assert api.yes_no_request("upstream", content) == {
-        "messages": [{"role": "user", "content": content}], "max_tokens": 2, "logprobs": True,
-        "top_logprobs": 10, "temperature": 0.7}  # fmt: skip
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 2,
+        "logprobs": True,
+        "top_logprobs": 10,
+        "temperature": 0.7,
+    }
     chat = api.yes_no_content("chat", REWARDBENCH_LAYOUT, template, question, response)
     assert chat == chat_user_content(template, question, response)
     assert api.yes_no_request("chat", chat)["top_logprobs"] == 20
-    assert api.pairwise_request("upstream", "x") == {"messages": [{"role": "user", "content": "x"}],
-                                                     "max_tokens": 200, "temperature": 0.1}  # fmt: skip
+    assert api.pairwise_request("upstream", "x") == {
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 200,
+        "temperature": 0.1,
+    }
 
 
 def test_request_key():
@@ -173,7 +215,12 @@ def test_retry_delay_and_retry_after():
         api_client.status_kind(429) == "rate_limited" and api_client.status_kind(429, "insufficient_quota") == "quota"
     )
     assert [api_client.status_kind(s) for s in (400, 401, 404, 500, 503)] == [
-        "rejected", "unauthorized", "not_found", "server_error", "server_error"]
+        "rejected",
+        "unauthorized",
+        "not_found",
+        "server_error",
+        "server_error",
+    ]
 
 
 def test_response_cache_survives_a_cut_last_line(tmp_path):
@@ -222,8 +269,10 @@ def body(text):
     return api.yes_no_request("upstream", text)
 
 
-@pytest.mark.parametrize("fault, times, kind", [("429", 2, "rate_limited"), ("503", 1, "server_error"),
-                                                ("drop", 2, "connection"), ("garbage", 1, "bad_response")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fault, times, kind",
+    [("429", 2, "rate_limited"), ("503", 1, "server_error"), ("drop", 2, "connection"), ("garbage", 1, "bad_response")],
+)
 def test_client_retries_until_it_succeeds(openai_server, fault, times, kind):
     client = make_client(openai_server)
     openai_server.inject(fault, times)
@@ -303,14 +352,33 @@ def test_help():
     for script in (OURS, BINARY):
         result = run_subprocess(script, ["--help"], timeout=120)
         assert result.returncode == 0
-        for flag in ("--base_url", "--api_key_env", "--max_retries", "--max_concurrency", "--timeout", "--cache_dir",
-                     "--scoring"):
+        for flag in (
+            "--base_url",
+            "--api_key_env",
+            "--max_retries",
+            "--max_concurrency",
+            "--timeout",
+            "--cache_dir",
+            "--scoring",
+        ):
             assert flag in result.stdout, (script, flag)
     assert "--both_orders" in run_subprocess(BINARY, ["--help"], timeout=120).stdout
 
 
-RECORD_COLUMNS = {"id", "subset", "p_yes_chosen", "p_yes_rejected", "correct", "tie", "failure", "failed",
-                  "logprob_yes_chosen", "logprob_no_chosen", "logprob_yes_rejected", "logprob_no_rejected"}
+RECORD_COLUMNS = {
+    "id",
+    "subset",
+    "p_yes_chosen",
+    "p_yes_rejected",
+    "correct",
+    "tie",
+    "failure",
+    "failed",
+    "logprob_yes_chosen",
+    "logprob_no_chosen",
+    "logprob_yes_rejected",
+    "logprob_no_rejected",
+}
 
 
 def test_ours_gpt_end_to_end_resume_and_overwrite(openai_server, rb_file, tmp_path, capsys):
@@ -318,8 +386,14 @@ def test_ours_gpt_end_to_end_resume_and_overwrite(openai_server, rb_file, tmp_pa
     assert run_script(OURS, argv_for(openai_server, rb_file, out)) == 0
     run_dir = out / "r"
     assert "## API judge" in capsys.readouterr().out
-    for name in ("config.json", "predictions.jsonl", "metrics.json", "results.md", "subset_accuracy.png",
-                 f"accuracy_reward-bench_yesno_{MODEL}.json"):
+    for name in (
+        "config.json",
+        "predictions.jsonl",
+        "metrics.json",
+        "results.md",
+        "subset_accuracy.png",
+        f"accuracy_reward-bench_yesno_{MODEL}.json",
+    ):
         assert (run_dir / name).is_file(), name
     predictions, metrics = load_run(run_dir)
     assert sorted(predictions) == list(range(1000, 1000 + N_PAIRS))
@@ -332,11 +406,19 @@ def test_ours_gpt_end_to_end_resume_and_overwrite(openai_server, rb_file, tmp_pa
     # One request per response, each the upstream request for its subset's question.
     assert openai_server.requests == 2 * N_PAIRS
     first = ROWS[0]
-    assert openai_server.bodies[0] == {"model": MODEL, **api.yes_no_request("upstream", render_api_upstream(
-        REWARDBENCH_PROMPTS[first["subset"]], first["prompt"], first["chosen"]))}  # the probe: pair 1000, chosen
+    assert openai_server.bodies[0] == {
+        "model": MODEL,
+        **api.yes_no_request(
+            "upstream", render_api_upstream(REWARDBENCH_PROMPTS[first["subset"]], first["prompt"], first["chosen"])
+        ),
+    }  # the probe: pair 1000, chosen
     assert metrics["n_pairs"] == N_PAIRS and metrics["n_failed"] == 0 and metrics["failures_by_kind"] == {}
-    assert metrics["accuracy"] == metrics["accuracy_all_pairs"] == metrics["accuracy_answered"] == pytest.approx(
-        sum(p["correct"] for p in predictions.values()) / N_PAIRS)
+    assert (
+        metrics["accuracy"]
+        == metrics["accuracy_all_pairs"]
+        == metrics["accuracy_answered"]
+        == pytest.approx(sum(p["correct"] for p in predictions.values()) / N_PAIRS)
+    )
     usage = metrics["api_usage_this_invocation"]
     assert usage["requests_sent"] == usage["answered"] == 2 * N_PAIRS and usage["cache_hits"] == 1  # the probe's
     assert usage["retries"] == 0 and usage["prompt_tokens"] > 0
@@ -486,8 +568,13 @@ def test_kill_minus_9_resumes_from_the_cache(openai_server, rb_file, tmp_path):
     out = tmp_path / "out"
     argv = argv_for(openai_server, rb_file, out, "--max_concurrency", "2", "--log_level", "error")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, str(REPO / OURS), *argv], env=env, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / OURS), *argv],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     predictions = out / "r" / "predictions.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (predictions.exists() and predictions.read_text().count("\n") >= 3):
@@ -506,15 +593,18 @@ def test_kill_minus_9_resumes_from_the_cache(openai_server, rb_file, tmp_path):
     assert load_run(out / "r")[0] == reference  # nothing lost, nothing twice
 
 
-@pytest.mark.parametrize("case, message, status", [
-    ("missing_key", "OPENAI_API_KEY is not set", 1),
-    ("missing_named_key", "MY_PROVIDER_KEY is not set", 1),
-    ("key_on_command_line", "--api_key is not accepted", 2),
-    ("wrong_key", "refused the API key", 1),
-    ("unknown_model", "no such model", 1),
-    ("unreachable", "cannot reach", 1),
-    ("bad_base_url", "--base_url must be an http(s) URL", 2),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "case, message, status",
+    [
+        ("missing_key", "OPENAI_API_KEY is not set", 1),
+        ("missing_named_key", "MY_PROVIDER_KEY is not set", 1),
+        ("key_on_command_line", "--api_key is not accepted", 2),
+        ("wrong_key", "refused the API key", 1),
+        ("unknown_model", "no such model", 1),
+        ("unreachable", "cannot reach", 1),
+        ("bad_base_url", "--base_url must be an http(s) URL", 2),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(openai_server, rb_file, tmp_path, monkeypatch, case, message, status):
     out = tmp_path / "out"
     argv = argv_for(openai_server, rb_file, out, "--log_level", "error", "--max_retries", "1")
@@ -568,9 +658,19 @@ def test_binary_upstream_asks_chosen_first_with_upstreams_request(openai_server,
     predictions, metrics = load_run(out / "r")
     assert openai_server.requests == N_PAIRS
     row = ROWS[0]
-    assert openai_server.bodies[0] == {"model": MODEL, "max_tokens": 200, "temperature": 0.1, "messages": [
-        {"role": "user", "content": COMPARE_PROMPT_REWARDBENCH.format(
-            instruction=row["prompt"], response1=row["chosen"], response2=row["rejected"])}]}  # fmt: skip
+    assert openai_server.bodies[0] == {
+        "model": MODEL,
+        "max_tokens": 200,
+        "temperature": 0.1,
+        "messages": [
+            {
+                "role": "user",
+                "content": COMPARE_PROMPT_REWARDBENCH.format(
+                    instruction=row["prompt"], response1=row["chosen"], response2=row["rejected"]
+                ),
+            }
+        ],
+    }
     assert metrics["accuracy"] == 1.0 and metrics["orders"]["chosen_first"]["accuracy"] == 1.0
     assert "chosen_second" not in metrics["orders"] and "agreement" not in metrics
     p = predictions[1000]
@@ -610,8 +710,12 @@ def test_binary_chat_mode_defaults_to_both_orders_and_reads_markdown(openai_serv
     config = json.loads((out / "r" / "config.json").read_text())
     assert config["args"]["both_orders"] is True and config["resolved"]["orders"] == ["chosen_first", "chosen_second"]
     # --no_both_orders turns it off.
-    assert run_script(BINARY, argv_for(openai_server, rb_file, out, "--scoring", "chat", "--no_both_orders",
-                                       run_name="one")) == 0  # fmt: skip
+    assert (
+        run_script(
+            BINARY, argv_for(openai_server, rb_file, out, "--scoring", "chat", "--no_both_orders", run_name="one")
+        )
+        == 0
+    )
     assert set(load_run(out / "one")[1]["orders"]) == {"chosen_first"}
 
 
@@ -631,5 +735,8 @@ def test_binary_unparsed_answer_is_a_counted_failure(openai_server, rb_file, tmp
     assert metrics["n_failed"] == 1 and metrics["failures_by_kind"] == {"unparsed": 1}
     all_but_one = pytest.approx((N_PAIRS - 1) / N_PAIRS)
     assert metrics["accuracy_all_pairs"] == all_but_one and metrics["accuracy_answered"] == 1.0
-    assert metrics["orders"]["chosen_first"] == {"n_answered": N_PAIRS - 1, "accuracy": 1.0,
-                                                 "accuracy_all_pairs": all_but_one}  # fmt: skip
+    assert metrics["orders"]["chosen_first"] == {
+        "n_answered": N_PAIRS - 1,
+        "accuracy": 1.0,
+        "accuracy_all_pairs": all_but_one,
+    }

@@ -11,14 +11,21 @@ import json
 import socket
 
 import pytest
-
 from helpers import (
-    API_MODEL, api_argv, load_run, load_script, read_jsonl, rmbench_rows, run_script, run_subprocess, write_json,
-)  # fmt: skip
-from ipo.judges import api
-from ipo.benchmarks import rmbench_api, rmbench_metrics
-from ipo.benchmarks import rmbench
+    API_MODEL,
+    api_argv,
+    load_run,
+    load_script,
+    read_jsonl,
+    rmbench_rows,
+    run_script,
+    run_subprocess,
+    write_json,
+)
+
+from ipo.benchmarks import rmbench, rmbench_api, rmbench_metrics
 from ipo.data import Example
+from ipo.judges import api
 from ipo.prompts import COMPARE_PROMPT_RMBENCH, RMBENCH_LAYOUT, SELF_REWARD_PROMPT, render_upstream
 
 OURS = "Preference_Comparison/RM_Bench/ours_gpt.py"
@@ -41,8 +48,10 @@ N_PROMPTS = len(CHAT_ROWS) + len(REFUSE_ROWS)
 
 @pytest.fixture
 def rm_files(tmp_path):
-    return [write_json(tmp_path / "chat_filtered.json", CHAT_ROWS),
-            write_json(tmp_path / "safety-refuse_filtered.json", REFUSE_ROWS)]  # fmt: skip
+    return [
+        write_json(tmp_path / "chat_filtered.json", CHAT_ROWS),
+        write_json(tmp_path / "safety-refuse_filtered.json", REFUSE_ROWS),
+    ]
 
 
 def load(run_dir):
@@ -66,8 +75,10 @@ def test_pairwise_matrices_leave_unmeasured_cells_out():
             correct[k][k], tie[k][k] = correct_diagonal[k], tie_diagonal[k]
         return {"domain": domain, "correct": correct, "tie": tie}
 
-    records = [record("chat", [True, False, True], [False, True, False]),
-               record("chat", [True, True, False], [False, False, False])]  # fmt: skip
+    records = [
+        record("chat", [True, False, True], [False, True, False]),
+        record("chat", [True, True, False], [False, False, False]),
+    ]
     matrix, ties = rmbench_metrics.pairwise_matrices(records)
     assert [matrix[k][k] for k in range(3)] == [1.0, 0.5, 0.5]
     assert matrix[0][1] is None and ties[2][0] is None and ties[1][1] == 0.5
@@ -92,9 +103,11 @@ def test_style_pair_fields_and_requests():
     bodies = rmbench_api.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, cells)
     assert len(bodies) == 6  # 3 cells x 2 orders, slot = cell * 2 + order
     assert bodies[2]["messages"][0]["content"] == COMPARE_PROMPT_RMBENCH.format(
-        instruction="Q", response1="c2", response2="r2")
+        instruction="Q", response1="c2", response2="r2"
+    )
     assert bodies[3]["messages"][0]["content"] == COMPARE_PROMPT_RMBENCH.format(
-        instruction="Q", response1="r2", response2="c2")
+        instruction="Q", response1="r2", response2="c2"
+    )
     kinds = [None, None, None, "timeout", None, None]
     extra = {"failure": "timeout", "kinds": kinds, "info": [{"judge_text": str(s)} for s in range(6)]}
     fields = rmbench_api.style_pair_fields([1, 2, 1, None, 1, 1], extra, cells)
@@ -103,8 +116,14 @@ def test_style_pair_fields_and_requests():
     assert fields["correct"][0][1] is None and fields["verdict_chosen_second"][2][2] == 1
     assert fields["failed"] == ["chosen_2-rejected_2/chosen_second"] and fields["failure"] == "timeout"
     assert fields["judge_text_chosen_first"][1][1] == "2"
-    assert len(rmbench_api.style_pair_requests("upstream", COMPARE_PROMPT_RMBENCH, example, rmbench_api.STYLE_PAIRS["all"],
-                                       api.PAIRWISE_ORDERS[:1])) == 9  # fmt: skip
+    assert (
+        len(
+            rmbench_api.style_pair_requests(
+                "upstream", COMPARE_PROMPT_RMBENCH, example, rmbench_api.STYLE_PAIRS["all"], api.PAIRWISE_ORDERS[:1]
+            )
+        )
+        == 9
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,20 +134,32 @@ def test_ours_gpt_end_to_end_and_resume_from_the_cache(openai_server, rm_files, 
     assert run_script(OURS, api_argv(openai_server, rm_files, out)) == 0
     assert "## API judge" in capsys.readouterr().out
     run_dir = out / "r"
-    for name in ("config.json", "predictions.jsonl", "metrics.json", "results.md", "style_matrix_chat.png",
-                 f"accuracy-rm-bench-{API_MODEL}-yesno.json"):  # fmt: skip
+    for name in (
+        "config.json",
+        "predictions.jsonl",
+        "metrics.json",
+        "results.md",
+        "style_matrix_chat.png",
+        f"accuracy-rm-bench-{API_MODEL}-yesno.json",
+    ):
         assert (run_dir / name).is_file(), name
     predictions, metrics = load(run_dir)
-    assert sorted(predictions) == sorted([f"chat/{r['id']}" for r in CHAT_ROWS] +
-                                         [f"safety-refuse/{r['id']}" for r in REFUSE_ROWS])  # fmt: skip
+    assert sorted(predictions) == sorted(
+        [f"chat/{r['id']}" for r in CHAT_ROWS] + [f"safety-refuse/{r['id']}" for r in REFUSE_ROWS]
+    )
     assert openai_server.requests == 6 * N_PROMPTS
     row = CHAT_ROWS[0]  # the probe: the first prompt's first response, upstream's RM-Bench wrapper
-    assert openai_server.bodies[0] == {"model": API_MODEL, **api.yes_no_request("upstream", render_upstream(
-        RMBENCH_LAYOUT, rmbench.judge_question("chat"), row["prompt"], row["chosen"][0]))}  # fmt: skip
+    assert openai_server.bodies[0] == {
+        "model": API_MODEL,
+        **api.yes_no_request(
+            "upstream", render_upstream(RMBENCH_LAYOUT, rmbench.judge_question("chat"), row["prompt"], row["chosen"][0])
+        ),
+    }
     for p in predictions.values():
         assert p["failure"] is None and len(p["p_yes_chosen"]) == len(p["logprob_yes_rejected"]) == 3
         assert p["p_yes_rejected"][2] == pytest.approx(
-            api.p_yes_from_logprobs(p["logprob_yes_rejected"][2], p["logprob_no_rejected"][2]))
+            api.p_yes_from_logprobs(p["logprob_yes_rejected"][2], p["logprob_no_rejected"][2])
+        )
     chat = [p for p in predictions.values() if p["domain"] == "chat"]
     normal = sum(diagonal_accuracy(p["p_yes_chosen"], p["p_yes_rejected"]) for p in chat) / len(chat)
     assert metrics["domains"]["chat"]["normal"] == pytest.approx(normal)
@@ -169,14 +200,16 @@ def test_ours_gpt_faults_are_retried_failures_counted_and_tried_again(openai_ser
     assert failed["failure"] == "server_error" and failed["failed"] == ["rejected_2"]
     assert failed["p_yes_rejected"][1] is None and failed["p_yes_chosen"] == reference["chat/9"]["p_yes_chosen"]
     assert {k: p for k, p in predictions.items() if k != "chat/9"} == {
-        k: p for k, p in reference.items() if k != "chat/9"}  # fmt: skip
+        k: p for k, p in reference.items() if k != "chat/9"
+    }
     assert metrics["n_failed"] == 1 and metrics["n_answered"] == N_PROMPTS - 1
     assert metrics["failures_by_kind"] == {"server_error": 1}
     assert metrics["answered_only"]["n_prompts"] == N_PROMPTS - 1
     # The failed response loses its comparisons in the main metrics (by hand, over the 4 chat prompts).
     chat = [predictions[f"chat/{r['id']}"] for r in CHAT_ROWS]
     assert metrics["domains"]["chat"]["levels"]["level_2"] == pytest.approx(
-        sum(p["p_yes_rejected"][1] is not None and p["p_yes_chosen"][1] > p["p_yes_rejected"][1] for p in chat) / 4)
+        sum(p["p_yes_rejected"][1] is not None and p["p_yes_chosen"][1] > p["p_yes_rejected"][1] for p in chat) / 4
+    )
     usage = metrics["api_usage_this_invocation"]
     assert usage["requests_sent"] == openai_server.requests == 6 * N_PROMPTS + 2 + 2  # 429 x2, then 500 x3 (2 retried)
     assert usage["errors_by_kind"] == {"rate_limited": 2, "server_error": 3}
@@ -221,8 +254,14 @@ def test_self_reward_gpt_metrics_requests_and_parse_failures(openai_server, rm_f
     predictions, metrics = load(out / "r")
     assert openai_server.requests == 6 * N_PROMPTS
     row = CHAT_ROWS[0]
-    assert openai_server.bodies[0] == {"model": API_MODEL, "max_tokens": 200, "temperature": 0.1, "messages": [
-        {"role": "user", "content": SELF_REWARD_PROMPT.format(instruction=row["prompt"], response=row["chosen"][0])}]}
+    assert openai_server.bodies[0] == {
+        "model": API_MODEL,
+        "max_tokens": 200,
+        "temperature": 0.1,
+        "messages": [
+            {"role": "user", "content": SELF_REWARD_PROMPT.format(instruction=row["prompt"], response=row["chosen"][0])}
+        ],
+    }
     unparsed = predictions["chat/8"]
     assert unparsed["score_chosen"] == [3, 3, None] and unparsed["score_rejected"] == [2, 4, 3]
     assert unparsed["failure"] == "unparsed" and unparsed["failed"] == ["chosen_3"]
@@ -265,16 +304,27 @@ def test_binary_gpt_upstream_compares_same_style_pairs_chosen_first(openai_serve
     predictions, metrics = load(out / "r")
     assert openai_server.requests == 3 * N_PROMPTS
     row = CHAT_ROWS[0]
-    assert openai_server.bodies[0] == {"model": API_MODEL, "max_tokens": 200, "temperature": 0.1, "messages": [
-        {"role": "user", "content": COMPARE_PROMPT_RMBENCH.format(
-            instruction=row["prompt"], response1=row["chosen"][0], response2=row["rejected"][0])}]}  # fmt: skip
+    assert openai_server.bodies[0] == {
+        "model": API_MODEL,
+        "max_tokens": 200,
+        "temperature": 0.1,
+        "messages": [
+            {
+                "role": "user",
+                "content": COMPARE_PROMPT_RMBENCH.format(
+                    instruction=row["prompt"], response1=row["chosen"][0], response2=row["rejected"][0]
+                ),
+            }
+        ],
+    }
     p = predictions["chat/8"]
     assert [p["correct"][k][k] for k in range(3)] == [True] * 3 and p["correct"][0][2] is None
     assert p["verdict_chosen_first"][1][1] == 1 and "verdict_chosen_second" not in p
     assert metrics["normal"] == 1.0 and metrics["hard"] is None and metrics["easy"] is None
     assert metrics["average"] is None and metrics["domains"]["chat"]["levels"]["level_3"] == 1.0
-    assert metrics["orders"] == {"chosen_first": {"n_answered": 3 * N_PROMPTS, "accuracy": 1.0,
-                                                  "accuracy_all_pairs": 1.0}}  # fmt: skip
+    assert metrics["orders"] == {
+        "chosen_first": {"n_answered": 3 * N_PROMPTS, "accuracy": 1.0, "accuracy_all_pairs": 1.0}
+    }
     levels = json.loads((out / "r" / f"accuracy-rm-bench-{API_MODEL}-comparative.json").read_text())
     assert levels["RM-Bench-chat"] == {"level_1": 100.0, "level_2": 100.0, "level_3": 100.0}
     assert "RM-Bench normal over all examples" in (out / "r" / "results.md").read_text()
@@ -298,8 +348,12 @@ def test_binary_gpt_all_style_pairs_in_chat_mode(openai_server, rm_files, tmp_pa
 
     openai_server.canned = bold
     out = tmp_path / "out"
-    assert run_script(BINARY, api_argv(openai_server, rm_files, out, "--scoring", "chat", "--pairs", "all",
-                                       "--limit", "1")) == 0  # fmt: skip
+    assert (
+        run_script(
+            BINARY, api_argv(openai_server, rm_files, out, "--scoring", "chat", "--pairs", "all", "--limit", "1")
+        )
+        == 0
+    )
     predictions, metrics = load(out / "r")
     assert openai_server.requests == 2 * 9 * 2  # 2 prompts (one per domain), 9 pairs, both orders
     assert openai_server.bodies[0]["temperature"] == 0
@@ -330,14 +384,17 @@ def test_binary_gpt_failed_comparison_is_counted_and_wrong(openai_server, rm_fil
 # Bad input, every new script
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("script", [OURS, SELF, BINARY, SELF_RB])
-@pytest.mark.parametrize("case, message", [("missing_key", "OPENAI_API_KEY is not set"),
-                                           ("unreachable", "cannot reach")])  # fmt: skip
-def test_bad_input_is_one_line_and_writes_nothing(openai_server, rm_files, tmp_path, monkeypatch, script, case,
-                                                  message):  # fmt: skip
+@pytest.mark.parametrize(
+    "case, message", [("missing_key", "OPENAI_API_KEY is not set"), ("unreachable", "cannot reach")]
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    openai_server, rm_files, tmp_path, monkeypatch, script, case, message
+):
     data = rm_files
     if script == SELF_RB:
-        data = write_json(tmp_path / "rb.json", [{"id": 1, "subset": "hep-go", "prompt": "Q", "chosen": "a",
-                                                  "rejected": "b"}])  # fmt: skip
+        data = write_json(
+            tmp_path / "rb.json", [{"id": 1, "subset": "hep-go", "prompt": "Q", "chosen": "a", "rejected": "b"}]
+        )
     out = tmp_path / "out"
     argv = api_argv(openai_server, data, out, "--log_level", "error", "--max_retries", "0")
     if case == "missing_key":
@@ -360,8 +417,15 @@ def test_help_lists_the_flags(capsys):
             load_script(script).parse_args(["--help"])
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
-        for flag in ("--base_url", "--api_key_env", "--max_retries", "--max_concurrency", "--cache_dir", "--dataset",
-                     *flags):  # fmt: skip
+        for flag in (
+            "--base_url",
+            "--api_key_env",
+            "--max_retries",
+            "--max_concurrency",
+            "--cache_dir",
+            "--dataset",
+            *flags,
+        ):
             assert flag in text, (script, flag)
 
 

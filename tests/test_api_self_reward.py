@@ -10,10 +10,10 @@ subsets upstream hard-coded); resume from the cache without a request.
 import json
 
 import pytest
-
 from helpers import API_MODEL, api_argv, load_run, rewardbench_rows, run_script, write_jsonl
-from ipo.prompts import SELF_REWARD_PROMPT, SELF_REWARD_PROMPT_BULLET
+
 from ipo.benchmarks.rewardbench import SELF_REWARD_GPT_SETS
+from ipo.prompts import SELF_REWARD_PROMPT, SELF_REWARD_PROMPT_BULLET
 
 SCRIPT = "Preference_Comparison/Reward_Bench/self_reward_gpt.py"
 N_PAIRS = 16
@@ -47,9 +47,17 @@ def test_upstream_mode_requests_regexes_and_failures(openai_server, rb_file, tmp
     assert run_script(SCRIPT, argv) == 0
     predictions, metrics = load_run(out / "r")
     assert openai_server.requests == 2 * N_PAIRS
-    assert openai_server.bodies[0] == {"model": API_MODEL, "max_tokens": 200, "temperature": 0.1, "messages": [
-        {"role": "user", "content": SELF_REWARD_PROMPT_BULLET.format(instruction=ROWS[0]["prompt"],
-                                                                     response=ROWS[0]["chosen"])}]}  # fmt: skip
+    assert openai_server.bodies[0] == {
+        "model": API_MODEL,
+        "max_tokens": 200,
+        "temperature": 0.1,
+        "messages": [
+            {
+                "role": "user",
+                "content": SELF_REWARD_PROMPT_BULLET.format(instruction=ROWS[0]["prompt"], response=ROWS[0]["chosen"]),
+            }
+        ],
+    }
     failed = predictions[1003]
     assert (failed["score_chosen"], failed["score_rejected"], failed["correct"]) == (4, None, False)
     assert failed["failure"] == "unparsed" and failed["failed"] == ["rejected"] and failed["parse_failed_rejected"]
@@ -75,7 +83,8 @@ def test_chat_mode_reads_what_upstream_misses(openai_server, rb_file, tmp_path):
     predictions, metrics = load_run(out / "r")
     sent = openai_server.bodies[0]
     assert sent["temperature"] == 0 and sent["messages"][0]["content"] == SELF_REWARD_PROMPT.format(
-        instruction=ROWS[0]["prompt"], response=ROWS[0]["chosen"])
+        instruction=ROWS[0]["prompt"], response=ROWS[0]["chosen"]
+    )
     assert predictions[1003]["score_rejected"] == 1 and predictions[1003]["correct"]
     assert metrics["n_failed"] == 0 and metrics["accuracy"] == pytest.approx((N_PAIRS - 1) / N_PAIRS)
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import load_script
+
 from ipo.modeling import load_tokenizer
 
 SCRIPT = "benchmarks/bench_scoring.py"
@@ -50,8 +50,17 @@ def test_flop_floor_counts_the_tokens_the_scorer_runs(tiny_model_dir, capsys, mo
     bench = load_script(SCRIPT)
     monkeypatch.setitem(bench.SETTINGS["short"], "max_total_tokens", 400)
     monkeypatch.setattr(bench, "matmul_flops_per_second", lambda device, dtype: 1e12)  # no minute-long peak run
-    argv = ["--model_name", str(tiny_model_dir), "--n_pairs", "3", "--rounds", "1", "--settings", "short",
-            "--flop_floor"]  # fmt: skip
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--n_pairs",
+        "3",
+        "--rounds",
+        "1",
+        "--settings",
+        "short",
+        "--flop_floor",
+    ]
     assert bench.main(argv) == 0
     (line,) = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
     # The floor is 2 x parameters x the scorer's own forward tokens (padding in, shared prefixes once), not the

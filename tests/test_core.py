@@ -1,13 +1,13 @@
 """Data readers, run folders, resumable logs, secrets."""
 
+import argparse
 import gzip
 import json
-import argparse
 
 import pytest
 
 from ipo import IpoError, cli
-from ipo.data import limit_per_group, read_records, Example
+from ipo.data import Example, limit_per_group, read_records
 from ipo.runs import RecordLog, RunDir, scrubbed_command
 
 
@@ -27,7 +27,15 @@ def test_read_every_local_format(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "table.parquet")
-    for name in ("list.json", "lines.jsonl", "lines.json", "columns.json", "wrapped.json", "lines.jsonl.gz", "table.parquet"):
+    for name in (
+        "list.json",
+        "lines.jsonl",
+        "lines.json",
+        "columns.json",
+        "wrapped.json",
+        "lines.jsonl.gz",
+        "table.parquet",
+    ):
         assert read_records(str(tmp_path / name)) == rows, name
 
 
@@ -97,7 +105,13 @@ def test_secrets_never_reach_the_config(tmp_path, monkeypatch):
     RunDir(tmp_path, "run").start(cli.public_args(args))
     assert "SECRET" not in (tmp_path / "run" / "config.json").read_text()
     assert scrubbed_command(["x.py", "--hf_key", "hf_abc", "--api_key=sk-1", "--model_name", "m"]) == [
-        "x.py", "--hf_key", "***", "--api_key=***", "--model_name", "m"]
+        "x.py",
+        "--hf_key",
+        "***",
+        "--api_key=***",
+        "--model_name",
+        "m",
+    ]
 
 
 def test_argument_errors_are_one_line(capsys):

@@ -47,7 +47,9 @@ def test_p_yes_sums_variants_and_counts_shared_ids_twice_like_upstream():
     probs = torch.softmax(logits, -1)[0]
     yes_ids, no_ids = [0, 1], [0, 2]  # id 0 plays the lone '▁' piece shared by both encodings
     expected = (probs[0] + probs[1]) / (probs[0] + probs[1] + probs[0] + probs[2])
-    assert p_yes_from_logits(logits, torch.tensor(yes_ids), torch.tensor(no_ids)).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert p_yes_from_logits(logits, torch.tensor(yes_ids), torch.tensor(no_ids)).item() == pytest.approx(
+        expected.item(), abs=1e-6
+    )
     mass = yes_no_mass(logits, torch.tensor(yes_ids), torch.tensor(no_ids)).item()
     assert mass == pytest.approx((2 * probs[0] + probs[1] + probs[2]).item(), abs=1e-6)
 
@@ -127,7 +129,9 @@ def test_prefix_levels_split_a_batch_into_shared_and_own_tokens():
     # Nothing shared by the whole batch: the group level comes first; a segment may be empty.
     assert prefix_levels([[[1, 2], [1, 3]], [[4, 5]]]) == [([[1], [4]], None), ([[2], [3], [5]], [0, 0, 1])]
     assert prefix_levels([[[1, 2, 3], [1, 2, 4]], [[1, 5], [1, 6]]]) == [
-        ([[1]], None), ([[2], []], [0, 0]), ([[3], [4], [5], [6]], [0, 0, 1, 1])
+        ([[1]], None),
+        ([[2], []], [0, 0]),
+        ([[3], [4], [5], [6]], [0, 0, 1, 1]),
     ]
     # Groups sharing nothing beyond the batch prefix: no group level, the owners skip it.
     assert prefix_levels([[[1, 2, 3]], [[1, 2, 4]]]) == [([[1, 2]], None), ([[3], [4]], [0, 0])]
@@ -223,9 +227,15 @@ def test_three_level_prefix_tree_equals_single_scores(tiny_model):
     """Groups of 1, 2 and 3 responses and two judge questions: batch-wide, group and own levels all run."""
     model, tokenizer = tiny_model
     answers = ["It is {}.", "It is {} or so.", "Maybe {}."]
-    examples = [Example(id=i, prompt=f"What is {i} plus {i}? Please explain the answer carefully.",
-                        responses=[a.format(2 * i) for a in answers[: 1 + i % 3]], subset="ab"[i % 2])
-                for i in range(9)]  # fmt: skip
+    examples = [
+        Example(
+            id=i,
+            prompt=f"What is {i} plus {i}? Please explain the answer carefully.",
+            responses=[a.format(2 * i) for a in answers[: 1 + i % 3]],
+            subset="ab"[i % 2],
+        )
+        for i in range(9)
+    ]
     questions = {"a": "Is the response correct? Answer Yes/No.", "b": "Answer Yes/No."}
 
     def run(judge):
@@ -246,7 +256,7 @@ def test_three_level_prefix_tree_equals_single_scores(tiny_model):
     batched = {g: scores for indices, batch in shared_judge.score_groups(groups) for g, scores in zip(indices, batch)}
     for g, group in enumerate(groups):
         for k, seq in enumerate(group):
-            (_, [[alone]]), = shared_judge.score_groups([[seq]])
+            ((_, [[alone]]),) = shared_judge.score_groups([[seq]])
             assert math.isfinite(batched[g][k]) and batched[g][k] == pytest.approx(alone, abs=1e-4)
 
 
@@ -273,7 +283,10 @@ def test_upstream_truncation_cuts_the_end_at_max_length(tiny_model):
     full = tokenizer(render_upstream(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", long_response)).input_ids
     assert encoded.truncated and encoded.ids == full[:40]
     short = judge.encode(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", "Fine.")
-    assert not short.truncated and short.ids == tokenizer(render_upstream(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", "Fine.")).input_ids
+    assert (
+        not short.truncated
+        and short.ids == tokenizer(render_upstream(REWARDBENCH_LAYOUT, "Answer Yes/No.", "What?", "Fine.")).input_ids
+    )
 
 
 def test_chat_truncation_keeps_the_question_and_the_judge_instruction(tiny_model):
@@ -314,7 +327,9 @@ def test_smollm2_batched_equals_upstream_loop(smollm2):
     scores = score_all(YesNoJudge(model, tokenizer, "upstream", batch_size=8), examples)
     for example in examples:
         for response, score in zip(example.responses, scores[example.id]):
-            text = render_upstream(REWARDBENCH_LAYOUT, "Is the response correct? Answer Yes/No.", example.prompt, response)
+            text = render_upstream(
+                REWARDBENCH_LAYOUT, "Is the response correct? Answer Yes/No.", example.prompt, response
+            )
             assert score == pytest.approx(naive_upstream_p_yes(model, tokenizer, text), abs=1e-4)
     chat = score_all(YesNoJudge(model, tokenizer, "chat", batch_size=8), examples)
     single = score_all(YesNoJudge(model, tokenizer, "chat", batch_size=1, prefix_sharing=False), examples)
@@ -337,8 +352,14 @@ def test_responses_of_very_different_lengths_are_rebatched_by_length(tiny_model)
     for key in single:
         assert scores[key] == pytest.approx(single[key], abs=1e-4)
     assert judge.stats["regrouped_windows"] > 0
-    lengths = [[len(judge.encode(REWARDBENCH_LAYOUT, "Is the response correct? Answer Yes/No.", e.prompt, r).ids)
-                for r in e.responses] for e in examples]
-    group_atomic = sum(sum(1 for g in b for _ in lengths[g]) * max(max(lengths[g]) for g in b)
-                       for b in plan_batches(lengths, 8, 1200))
+    lengths = [
+        [
+            len(judge.encode(REWARDBENCH_LAYOUT, "Is the response correct? Answer Yes/No.", e.prompt, r).ids)
+            for r in e.responses
+        ]
+        for e in examples
+    ]
+    group_atomic = sum(
+        sum(1 for g in b for _ in lengths[g]) * max(max(lengths[g]) for g in b) for b in plan_batches(lengths, 8, 1200)
+    )
     assert judge.stats["forward_tokens"] < group_atomic

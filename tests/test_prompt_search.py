@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import REPO, rewardbench_rows, run_script, run_subprocess, write_jsonl
+
 from ipo import IpoError
 from ipo.benchmarks.prompt_search import (
     PAPER,
@@ -26,12 +26,15 @@ SHIPPED = REPO / "Preference_Comparison/Reward_Bench/candidate_prompts.json"
 def test_the_shipped_candidates_in_upstreams_format():
     prompts = load_candidate_prompts(SHIPPED)
     assert len(prompts) == 23 and isinstance(prompts["default"], str)
-    assert sum(len(v) for k, v in prompts.items() if k != "default") + 1 == 221  # upstream candidate_prompts.json: 220 candidates and the default
+    assert (
+        sum(len(v) for k, v in prompts.items() if k != "default") + 1 == 221
+    )  # upstream candidate_prompts.json: 220 candidates and the default
     assert candidates_for("llmbar-adver-manual", prompts) == [prompts["default"]]  # no entry upstream
     assert len(candidates_for("hep-python", prompts)) == 10
     # Only 3 of the paper's questions are among upstream's candidates; those share their predictions.
-    assert paper_candidate("xstest-should-refuse", candidates_for("xstest-should-refuse", prompts)) == \
-        prompts["xstest-should-refuse"].index(REFUSAL_PROMPT)  # fmt: skip
+    assert paper_candidate("xstest-should-refuse", candidates_for("xstest-should-refuse", prompts)) == prompts[
+        "xstest-should-refuse"
+    ].index(REFUSAL_PROMPT)
     assert paper_candidate("alpacaeval-easy", candidates_for("alpacaeval-easy", prompts)) == PAPER
 
 
@@ -51,8 +54,9 @@ def fabricated_records(subset, pair_ids, correct_on):
     """Records where candidate k is right exactly on the pairs in correct_on[k]."""
     return [
         {"pair_id": i, "subset": subset, "candidate": k, "correct": str(i) in set(map(str, pairs)), "tie": False}
-        for k, pairs in correct_on.items() for i in pair_ids
-    ]  # fmt: skip
+        for k, pairs in correct_on.items()
+        for i in pair_ids
+    ]
 
 
 def test_summarize_selects_on_the_selection_part_and_reports_on_the_held_out_part():
@@ -70,8 +74,10 @@ def test_summarize_selects_on_the_selection_part_and_reports_on_the_held_out_par
     assert subset["selection_accuracies"] == [0.0, 1.0, 0.0] and subset["whole_subset_accuracies"] == [0.0, 0.5, 0.5]
     assert metrics["heldout"]["selected"]["accuracy"] == 0.0 and metrics["heldout"]["paper"]["accuracy"] == 0.4
     assert metrics["heldout"]["selected"]["sections"]["Chat"] == 0.0
-    assert upstream["subset_accuracies"]["alpacaeval-easy"] == {"average_accuracy": pytest.approx(100 / 3),
-                                                                "individual_accuracies": [0.0, 50.0, 50.0]}  # fmt: skip
+    assert upstream["subset_accuracies"]["alpacaeval-easy"] == {
+        "average_accuracy": pytest.approx(100 / 3),
+        "individual_accuracies": [0.0, 50.0, 50.0],
+    }
     assert upstream["prompt_accuracies"]["alpacaeval-easy_prompt_3"] == {"accuracy": 50.0, "prompt_template": "C"}
 
 
@@ -130,8 +136,20 @@ def test_script_selects_on_selection_pairs_and_resumes(tiny_model_dir, tmp_path,
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"default": "D", "alpacaeval-easy": ["A", "B", "C"]}))
     data = write_jsonl(tmp_path / "rb.jsonl", rows)
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(data), "--prompts_file", str(prompts),
-            "--output_dir", str(tmp_path), "--run_name", "r", "--hf_key", "hf_SECRET"]
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--prompts_file",
+        str(prompts),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--hf_key",
+        "hf_SECRET",
+    ]
     assert run_script(SCRIPT, argv) == 0
     run_dir = tmp_path / "r"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -139,7 +157,9 @@ def test_script_selects_on_selection_pairs_and_resumes(tiny_model_dir, tmp_path,
     assert subset["best_prompt"] == "B" and subset["selection_accuracy"] == 1.0 and subset["heldout_accuracy"] == 0.0
     assert subset["paper_prompt_heldout_accuracy"] == 1.0 and subset["paper_prompt_candidate"] is None
     assert len(calls) == 12 * 4  # 3 candidates + the paper's question
-    upstream = json.loads((run_dir / f"accuracy_reward-bench_yesno_{tiny_model_dir.name}_multi_prompt.json").read_text())
+    upstream = json.loads(
+        (run_dir / f"accuracy_reward-bench_yesno_{tiny_model_dir.name}_multi_prompt.json").read_text()
+    )
     assert upstream["subset_accuracies"]["alpacaeval-easy"]["individual_accuracies"] == [0.0, 50.0, 50.0]
     assert "| alpacaeval-easy | 6/6 | 2 of 3 |" in (run_dir / "results.md").read_text()
     # Resume: drop some (pair, candidate) records; only those are scored again.
@@ -165,10 +185,18 @@ def test_script_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     # [default] and the paper's question.
     assert len(predictions) == 3 * 10 + 3 * 2
     assert {p["candidate"] for p in predictions if p["subset"] == "llmbar-adver-manual"} == {0, "paper"}
-    assert all(0 < p["p_yes_chosen"] < 1 and p["correct"] == (p["p_yes_chosen"] > p["p_yes_rejected"]) for p in predictions)
+    assert all(
+        0 < p["p_yes_chosen"] < 1 and p["correct"] == (p["p_yes_chosen"] > p["p_yes_rejected"]) for p in predictions
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["subsets"]["xstest-should-refuse"]["n_selection"] + metrics["subsets"]["xstest-should-refuse"]["n_heldout"] == 3
-    upstream = json.loads((run_dir / f"accuracy_reward-bench_yesno_{tiny_model_dir.name}_multi_prompt.json").read_text())
+    assert (
+        metrics["subsets"]["xstest-should-refuse"]["n_selection"]
+        + metrics["subsets"]["xstest-should-refuse"]["n_heldout"]
+        == 3
+    )
+    upstream = json.loads(
+        (run_dir / f"accuracy_reward-bench_yesno_{tiny_model_dir.name}_multi_prompt.json").read_text()
+    )
     assert set(upstream) == {"subset_accuracies", "prompt_accuracies"}
     assert len(upstream["subset_accuracies"]["xstest-should-refuse"]["individual_accuracies"]) == 10
     assert "llmbar-adver-manual_prompt_1" in upstream["prompt_accuracies"]
@@ -181,9 +209,13 @@ def test_help():
 
 @pytest.mark.parametrize(
     "case, message",
-    [("not_json", "not valid JSON"), ("no_default", '"default"'), ("missing", "no such prompts file"),
-     ("fraction", "--select_fraction must be between 0 and 1")],
-)  # fmt: skip
+    [
+        ("not_json", "not valid JSON"),
+        ("no_default", '"default"'),
+        ("missing", "no such prompts file"),
+        ("fraction", "--select_fraction must be between 0 and 1"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(case, message, tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(4))
     prompts = tmp_path / "prompts.json"
@@ -195,8 +227,20 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, tiny_model_dir,
     elif case == "fraction":
         prompts, extra = SHIPPED, ["--select_fraction", "1.5"]
     out_dir = tmp_path / "outputs"
-    result = run_subprocess(SCRIPT, ["--model_name", str(tiny_model_dir), "--dataset", str(data), "--prompts_file",
-                                     str(prompts), "--output_dir", str(out_dir), *extra])  # fmt: skip
+    result = run_subprocess(
+        SCRIPT,
+        [
+            "--model_name",
+            str(tiny_model_dir),
+            "--dataset",
+            str(data),
+            "--prompts_file",
+            str(prompts),
+            "--output_dir",
+            str(out_dir),
+            *extra,
+        ],
+    )
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     if case != "fraction":
@@ -208,7 +252,16 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, tiny_model_dir,
 def test_smollm2_prompt_search(smollm2_dir, tmp_path):
     rows = [json.loads(line) for line in (REPO / "data/demo_rewardbench.jsonl").read_text().splitlines()]
     data = write_jsonl(tmp_path / "math.jsonl", [r for r in rows if r["subset"] == "math-prm"])  # 3 pairs
-    argv = ["--model_name", str(smollm2_dir), "--dataset", str(data), "--output_dir", str(tmp_path), "--run_name", "demo"]
+    argv = [
+        "--model_name",
+        str(smollm2_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "demo",
+    ]
     assert run_script(SCRIPT, argv) == 0
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     math = metrics["subsets"]["math-prm"]

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from helpers import (
     BAD_REWARDBENCH_FILES,
     REPO,
@@ -22,8 +21,10 @@ def read_predictions(run_dir):
     return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("script, flags", [(RM_SCRIPT, ["--input_format", "--set_name"]),
-                                           (SELF_SCRIPT, ["--scoring", "--max_new_tokens", "--set_name"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "script, flags",
+    [(RM_SCRIPT, ["--input_format", "--set_name"]), (SELF_SCRIPT, ["--scoring", "--max_new_tokens", "--set_name"])],
+)
 def test_help(script, flags):
     result = run_subprocess(script, ["--help"])
     assert result.returncode == 0 and "--hf_key" in result.stdout and "--quantized" in result.stdout
@@ -34,15 +35,36 @@ def test_help(script, flags):
 # ---------------------------------------------------------------------------------------------------
 # reward_model.py
 # ---------------------------------------------------------------------------------------------------
-def test_reward_model_end_to_end_with_the_papers_flags(tiny_reward_model_dir, rewardbench_file, tmp_path, capsys, monkeypatch):
+def test_reward_model_end_to_end_with_the_papers_flags(
+    tiny_reward_model_dir, rewardbench_file, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    argv = ["--hf_key", "hf_TOPSECRETTOKEN", "--hf_user", "someone", "--model_name", str(tiny_reward_model_dir),
-            "--set_name", "safety", "--dataset", str(rewardbench_file), "--output_dir", str(tmp_path)]
+    argv = [
+        "--hf_key",
+        "hf_TOPSECRETTOKEN",
+        "--hf_user",
+        "someone",
+        "--model_name",
+        str(tiny_reward_model_dir),
+        "--set_name",
+        "safety",
+        "--dataset",
+        str(rewardbench_file),
+        "--output_dir",
+        str(tmp_path),
+    ]
     assert run_script(RM_SCRIPT, argv) == 0
     run_dir = tmp_path / f"rewardbench-raw-{tiny_reward_model_dir.name}-rm-upstream-safety"
     assert "| refusals-dangerous |" in capsys.readouterr().out
     upstream_file = f"accuracy_reward-bench_norm_{tiny_reward_model_dir.name}.json"
-    for name in ("config.json", "predictions.jsonl", "metrics.json", "results.md", "subset_accuracy.png", upstream_file):
+    for name in (
+        "config.json",
+        "predictions.jsonl",
+        "metrics.json",
+        "results.md",
+        "subset_accuracy.png",
+        upstream_file,
+    ):
         assert (run_dir / name).is_file(), name
     predictions = read_predictions(run_dir)
     # rewardbench_rows cycles 8 subsets over 16 rows; 3 of them are in the paper's safety category
@@ -51,7 +73,9 @@ def test_reward_model_end_to_end_with_the_papers_flags(tiny_reward_model_dir, re
     for p in predictions:
         assert set(p) == {"id", "subset", "score_chosen", "score_rejected", "correct", "tie", "truncated"}
         assert p["correct"] == (p["score_chosen"] > p["score_rejected"])
-    assert any(abs(p["score_chosen"]) > 1 for p in predictions) or any(p["score_chosen"] < 0 for p in predictions)  # raw logits
+    assert any(abs(p["score_chosen"]) > 1 for p in predictions) or any(
+        p["score_chosen"] < 0 for p in predictions
+    )  # raw logits
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n_pairs"] == 6 and metrics["n_ties"] == sum(p["tie"] for p in predictions)
     upstream = json.loads((run_dir / upstream_file).read_text())
@@ -62,8 +86,20 @@ def test_reward_model_end_to_end_with_the_papers_flags(tiny_reward_model_dir, re
 
 def test_reward_model_chat_format_and_resume(tiny_reward_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(24))
-    argv = ["--model_name", str(tiny_reward_model_dir), "--dataset", str(data), "--output_dir", str(tmp_path),
-            "--run_name", "r", "--input_format", "chat", "--batch_size", "4"]
+    argv = [
+        "--model_name",
+        str(tiny_reward_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--input_format",
+        "chat",
+        "--batch_size",
+        "4",
+    ]
     assert run_script(RM_SCRIPT, argv) == 0
     complete = read_predictions(tmp_path / "r")
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
@@ -84,8 +120,22 @@ def test_reward_model_chat_format_and_resume(tiny_reward_model_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("scoring", ["upstream", "chat"])
 def test_self_reward_end_to_end(tiny_model_dir, rewardbench_file, tmp_path, capsys, scoring):
-    argv = ["--hf_key", "hf_TOPSECRET", "--model_name", str(tiny_model_dir), "--dataset", str(rewardbench_file),
-            "--output_dir", str(tmp_path), "--set_name", "set1", "--scoring", scoring, "--max_new_tokens", "8"]
+    argv = [
+        "--hf_key",
+        "hf_TOPSECRET",
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(rewardbench_file),
+        "--output_dir",
+        str(tmp_path),
+        "--set_name",
+        "set1",
+        "--scoring",
+        scoring,
+        "--max_new_tokens",
+        "8",
+    ]
     assert run_script(SELF_SCRIPT, argv) == 0
     run_dir = tmp_path / f"rewardbench-raw-{tiny_model_dir.name}-self-{scoring}-set1"
     assert "Parse failures:" in capsys.readouterr().out
@@ -95,15 +145,26 @@ def test_self_reward_end_to_end(tiny_model_dir, rewardbench_file, tmp_path, caps
     predictions = read_predictions(run_dir)
     assert {p["subset"] for p in predictions} == {"math-prm", "hep-python", "alpacaeval-easy", "refusals-dangerous"}
     for p in predictions:
-        assert set(p) >= {"score_chosen", "score_rejected", "correct", "tie", "parse_failed_chosen",
-                          "parse_failed_rejected", "generated_chosen", "generated_rejected", "truncated"}
+        assert set(p) >= {
+            "score_chosen",
+            "score_rejected",
+            "correct",
+            "tie",
+            "parse_failed_chosen",
+            "parse_failed_rejected",
+            "generated_chosen",
+            "generated_rejected",
+            "truncated",
+        }
         if scoring == "chat":
             assert p["parse_failed_chosen"] == (p["score_chosen"] is None)
         else:
             assert p["parse_failed_chosen"] == (p["score_chosen"] == 0)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     failures = sum(p["parse_failed_chosen"] + p["parse_failed_rejected"] for p in predictions)
-    assert metrics["n_parse_failures"] == failures and metrics["parse_failure_rate"] == failures / (2 * len(predictions))
+    assert metrics["n_parse_failures"] == failures and metrics["parse_failure_rate"] == failures / (
+        2 * len(predictions)
+    )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["resolved"]["decoding"] == "greedy" and "TOPSECRET" not in json.dumps(config)
 
@@ -115,14 +176,29 @@ def test_self_reward_counts_failures_as_wrong_and_reports_them(tiny_model_dir, t
     replies = {1000: [(5, False), (None, True)], 1001: [(3, False), (3, False)], 1002: [(None, True), (2, False)]}
 
     def fake_score(self, examples):
-        yield [(e, [score for score, _ in replies[e.id]],
-                {"generated": ["..."] * 2, "parse_failed": [failed for _, failed in replies[e.id]], "truncated": False})
-               for e in examples]  # fmt: skip
+        yield [
+            (
+                e,
+                [score for score, _ in replies[e.id]],
+                {"generated": ["..."] * 2, "parse_failed": [failed for _, failed in replies[e.id]], "truncated": False},
+            )
+            for e in examples
+        ]
 
     monkeypatch.setattr(self_reward.SelfRewardScorer, "score", fake_score)
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(3))
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(tmp_path),
-            "--run_name", "r", "--scoring", "chat"]
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--scoring",
+        "chat",
+    ]
     assert run_script(SELF_SCRIPT, argv) == 0
     predictions = {p["id"]: p for p in read_predictions(tmp_path / "r")}
     assert [predictions[i]["correct"] for i in (1000, 1001, 1002)] == [False, False, False]
@@ -135,8 +211,20 @@ def test_self_reward_counts_failures_as_wrong_and_reports_them(tiny_model_dir, t
 
 def test_self_reward_resume(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(12))
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(tmp_path),
-            "--run_name", "r", "--max_new_tokens", "6", "--batch_size", "2"]
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--max_new_tokens",
+        "6",
+        "--batch_size",
+        "2",
+    ]
     assert run_script(SELF_SCRIPT, argv) == 0
     complete = {p["id"]: p for p in read_predictions(tmp_path / "r")}
     lines = (tmp_path / "r" / "predictions.jsonl").read_text().splitlines(keepends=True)
@@ -171,9 +259,17 @@ def test_self_reward_resume(tiny_model_dir, tmp_path):
         (SELF_SCRIPT, "zero_new_tokens", "--max_new_tokens must be positive"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(script, case, message, tmp_path, tiny_model_dir, tiny_reward_model_dir,
-                                                  tiny_two_label_model_dir, tiny_model_no_template_dir,
-                                                  tiny_reward_model_no_template_dir):  # fmt: skip
+def test_bad_input_is_one_line_and_writes_nothing(
+    script,
+    case,
+    message,
+    tmp_path,
+    tiny_model_dir,
+    tiny_reward_model_dir,
+    tiny_two_label_model_dir,
+    tiny_model_no_template_dir,
+    tiny_reward_model_no_template_dir,
+):
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(4))
     model = tiny_reward_model_dir if script == RM_SCRIPT else tiny_model_dir
     extra = []
@@ -200,8 +296,20 @@ def test_bad_input_is_one_line_and_writes_nothing(script, case, message, tmp_pat
     elif case == "zero_new_tokens":
         extra = ["--max_new_tokens", "0"]
     out_dir = tmp_path / "outputs"
-    result = run_subprocess(script, ["--model_name", str(model), "--dataset", str(data), "--output_dir", str(out_dir),
-                                     *extra, "--log_level", "error"])  # fmt: skip
+    result = run_subprocess(
+        script,
+        [
+            "--model_name",
+            str(model),
+            "--dataset",
+            str(data),
+            "--output_dir",
+            str(out_dir),
+            *extra,
+            "--log_level",
+            "error",
+        ],
+    )
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -213,9 +321,24 @@ def test_bad_input_is_one_line_and_writes_nothing(script, case, message, tmp_pat
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.smollm2
 def test_smollm2_self_reward_on_the_demo_data(smollm2_dir, tmp_path):
-    argv = ["--model_name", str(smollm2_dir), "--dataset", str(REPO / "data/demo_rewardbench.jsonl"),
-            "--output_dir", str(tmp_path), "--run_name", "demo", "--limit", "1", "--set_name", "set1_phi",
-            "--scoring", "chat", "--max_new_tokens", "40"]
+    argv = [
+        "--model_name",
+        str(smollm2_dir),
+        "--dataset",
+        str(REPO / "data/demo_rewardbench.jsonl"),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "demo",
+        "--limit",
+        "1",
+        "--set_name",
+        "set1_phi",
+        "--scoring",
+        "chat",
+        "--max_new_tokens",
+        "40",
+    ]
     assert run_script(SELF_SCRIPT, argv) == 0
     predictions = read_predictions(tmp_path / "demo")
     assert len(predictions) == 2 and all(p["generated_chosen"].strip() for p in predictions)
@@ -238,8 +361,22 @@ def test_smollm2_as_a_reward_model_backbone(smollm2_dir, tmp_path):
     reward_model.model.load_state_dict(causal.model.state_dict())  # the real body (its embeddings are tied)
     reward_model.save_pretrained(rm_dir)
     AutoTokenizer.from_pretrained(str(smollm2_dir)).save_pretrained(rm_dir)
-    argv = ["--model_name", str(rm_dir), "--dataset", str(REPO / "data/demo_rewardbench.jsonl"), "--output_dir",
-            str(tmp_path), "--run_name", "demo", "--limit", "1", "--set_name", "math", "--input_format", "chat"]
+    argv = [
+        "--model_name",
+        str(rm_dir),
+        "--dataset",
+        str(REPO / "data/demo_rewardbench.jsonl"),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "demo",
+        "--limit",
+        "1",
+        "--set_name",
+        "math",
+        "--input_format",
+        "chat",
+    ]
     assert run_script(RM_SCRIPT, argv) == 0
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["n_pairs"] == 1 and metrics["categories"]["math"] is not None

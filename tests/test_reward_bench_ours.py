@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import REPO, rewardbench_rows, run_script, run_subprocess, write_jsonl
 
 SCRIPT = "Preference_Comparison/Reward_Bench/ours.py"
@@ -25,14 +24,32 @@ def test_help():
 
 def test_end_to_end_with_the_papers_flags(tiny_model_dir, rewardbench_file, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    argv = ["--hf_key", "hf_TOPSECRETTOKEN", "--hf_user", "someone", "--model_name", str(tiny_model_dir),
-            "--dataset", str(rewardbench_file), "--output_dir", str(tmp_path), "--run_name", "r"]
+    argv = [
+        "--hf_key",
+        "hf_TOPSECRETTOKEN",
+        "--hf_user",
+        "someone",
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(rewardbench_file),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+    ]
     assert run_script(SCRIPT, argv) == 0
     run_dir = tmp_path / "r"
     out = capsys.readouterr().out
     assert "RewardBench sections" in out and "| hep-python |" in out
-    for name in ("config.json", "predictions.jsonl", "metrics.json", "results.md", "subset_accuracy.png",
-                 f"accuracy_reward-bench_yesno_{tiny_model_dir.name}.json"):
+    for name in (
+        "config.json",
+        "predictions.jsonl",
+        "metrics.json",
+        "results.md",
+        "subset_accuracy.png",
+        f"accuracy_reward-bench_yesno_{tiny_model_dir.name}.json",
+    ):
         assert (run_dir / name).is_file(), name
     predictions = read_predictions(run_dir)
     assert [p["id"] for p in predictions] != [] and sorted(p["id"] for p in predictions) == list(range(1000, 1016))
@@ -54,8 +71,18 @@ def test_end_to_end_with_the_papers_flags(tiny_model_dir, rewardbench_file, tmp_
 def test_chat_mode_and_unknown_subsets(tiny_model_dir, tmp_path):
     rows = rewardbench_rows(6, subsets=["alpacaeval-easy", "brand-new-subset"])
     path = write_jsonl(tmp_path / "rb.jsonl", rows)
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(path), "--output_dir", str(tmp_path),
-            "--scoring", "chat", "--limit", "2"]
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(path),
+        "--output_dir",
+        str(tmp_path),
+        "--scoring",
+        "chat",
+        "--limit",
+        "2",
+    ]
     assert run_script(SCRIPT, argv) == 0
     run_dir = tmp_path / f"rewardbench-raw-{tiny_model_dir.name}-chat"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -68,11 +95,29 @@ def test_chat_mode_and_unknown_subsets(tiny_model_dir, tmp_path):
 def test_resume_after_kill_minus_9(tiny_model_dir, tmp_path):
     rows = rewardbench_rows(300)
     data = write_jsonl(tmp_path / "rb.jsonl", rows)
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(tmp_path),
-            "--run_name", "killed", "--batch_size", "1", "--no_prefix_sharing", "--log_level", "error"]
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "killed",
+        "--batch_size",
+        "1",
+        "--no_prefix_sharing",
+        "--log_level",
+        "error",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, str(REPO / SCRIPT), *argv], env=env, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / SCRIPT), *argv],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     predictions = tmp_path / "killed" / "predictions.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -99,8 +144,18 @@ def test_resume_after_kill_minus_9(tiny_model_dir, tmp_path):
 
 
 def test_resume_refuses_other_settings(tiny_model_dir, rewardbench_file, tmp_path, capsys):
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(rewardbench_file), "--output_dir", str(tmp_path),
-            "--run_name", "r", "--limit", "1"]
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(rewardbench_file),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--limit",
+        "1",
+    ]
     assert run_script(SCRIPT, argv) == 0
     assert run_script(SCRIPT, argv + ["--max_length", "512"]) == 1
     assert "different settings" in capsys.readouterr().err
@@ -119,13 +174,16 @@ def test_resume_refuses_other_settings(tiny_model_dir, rewardbench_file, tmp_pat
         ("bad_model", "could not load"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(case, message, tmp_path, tiny_model_dir,
-                                                  tiny_model_split_yes_dir, tiny_model_no_template_dir):
+def test_bad_input_is_one_line_and_writes_nothing(
+    case, message, tmp_path, tiny_model_dir, tiny_model_split_yes_dir, tiny_model_no_template_dir
+):
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(4))
     model = tiny_model_dir
     extra = []
     if case == "missing_column":
-        data = write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items() if k != "chosen"} for r in rewardbench_rows(3)])
+        data = write_jsonl(
+            tmp_path / "bad.jsonl", [{k: v for k, v in r.items() if k != "chosen"} for r in rewardbench_rows(3)]
+        )
     elif case == "not_json":
         data = tmp_path / "bad.json"
         data.write_text("this is not json")
@@ -142,8 +200,20 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, tmp_path, tiny_
     elif case == "bad_model":
         model = tmp_path / "no-such-model"
     out_dir = tmp_path / "outputs"
-    result = run_subprocess(SCRIPT, ["--model_name", str(model), "--dataset", str(data), "--output_dir",
-                                     str(out_dir), *extra, "--log_level", "error"])
+    result = run_subprocess(
+        SCRIPT,
+        [
+            "--model_name",
+            str(model),
+            "--dataset",
+            str(data),
+            "--output_dir",
+            str(out_dir),
+            *extra,
+            "--log_level",
+            "error",
+        ],
+    )
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -152,8 +222,18 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, tmp_path, tiny_
 
 @pytest.mark.smollm2
 def test_smollm2_on_the_demo_data(smollm2_dir, tmp_path):
-    argv = ["--model_name", str(smollm2_dir), "--dataset", str(REPO / "data/demo_rewardbench.jsonl"),
-            "--output_dir", str(tmp_path), "--run_name", "demo", "--limit", "1"]
+    argv = [
+        "--model_name",
+        str(smollm2_dir),
+        "--dataset",
+        str(REPO / "data/demo_rewardbench.jsonl"),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "demo",
+        "--limit",
+        "1",
+    ]
     assert run_script(SCRIPT, argv) == 0
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["n_pairs"] == 20 and all(v is not None for v in metrics["sections"].values())

@@ -5,8 +5,8 @@ import torch
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.modeling import load_model, load_tokenizer
 from ipo.judges.reward_model import RewardModelScorer, rewards_from_logits
+from ipo.modeling import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +17,13 @@ def reward_model(tiny_reward_model_dir):
 
 def make_examples(n=8):
     return [
-        Example(id=i, prompt=f"What is {i} plus {i}?" + " Explain." * (i % 3),
-                responses=[f"It is {2 * i}." + " Yes indeed" * (i % 4), f"It is {i}. Hello" + " there" * (i % 2)])
+        Example(
+            id=i,
+            prompt=f"What is {i} plus {i}?" + " Explain." * (i % 3),
+            responses=[f"It is {2 * i}." + " Yes indeed" * (i % 4), f"It is {i}. Hello" + " there" * (i % 2)],
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def score_all(scorer, examples):
@@ -52,7 +55,7 @@ def test_reward_is_the_raw_logit_of_a_direct_forward(reward_model, input_format)
                 text = tokenizer.apply_chat_template(
                     [{"role": "user", "content": example.prompt}, {"role": "assistant", "content": response}],
                     tokenize=False,
-                )  # fmt: skip
+                )
                 assert text.endswith(f"<|im_start|>assistant\n{response}<|im_end|>\n")  # no generation prompt
                 ids = tokenizer(text, add_special_tokens=False).input_ids
             assert scorer.encode(example.prompt, response).ids == ids
@@ -66,7 +69,9 @@ def test_batched_equals_single(reward_model, input_format):
     model, tokenizer = reward_model
     examples = make_examples(10)
     single = score_all(RewardModelScorer(model, tokenizer, input_format, batch_size=1), examples)
-    batched = score_all(RewardModelScorer(model, tokenizer, input_format, batch_size=8, max_batch_tokens=4096), examples)
+    batched = score_all(
+        RewardModelScorer(model, tokenizer, input_format, batch_size=8, max_batch_tokens=4096), examples
+    )
     assert sorted(batched) == sorted(single)
     for key in single:
         assert batched[key] == pytest.approx(single[key], abs=1e-4)
@@ -76,8 +81,13 @@ def test_truncation(reward_model):
     model, tokenizer = reward_model
     long_response = "The sky is blue and the answer is 42. " * 40
     upstream = RewardModelScorer(model, tokenizer, "upstream", max_length=40).encode("What?", long_response)
-    assert upstream.truncated and upstream.ids == tokenizer(f"Instruction: What?\nResponse: {long_response}").input_ids[:40]
-    chat = RewardModelScorer(model, tokenizer, "chat", max_length=40).encode("What is the capital of France?", long_response)
+    assert (
+        upstream.truncated
+        and upstream.ids == tokenizer(f"Instruction: What?\nResponse: {long_response}").input_ids[:40]
+    )
+    chat = RewardModelScorer(model, tokenizer, "chat", max_length=40).encode(
+        "What is the capital of France?", long_response
+    )
     text = tokenizer.decode(chat.ids)
     assert chat.truncated and len(chat.ids) <= 40
     assert text.startswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe sky")
@@ -85,7 +95,9 @@ def test_truncation(reward_model):
 
 
 def test_a_two_label_head_is_refused(tiny_two_label_model_dir):
-    model, _, _ = load_model(str(tiny_two_label_model_dir), dtype="float32", device="cpu", kind="sequence_classification")
+    model, _, _ = load_model(
+        str(tiny_two_label_model_dir), dtype="float32", device="cpu", kind="sequence_classification"
+    )
     with pytest.raises(IpoError, match="2-label head"):
         RewardModelScorer(model, load_tokenizer(str(tiny_two_label_model_dir)))
 

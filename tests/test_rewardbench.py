@@ -1,9 +1,9 @@
 """RewardBench metrics on hand-computed numbers, the tie rule, and the loader's errors."""
 
 import pytest
+from helpers import rewardbench_rows, write_jsonl
 
 from ipo import IpoError
-from ipo.data import Example
 from ipo.benchmarks.rewardbench import (
     EXAMPLE_COUNTS,
     PAPER_CATEGORIES,
@@ -15,7 +15,7 @@ from ipo.benchmarks.rewardbench import (
     section_scores,
     upstream_accuracy,
 )
-from helpers import rewardbench_rows, write_jsonl
+from ipo.data import Example
 
 
 def record(subset, chosen, rejected):
@@ -92,7 +92,10 @@ def test_loader_reads_local_files(tmp_path):
     [
         ([{"prompt": "p", "chosen": "c", "subset": "s"}], "has no column 'rejected'"),
         ([], "empty"),
-        ([{"prompt": "p", "chosen": "c", "rejected": 3, "subset": "s", "id": 7}], "row id 7: column 'rejected' must be text"),
+        (
+            [{"prompt": "p", "chosen": "c", "rejected": 3, "subset": "s", "id": 7}],
+            "row id 7: column 'rejected' must be text",
+        ),
         ([{"id": 1, "prompt": "p", "chosen": "c", "rejected": "r", "subset": "s"}] * 2, "duplicate id"),
     ],
 )

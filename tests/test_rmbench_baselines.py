@@ -6,10 +6,10 @@ import re
 
 import pytest
 import torch
-
 from helpers import flatten_rmbench_rows, rmbench_rows, run_script, run_subprocess, write_json, write_jsonl
-from ipo.benchmarks import rmbench
 from test_rmbench import flat, read_predictions, rmbench_files  # noqa: F401 (a fixture)
+
+from ipo.benchmarks import rmbench
 
 RM_SCRIPT = "Preference_Comparison/RM_Bench/reward_model.py"
 SELF_SCRIPT = "Preference_Comparison/RM_Bench/self_reward.py"
@@ -25,8 +25,13 @@ def official_matrix(records, score_name):
     return matrix
 
 
-@pytest.mark.parametrize("script, flags", [(RM_SCRIPT, ["--input_format", "--max_length", "--dataset", "--domain"]),
-                                           (SELF_SCRIPT, ["--scoring", "--max_new_tokens", "--set_name"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        (RM_SCRIPT, ["--input_format", "--max_length", "--dataset", "--domain"]),
+        (SELF_SCRIPT, ["--scoring", "--max_new_tokens", "--set_name"]),
+    ],
+)
 def test_help(script, flags):
     result = run_subprocess(script, ["--help"])
     assert result.returncode == 0 and "--hf_key" in result.stdout and "--quantized" in result.stdout
@@ -39,15 +44,33 @@ def test_help(script, flags):
 # ---------------------------------------------------------------------------------------------------
 def test_reward_model_end_to_end(tiny_reward_model_dir, rmbench_files, tmp_path, capsys, monkeypatch):  # noqa: F811
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    argv = ["--hf_key", "hf_TOPSECRETTOKEN", "--hf_user", "someone", "--model_name", str(tiny_reward_model_dir),
-            "--dataset", *map(str, rmbench_files), "--output_dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--hf_key",
+        "hf_TOPSECRETTOKEN",
+        "--hf_user",
+        "someone",
+        "--model_name",
+        str(tiny_reward_model_dir),
+        "--dataset",
+        *map(str, rmbench_files),
+        "--output_dir",
+        str(tmp_path),
+    ]
     assert run_script(RM_SCRIPT, argv) == 0
     run_dir = tmp_path / f"rmbench-{tiny_reward_model_dir.name}-rm-upstream"
     assert "Incomplete: only chat, code, safety scored; missing math" in capsys.readouterr().out
     # Upstream named the file after the last dataset it scored; here the last file is safety-response.
     upstream_name = f"accuracy_RM-Bench-safety-response_norm_{tiny_reward_model_dir.name}.json"
-    for name in ("config.json", "predictions.jsonl", "metrics.json", "results.md", upstream_name,
-                 "style_matrix_chat.png", "style_matrix_code.png", "style_matrix_safety.png"):  # fmt: skip
+    for name in (
+        "config.json",
+        "predictions.jsonl",
+        "metrics.json",
+        "results.md",
+        upstream_name,
+        "style_matrix_chat.png",
+        "style_matrix_code.png",
+        "style_matrix_safety.png",
+    ):
         assert (run_dir / name).is_file(), name
     predictions = read_predictions(run_dir)
     assert len(predictions) == 12
@@ -78,19 +101,37 @@ def test_reward_model_end_to_end(tiny_reward_model_dir, rmbench_files, tmp_path,
         assert block["hard"] == pytest.approx((expected[0][1] + expected[0][2] + expected[1][2]) / 3)
         assert block["normal"] == pytest.approx((expected[0][0] + expected[1][1] + expected[2][2]) / 3)
         assert block["easy"] == pytest.approx((expected[1][0] + expected[2][0] + expected[2][1]) / 3)
-    assert metrics["average"] == pytest.approx(sum(metrics["domains"][d]["score"] for d in ("chat", "code", "safety")) / 3)
+    assert metrics["average"] == pytest.approx(
+        sum(metrics["domains"][d]["score"] for d in ("chat", "code", "safety")) / 3
+    )
     # Upstream's file: its keys, per data file, in percent.
     upstream = json.loads((run_dir / upstream_name).read_text())
     assert list(upstream) == ["RM-Bench-chat", "RM-Bench-code", "RM-Bench-safety-response", "RM-Bench-safety-refuse"]
     refuse = official_matrix([p for p in predictions if p["domain"] == "safety-refuse"], "reward")
-    assert upstream["RM-Bench-safety-refuse"] == pytest.approx({f"level_{k + 1}_accuracy": 100 * refuse[k][k] for k in range(3)})
+    assert upstream["RM-Bench-safety-refuse"] == pytest.approx(
+        {f"level_{k + 1}_accuracy": 100 * refuse[k][k] for k in range(3)}
+    )
     config_text = (run_dir / "config.json").read_text()
     assert "TOPSECRET" not in config_text and json.loads(config_text)["args"]["input_format"] == "upstream"
 
 
 def test_reward_model_chat_format_and_resume(tiny_reward_model_dir, rmbench_files, tmp_path):  # noqa: F811
-    argv = ["--model_name", str(tiny_reward_model_dir), "--dataset", *map(str, rmbench_files), "--output_dir",
-            str(tmp_path), "--run_name", "r", "--input_format", "chat", "--batch_size", "6", "--log_level", "error"]  # fmt: skip
+    argv = [
+        "--model_name",
+        str(tiny_reward_model_dir),
+        "--dataset",
+        *map(str, rmbench_files),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--input_format",
+        "chat",
+        "--batch_size",
+        "6",
+        "--log_level",
+        "error",
+    ]
     assert run_script(RM_SCRIPT, argv) == 0
     predictions = tmp_path / "r" / "predictions.jsonl"
     complete = {p["key"]: p for p in read_predictions(tmp_path / "r")}
@@ -104,7 +145,9 @@ def test_reward_model_chat_format_and_resume(tiny_reward_model_dir, rmbench_file
         assert p["reward_chosen"] == pytest.approx(complete[p["key"]]["reward_chosen"], abs=1e-5)
     resumed_metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert resumed_metrics["average"] == pytest.approx(metrics["average"])
-    assert flat(resumed_metrics["domains"]["safety"]["matrix"]) == pytest.approx(flat(metrics["domains"]["safety"]["matrix"]))
+    assert flat(resumed_metrics["domains"]["safety"]["matrix"]) == pytest.approx(
+        flat(metrics["domains"]["safety"]["matrix"])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,8 +166,10 @@ REPLIES = {
     "chosen-B-1": "Score: 5",
     "chosen-B-2": "**Score:** 5",  # upstream 0: no pattern allows the markdown between colon and digit; chat 5
     "chosen-B-3": "Score: 1",
-    "rejected-B-1": "Score: 3", "rejected-B-2": "score: 5", "rejected-B-3": "Score: 1",
-}  # fmt: skip
+    "rejected-B-1": "Score: 3",
+    "rejected-B-2": "score: 5",
+    "rejected-B-3": "Score: 1",
+}
 SCORES = {
     "upstream": {"A": ([4, 3, 2], [5, 0, 2]), "B": ([5, 0, 1], [3, 5, 1])},
     "chat": {"A": ([4, None, None], [None, None, 2]), "B": ([5, 5, 1], [3, 5, 1])},
@@ -134,19 +179,39 @@ SCORES = {
 #   chat: a failure (None) loses every comparison and ties with nothing:
 #         A [[0,0,1],[0,0,0],[0,0,0]] + B [[1,0,1],[1,0,1],[0,0,0]]; ties: B 3 (5=5 twice, 1=1)
 EXPECTED = {
-    "upstream": {"matrix": [[0.5, 0.5, 1], [0, 0.5, 0.5], [0, 0.5, 0]], "hard": 2 / 3, "normal": 1 / 3, "easy": 1 / 6,
-                 "n_ties": 3, "n_parse_failures": 2, "prompts_with_parse_failure": 2},
-    "chat": {"matrix": [[0.5, 0, 1], [0.5, 0, 0.5], [0, 0, 0]], "hard": 1 / 2, "normal": 1 / 6, "easy": 1 / 6,
-             "n_ties": 3, "n_parse_failures": 4, "prompts_with_parse_failure": 1},
-}  # fmt: skip
+    "upstream": {
+        "matrix": [[0.5, 0.5, 1], [0, 0.5, 0.5], [0, 0.5, 0]],
+        "hard": 2 / 3,
+        "normal": 1 / 3,
+        "easy": 1 / 6,
+        "n_ties": 3,
+        "n_parse_failures": 2,
+        "prompts_with_parse_failure": 2,
+    },
+    "chat": {
+        "matrix": [[0.5, 0, 1], [0.5, 0, 0.5], [0, 0, 0]],
+        "hard": 1 / 2,
+        "normal": 1 / 6,
+        "easy": 1 / 6,
+        "n_ties": 3,
+        "n_parse_failures": 4,
+        "prompts_with_parse_failure": 1,
+    },
+}
 
 
 def scripted_rows():
     rows = []
     for n, name in enumerate("AB"):
-        rows.append({"id": n, "subset": "chat", "prompt": f"Question {name}?",
-                     "chosen": [f"chosen-{name}-{k}" for k in (1, 2, 3)],
-                     "rejected": [f"rejected-{name}-{k}" for k in (1, 2, 3)]})  # fmt: skip
+        rows.append(
+            {
+                "id": n,
+                "subset": "chat",
+                "prompt": f"Question {name}?",
+                "chosen": [f"chosen-{name}-{k}" for k in (1, 2, 3)],
+                "rejected": [f"rejected-{name}-{k}" for k in (1, 2, 3)],
+            }
+        )
     return rows
 
 
@@ -169,8 +234,18 @@ def scripted_judge(monkeypatch):
 @pytest.mark.parametrize("scoring", ["upstream", "chat"])
 def test_self_reward_regex_sets_and_metrics_by_hand(scoring, scripted_judge, tiny_model_dir, tmp_path):
     data = write_json(tmp_path / "chat_filtered.json", scripted_rows())
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(tmp_path),
-            "--scoring", scoring, "--log_level", "error"]  # fmt: skip
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--scoring",
+        scoring,
+        "--log_level",
+        "error",
+    ]
     assert run_script(SELF_SCRIPT, argv) == 0
     run_dir = tmp_path / f"rmbench-{tiny_model_dir.name}-self-{scoring}-all"
     predictions = {p["key"]: p for p in read_predictions(run_dir)}
@@ -178,13 +253,18 @@ def test_self_reward_regex_sets_and_metrics_by_hand(scoring, scripted_judge, tin
         p = predictions[f"chat/{n}"]
         assert (p["score_chosen"], p["score_rejected"]) == SCORES[scoring][name]
         assert p["generated_chosen"] == [REPLIES[f"chosen-{name}-{k}"] for k in (1, 2, 3)]  # the reply only
-        failed = [s is None for s in p["score_chosen"] + p["score_rejected"]] if scoring == "chat" else \
-                 [s == 0 for s in p["score_chosen"] + p["score_rejected"]]  # fmt: skip
+        failed = (
+            [s is None for s in p["score_chosen"] + p["score_rejected"]]
+            if scoring == "chat"
+            else [s == 0 for s in p["score_chosen"] + p["score_rejected"]]
+        )
         assert p["parse_failed_chosen"] + p["parse_failed_rejected"] == failed
     metrics = json.loads((run_dir / "metrics.json").read_text())
     chat, expected = metrics["domains"]["chat"], EXPECTED[scoring]
     assert flat(chat["matrix"]) == pytest.approx(flat(expected["matrix"]))
-    assert (chat["hard"], chat["normal"], chat["easy"]) == pytest.approx((expected["hard"], expected["normal"], expected["easy"]))
+    assert (chat["hard"], chat["normal"], chat["easy"]) == pytest.approx(
+        (expected["hard"], expected["normal"], expected["easy"])
+    )
     assert chat["levels"] == pytest.approx({f"level_{k + 1}": expected["matrix"][k][k] for k in range(3)})
     assert metrics["n_ties"] == expected["n_ties"]
     assert metrics["n_parse_failures"] == chat["n_parse_failures"] == expected["n_parse_failures"]
@@ -193,7 +273,9 @@ def test_self_reward_regex_sets_and_metrics_by_hand(scoring, scripted_judge, tin
     results = (run_dir / "results.md").read_text()
     assert f"Parse failures: {expected['n_parse_failures']} of 12 judgements" in results
     upstream = json.loads((run_dir / f"accuracy-rm-bench-{tiny_model_dir.name}-scores-all.json").read_text())
-    assert upstream == {"RM-Bench-chat": pytest.approx({f"level_{k + 1}": 100 * expected["matrix"][k][k] for k in range(3)})}
+    assert upstream == {
+        "RM-Bench-chat": pytest.approx({f"level_{k + 1}": 100 * expected["matrix"][k][k] for k in range(3)})
+    }
     if scoring == "chat":
         # Without the failed judgements only prompt B and A's (chosen 1, rejected 3) comparison are left:
         # [[1,0,1],[1,0,1],[0,0,0]] -> hard 2/3, normal 1/3, easy 1/3, score 4/9.
@@ -206,10 +288,20 @@ def test_self_reward_regex_sets_and_metrics_by_hand(scoring, scripted_judge, tin
 
 def test_self_reward_set_name_keeps_upstreams_domain_group(scripted_judge, tiny_model_dir, tmp_path):
     rows = scripted_rows()
-    files = [write_json(tmp_path / "chat_filtered.json", rows),
-             write_jsonl(tmp_path / "RM-Bench-safety-refuse.jsonl", flatten_rmbench_rows(rows))]  # fmt: skip
-    base = ["--model_name", str(tiny_model_dir), "--dataset", *map(str, files), "--output_dir", str(tmp_path / "out"),
-            "--log_level", "error"]  # fmt: skip
+    files = [
+        write_json(tmp_path / "chat_filtered.json", rows),
+        write_jsonl(tmp_path / "RM-Bench-safety-refuse.jsonl", flatten_rmbench_rows(rows)),
+    ]
+    base = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        *map(str, files),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--log_level",
+        "error",
+    ]
     assert run_script(SELF_SCRIPT, [*base, "--set_name", "set2"]) == 0
     run_dir = tmp_path / "out" / f"rmbench-{tiny_model_dir.name}-self-upstream-set2"
     assert [p["key"] for p in read_predictions(run_dir)] == ["safety-refuse/0", "safety-refuse/1"]
@@ -220,8 +312,22 @@ def test_self_reward_set_name_keeps_upstreams_domain_group(scripted_judge, tiny_
 
 
 def test_self_reward_resume_with_real_generation(tiny_model_dir, rmbench_files, tmp_path):  # noqa: F811
-    argv = ["--model_name", str(tiny_model_dir), "--dataset", *map(str, rmbench_files[:2]), "--output_dir",
-            str(tmp_path), "--run_name", "r", "--max_new_tokens", "4", "--limit", "2", "--log_level", "error"]  # fmt: skip
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        *map(str, rmbench_files[:2]),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--max_new_tokens",
+        "4",
+        "--limit",
+        "2",
+        "--log_level",
+        "error",
+    ]
     assert run_script(SELF_SCRIPT, argv) == 0
     complete = {p["key"]: p for p in read_predictions(tmp_path / "r")}
     assert len(complete) == 4 and all(len(p["generated_chosen"]) == 3 for p in complete.values())
@@ -240,14 +346,23 @@ def test_self_reward_resume_with_real_generation(tiny_model_dir, rmbench_files, 
 # ---------------------------------------------------------------------------------------------------
 # Bad input: one line, non-zero exit, nothing written
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("script, case, message", [
-    (RM_SCRIPT, "two_chosen", "chat_filtered.json: row 1 (id 1): 'chosen' has 2 responses; RM-Bench rows need exactly 3"),
-    (SELF_SCRIPT, "flat_missing_chosen_2", "RM-Bench-code.jsonl: row 2 (id 2) has no column 'chosen_2'"),
-    (SELF_SCRIPT, "no_domain", "rows.json: cannot tell the RM-Bench domain of row 0 (id 0)"),
-    (SELF_SCRIPT, "set_without_its_domains", "no prompts of the domains of --set_name set1 (chat, code, math)"),
-    (RM_SCRIPT, "causal_lm", "is not a trained sequence-classification reward model"),
-])  # fmt: skip
-def test_bad_input_is_one_line_and_writes_nothing(script, case, message, tmp_path, tiny_model_dir, tiny_reward_model_dir):
+@pytest.mark.parametrize(
+    "script, case, message",
+    [
+        (
+            RM_SCRIPT,
+            "two_chosen",
+            "chat_filtered.json: row 1 (id 1): 'chosen' has 2 responses; RM-Bench rows need exactly 3",
+        ),
+        (SELF_SCRIPT, "flat_missing_chosen_2", "RM-Bench-code.jsonl: row 2 (id 2) has no column 'chosen_2'"),
+        (SELF_SCRIPT, "no_domain", "rows.json: cannot tell the RM-Bench domain of row 0 (id 0)"),
+        (SELF_SCRIPT, "set_without_its_domains", "no prompts of the domains of --set_name set1 (chat, code, math)"),
+        (RM_SCRIPT, "causal_lm", "is not a trained sequence-classification reward model"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    script, case, message, tmp_path, tiny_model_dir, tiny_reward_model_dir
+):
     data = [write_json(tmp_path / "safety-refuse_filtered.json", rmbench_rows(2))]  # a good file first
     rows = rmbench_rows(3)
     if case == "two_chosen":
@@ -261,7 +376,16 @@ def test_bad_input_is_one_line_and_writes_nothing(script, case, message, tmp_pat
         data.append(write_json(tmp_path / "rows.json", rows))
     model = tiny_reward_model_dir if script == RM_SCRIPT and case != "causal_lm" else tiny_model_dir
     out_dir = tmp_path / "outputs"
-    argv = ["--model_name", str(model), "--dataset", *map(str, data), "--output_dir", str(out_dir), "--log_level", "error"]
+    argv = [
+        "--model_name",
+        str(model),
+        "--dataset",
+        *map(str, data),
+        "--output_dir",
+        str(out_dir),
+        "--log_level",
+        "error",
+    ]
     if case == "set_without_its_domains":
         argv += ["--set_name", "set1"]
     result = run_subprocess(script, argv)

@@ -5,8 +5,6 @@ import torch
 
 from ipo import IpoError
 from ipo.data import Example
-from ipo.modeling import load_tokenizer
-from ipo.prompts import SELF_REWARD_PROMPT
 from ipo.judges.self_reward import (
     UPSTREAM_REGEX_SETS,
     SelfRewardScorer,
@@ -14,6 +12,8 @@ from ipo.judges.self_reward import (
     parse_score_upstream,
     render_upstream,
 )
+from ipo.modeling import load_tokenizer
+from ipo.prompts import SELF_REWARD_PROMPT
 
 # ---------------------------------------------------------------------------------------------------
 # Upstream parsing, RewardBench / DPO regex set
@@ -111,9 +111,10 @@ def test_chat_prompt_is_the_user_turn_and_truncation_keeps_the_rubric(tiny_model
     scorer = SelfRewardScorer(model, tokenizer, "chat", max_length=4096)
     encoded = scorer.encode("What is 2 + 2?", "It is 4.")
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": render_upstream("What is 2 + 2?", "It is 4.")}], tokenize=False,
+        [{"role": "user", "content": render_upstream("What is 2 + 2?", "It is 4.")}],
+        tokenize=False,
         add_generation_prompt=True,
-    )  # fmt: skip
+    )
     assert encoded.ids == tokenizer(rendered, add_special_tokens=False).input_ids and not encoded.truncated
     full_length = len(encoded.ids)
     short = SelfRewardScorer(model, tokenizer, "chat", max_length=full_length + 20)
@@ -147,9 +148,14 @@ def test_batched_greedy_generation_equals_one_at_a_time(tiny_model):
         (alone,) = scorer.generate([prompt])
         assert continuation == alone
         # and both are what transformers' own greedy decoding of the lone prompt gives
-        direct = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        expected = direct[0, len(prompt):].tolist()
+        direct = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        expected = direct[0, len(prompt) :].tolist()
         if tokenizer.eos_token_id in expected:
             expected = expected[: expected.index(tokenizer.eos_token_id) + 1]
         assert continuation == expected
@@ -166,7 +172,9 @@ class ScriptedScorer(SelfRewardScorer):
         for ids in prompts:
             text = self.tokenizer.decode(ids)
             key = next(k for k in self.replies if f"<response>{k}</response>" in text)
-            out.append(self.tokenizer(self.replies[key], add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id])
+            out.append(
+                self.tokenizer(self.replies[key], add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+            )
         return out
 
 
@@ -195,7 +203,9 @@ def test_scorer_end_to_end_in_both_modes(tiny_model):
 def test_scorer_on_the_tiny_model_parses_what_it_generated(tiny_model):
     model, tokenizer = tiny_model
     scorer = SelfRewardScorer(model, tokenizer, "chat", max_new_tokens=6, batch_size=3)
-    examples = [Example(id=i, prompt=f"What is {i} plus {i}?", responses=[f"It is {2 * i}.", "No idea."]) for i in range(4)]
+    examples = [
+        Example(id=i, prompt=f"What is {i} plus {i}?", responses=[f"It is {2 * i}.", "No idea."]) for i in range(4)
+    ]
     results = scored(scorer, examples)
     assert sorted(results) == [0, 1, 2, 3]
     for example in examples:
@@ -211,8 +221,11 @@ def test_scorer_on_the_tiny_model_parses_what_it_generated(tiny_model):
 def test_smollm2_judges_a_pair(smollm2):
     model, tokenizer = smollm2
     scorer = SelfRewardScorer(model, tokenizer, "chat", max_new_tokens=48)
-    example = Example(id=0, prompt="What is the capital of France?",
-                      responses=["The capital of France is Paris.", "The capital of France is Berlin."])  # fmt: skip
+    example = Example(
+        id=0,
+        prompt="What is the capital of France?",
+        responses=["The capital of France is Paris.", "The capital of France is Berlin."],
+    )
     ((_, scores, extra),) = next(scorer.score([example]))
     assert len(scores) == 2 and all(s is None or 1 <= s <= 5 for s in scores)
     assert all(text.strip() for text in extra["generated"])  # it wrote something

@@ -67,8 +67,17 @@ def _private_hash_cache(tmp_path, monkeypatch):
 
 
 def local_argv(model, data, out, *extra):
-    return ["--model_name", str(model), "--dataset", str(data), "--output_dir", str(out), "--log_level", "error",
-            *extra]
+    return [
+        "--model_name",
+        str(model),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--log_level",
+        "error",
+        *extra,
+    ]
 
 
 def one_line(capsys) -> str:
@@ -118,7 +127,12 @@ def test_limit_on_a_full_run_never_changes_its_metrics(tiny_model_dir, rb_file, 
     metrics_text, results_text = (run_dir / "metrics.json").read_text(), (run_dir / "results.md").read_text()
     metrics = json.loads(metrics_text)
     assert metrics["coverage"] == {
-        "n_scored": 16, "n_in_data": 16, "complete": True, "limit": None, "limit_per": None, "selection": None
+        "n_scored": 16,
+        "n_in_data": 16,
+        "complete": True,
+        "limit": None,
+        "limit_per": None,
+        "selection": None,
     }
     assert "Coverage: 16 of 16 pairs in the data." in results_text
     capsys.readouterr()
@@ -170,8 +184,9 @@ def test_a_second_run_on_the_same_folder_stops_at_once(openai_server, rb_file, t
     assert openai_server.requests == 2 * N_PAIRS  # the second sent nothing
     # A lock dies with its process: a crashed run leaves nothing that blocks the next one.
     code = f"import time; from ipo.runs import lock_folder; lock_folder({str(out / 'r')!r}); print('locked')"
-    holder = subprocess.Popen([sys.executable, "-u", "-c", code + "; time.sleep(60)"], env=env, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-u", "-c", code + "; time.sleep(60)"], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "locked"
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
@@ -266,8 +281,15 @@ def test_files_are_written_with_the_users_umask(openai_server, rb_file, tmp_path
     finally:
         os.umask(old)
     run_dir = out / "r"
-    names = ["config.json", "predictions.jsonl", "metrics.json", "results.md", "subset_accuracy.png", LOCK_FILE,
-             f"accuracy_reward-bench_yesno_{API_MODEL}.json"]
+    names = [
+        "config.json",
+        "predictions.jsonl",
+        "metrics.json",
+        "results.md",
+        "subset_accuracy.png",
+        LOCK_FILE,
+        f"accuracy_reward-bench_yesno_{API_MODEL}.json",
+    ]
     modes = {name: oct(os.stat(run_dir / name).st_mode & 0o777) for name in names}
     assert modes == {name: oct(file_mode) for name in names}
     assert os.stat(out / "api_cache" / f"{API_MODEL}.jsonl").st_mode & 0o777 == file_mode

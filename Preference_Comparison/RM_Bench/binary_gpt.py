@@ -52,18 +52,23 @@ logger = cli.logger
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_api_args(parser, prompt_format_help=(
-        "upstream: binary_gpt.py's request (max_tokens 200, temperature 0.1) and its regex on the raw answer, "
-        "chosen first only; chat: temperature 0, markdown (**, [ ]) ignored when reading the verdict, both "
-        "orders"
-    ))  # fmt: skip
+    add_api_args(
+        parser,
+        prompt_format_help=(
+            "upstream: binary_gpt.py's request (max_tokens 200, temperature 0.1) and its regex on the raw answer, "
+            "chosen first only; chat: temperature 0, markdown (**, [ ]) ignored when reading the verdict, both "
+            "orders"
+        ),
+    )
     add_order_args(parser)
     parser.add_argument(
-        "--pairs", default="diagonal", choices=list(rmbench_api.STYLE_PAIRS),
+        "--pairs",
+        default="diagonal",
+        choices=list(rmbench_api.STYLE_PAIRS),
         help="which (chosen style, rejected style) pairs to compare: diagonal = chosen_k vs rejected_k, "
         "upstream's 3 per prompt (its levels; RM-Bench's normal); all = the 9 of the official matrix "
         "(hard, normal, easy), 3 times the requests",
-    )  # fmt: skip
+    )
     cli.add_rmbench_data_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -100,10 +105,17 @@ def main(argv=None) -> int:
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_pairwise(response, args.scoring))
     scorer.probe(pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
-    run.start(cli.public_args(args), resolved={
-        **client.describe(), "request": api.PAIRWISE_REQUEST[args.scoring], "orders": [n for n, _ in orders],
-        "style_pairs": [list(cell) for cell in cells], "n_prompts": len(examples), "prompts_per_domain": counts,
-    })  # fmt: skip
+    run.start(
+        cli.public_args(args),
+        resolved={
+            **client.describe(),
+            "request": api.PAIRWISE_REQUEST[args.scoring],
+            "orders": [n for n, _ in orders],
+            "style_pairs": [list(cell) for cell in cells],
+            "n_prompts": len(examples),
+            "prompts_per_domain": counts,
+        },
+    )
 
     ###############
     # Score (appends to predictions.jsonl as prompts complete; resumes what is missing or failed)
@@ -112,8 +124,13 @@ def main(argv=None) -> int:
     forget_failures(log)
 
     def make_record(example, verdicts, extra):
-        return {rmbench.RECORD_KEY: example.id, "id": example.meta.get("id", example.id), "domain": example.domain,
-                "subset": example.subset, **rmbench_api.style_pair_fields(verdicts, extra, cells, orders)}  # fmt: skip
+        return {
+            rmbench.RECORD_KEY: example.id,
+            "id": example.meta.get("id", example.id),
+            "domain": example.domain,
+            "subset": example.subset,
+            **rmbench_api.style_pair_fields(verdicts, extra, cells, orders),
+        }
 
     score_into_log(scorer, examples, log, make_record, unit="prompt", desc=f"RM-Bench via {args.model}")
 
@@ -123,12 +140,17 @@ def main(argv=None) -> int:
     records = log.ordered(e.id for e in examples)
     per_order = api.order_metrics(rmbench_api.style_pair_order_records(records, cells, orders), orders)
     metrics, markdown = rmbench.write_outputs(
-        run, records, api=ApiUsage.of(client),
+        run,
+        records,
+        api=ApiUsage.of(client),
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}, "
-              f"{args.pairs} style pairs) on RM-Bench",
-        upstream_file=f"accuracy-rm-bench-{model_short}-comparative.json", matrices=pairwise_matrices,
-        extra_metrics=per_order, extra_markdown=api.orders_markdown(per_order), coverage=coverage,
-    )  # fmt: skip
+        f"{args.pairs} style pairs) on RM-Bench",
+        upstream_file=f"accuracy-rm-bench-{model_short}-comparative.json",
+        matrices=pairwise_matrices,
+        extra_metrics=per_order,
+        extra_markdown=api.orders_markdown(per_order),
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

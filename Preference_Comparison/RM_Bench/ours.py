@@ -75,9 +75,12 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rmbench.write_outputs(
-        run, records, title=f"IPO judge ({args.scoring}) on RM-Bench: {model_short}",
-        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json", coverage=coverage,
-    )  # fmt: skip
+        run,
+        records,
+        title=f"IPO judge ({args.scoring}) on RM-Bench: {model_short}",
+        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

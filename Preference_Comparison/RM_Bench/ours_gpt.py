@@ -46,11 +46,14 @@ logger = cli.logger
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_api_args(parser, prompt_format_help=(
-        "upstream: the RM-Bench wrapper of ours.py (judge question last), the first Yes and first No among "
-        "the top 10 log-probabilities, max_tokens 2, temperature 0.7; chat: the chat-mode prompt layout, all "
-        "Yes and all No variants among the top 20 summed, max_tokens 1, temperature 0"
-    ))  # fmt: skip
+    add_api_args(
+        parser,
+        prompt_format_help=(
+            "upstream: the RM-Bench wrapper of ours.py (judge question last), the first Yes and first No among "
+            "the top 10 log-probabilities, max_tokens 2, temperature 0.7; chat: the chat-mode prompt layout, all "
+            "Yes and all No variants among the top 20 summed, max_tokens 1, temperature 0"
+        ),
+    )
     cli.add_rmbench_data_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -78,16 +81,24 @@ def main(argv=None) -> int:
     ###############
     def requests_for(example):
         template = rmbench.judge_question(example.domain)
-        return [api.yes_no_request(args.scoring, api.yes_no_content(args.scoring, RMBENCH_LAYOUT, template,
-                                                                     example.prompt, response))
-                for response in example.responses]  # fmt: skip
+        return [
+            api.yes_no_request(
+                args.scoring, api.yes_no_content(args.scoring, RMBENCH_LAYOUT, template, example.prompt, response)
+            )
+            for response in example.responses
+        ]
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_yes_no(response, args.scoring))
     scorer.probe(pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
-    run.start(cli.public_args(args), resolved={
-        **client.describe(), "request": api.YES_NO_REQUEST[args.scoring], "n_prompts": len(examples),
-        "prompts_per_domain": counts,
-    })  # fmt: skip
+    run.start(
+        cli.public_args(args),
+        resolved={
+            **client.describe(),
+            "request": api.YES_NO_REQUEST[args.scoring],
+            "n_prompts": len(examples),
+            "prompts_per_domain": counts,
+        },
+    )
 
     ###############
     # Score (appends to predictions.jsonl as prompts complete; resumes what is missing or failed)
@@ -105,9 +116,13 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rmbench.write_outputs(
-        run, records, api=ApiUsage.of(client), title=f"IPO judge via {args.model} ({args.scoring}) on RM-Bench",
-        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json", coverage=coverage,
-    )  # fmt: skip
+        run,
+        records,
+        api=ApiUsage.of(client),
+        title=f"IPO judge via {args.model} ({args.scoring}) on RM-Bench",
+        upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

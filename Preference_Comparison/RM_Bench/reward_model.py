@@ -69,12 +69,25 @@ def main(argv=None) -> int:
     run = cli.run_dir(args, f"rmbench-{model_short}-rm-{args.input_format}", args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
-    scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,
-                               batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)  # fmt: skip
-    run.start(cli.public_args(args), resolved={
-        "device": device, "dtype": str(dtype), "n_prompts": len(examples), "prompts_per_domain": counts,
-        "pad_token_id": scorer.pad_id, "reward": "raw logit of the one-label head, float32",
-    })  # fmt: skip
+    scorer = RewardModelScorer(
+        model,
+        tokenizer,
+        input_format=args.input_format,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+    )
+    run.start(
+        cli.public_args(args),
+        resolved={
+            "device": device,
+            "dtype": str(dtype),
+            "n_prompts": len(examples),
+            "prompts_per_domain": counts,
+            "pad_token_id": scorer.pad_id,
+            "reward": "raw logit of the one-label head, float32",
+        },
+    )
 
     ###############
     # Score: the six responses of a prompt share a batch (appends per batch; resumes what is missing)
@@ -87,11 +100,15 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rmbench.write_outputs(
-        run, records, title=f"Reward model ({args.input_format} input) on RM-Bench: {model_short}",
+        run,
+        records,
+        title=f"Reward model ({args.input_format} input) on RM-Bench: {model_short}",
         # Upstream named its file after the last dataset of its loop (safety-refuse), though it holds all.
-        upstream_file=f"accuracy_RM-Bench-{examples[-1].domain}_norm_{model_short}.json", score_name="reward",
-        upstream_key="level_{k}_accuracy", coverage=coverage,
-    )  # fmt: skip
+        upstream_file=f"accuracy_RM-Bench-{examples[-1].domain}_norm_{model_short}.json",
+        score_name="reward",
+        upstream_key="level_{k}_accuracy",
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

@@ -72,13 +72,28 @@ def main(argv=None) -> int:
     run = cli.run_dir(args, f"rmbench-{model_short}-self-{args.scoring}-{set_label}", args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
-    scorer = SelfRewardScorer(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
-                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                              max_batch_tokens=args.max_batch_tokens, regex_set="rmbench")  # fmt: skip
-    run.start(cli.public_args(args), resolved={
-        "device": device, "dtype": str(dtype), "n_prompts": len(examples), "prompts_per_domain": counts,
-        "decoding": "greedy", "eos_token_ids": sorted(scorer.eos_ids), "regex_set": scorer.regex_set,
-    })  # fmt: skip
+    scorer = SelfRewardScorer(
+        model,
+        tokenizer,
+        scoring=args.scoring,
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        regex_set="rmbench",
+    )
+    run.start(
+        cli.public_args(args),
+        resolved={
+            "device": device,
+            "dtype": str(dtype),
+            "n_prompts": len(examples),
+            "prompts_per_domain": counts,
+            "decoding": "greedy",
+            "eos_token_ids": sorted(scorer.eos_ids),
+            "regex_set": scorer.regex_set,
+        },
+    )
 
     ###############
     # Judge all six responses of a prompt (appends per batch; resumes what is missing)
@@ -86,10 +101,16 @@ def main(argv=None) -> int:
     log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
 
     def make_record(example, scores, extra):
-        return rmbench.prediction_record(example, scores, {
-            **rmbench.by_side("parse_failed", extra["parse_failed"]), "truncated": extra["truncated"],
-            **rmbench.by_side("generated", extra["generated"]),
-        }, score_name="score")  # fmt: skip
+        return rmbench.prediction_record(
+            example,
+            scores,
+            {
+                **rmbench.by_side("parse_failed", extra["parse_failed"]),
+                "truncated": extra["truncated"],
+                **rmbench.by_side("generated", extra["generated"]),
+            },
+            score_name="score",
+        )
 
     score_into_log(scorer, examples, log, make_record, unit="prompt", desc="RM-Bench (self-reward)")
 
@@ -98,15 +119,20 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rmbench.write_outputs(
-        run, records, title=f"Self-Rewarding judge ({args.scoring}) on RM-Bench: {model_short}",
-        upstream_file=f"accuracy-rm-bench-{model_short}-scores-{set_label}.json", score_name="score",
-        notes=parse_failure_note(parse_failure_counts(records), "prompts", args.scoring), coverage=coverage,
-    )  # fmt: skip
+        run,
+        records,
+        title=f"Self-Rewarding judge ({args.scoring}) on RM-Bench: {model_short}",
+        upstream_file=f"accuracy-rm-bench-{model_short}-scores-{set_label}.json",
+        score_name="score",
+        notes=parse_failure_note(parse_failure_counts(records), "prompts", args.scoring),
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        hub.push_records(records, hub.repo_id(args.hf_user, f"RM-Bench-{model_short}-scores-{set_label}"),
-                         split_by="domain")  # fmt: skip
+        hub.push_records(
+            records, hub.repo_id(args.hf_user, f"RM-Bench-{model_short}-scores-{set_label}"), split_by="domain"
+        )
     return 0
 
 

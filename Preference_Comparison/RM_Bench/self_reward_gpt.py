@@ -54,10 +54,13 @@ REGEX_SET = "rmbench"  # RM_Bench/self_reward.py's and self_reward_gpt.py's rege
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_api_args(parser, prompt_format_help=(
-        "upstream: the 5-point prompt, max_tokens 200, temperature 0.1, RM-Bench's score regexes; chat: the "
-        "same prompt, temperature 0, the last 'Score: N' (1..5) of the answer"
-    ))  # fmt: skip
+    add_api_args(
+        parser,
+        prompt_format_help=(
+            "upstream: the 5-point prompt, max_tokens 200, temperature 0.1, RM-Bench's score regexes; chat: the "
+            "same prompt, temperature 0, the last 'Score: N' (1..5) of the answer"
+        ),
+    )
     cli.add_rmbench_data_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -84,17 +87,27 @@ def main(argv=None) -> int:
     # Judge: one request per response; the first uncached one is sent alone to check key, URL and model
     ###############
     def requests_for(example):
-        return [api.self_reward_request(args.scoring, api.self_reward_content(
-                    args.scoring, SELF_REWARD_PROMPT, example.prompt, response))
-                for response in example.responses]  # fmt: skip
+        return [
+            api.self_reward_request(
+                args.scoring, api.self_reward_content(args.scoring, SELF_REWARD_PROMPT, example.prompt, response)
+            )
+            for response in example.responses
+        ]
 
-    scorer = api.ApiScorer(client, requests_for,
-                           parse=lambda response: api.parse_self_reward(response, args.scoring, REGEX_SET))  # fmt: skip
+    scorer = api.ApiScorer(
+        client, requests_for, parse=lambda response: api.parse_self_reward(response, args.scoring, REGEX_SET)
+    )
     scorer.probe(pending_examples(examples, run, args.overwrite, key=rmbench.RECORD_KEY))
-    run.start(cli.public_args(args), resolved={
-        **client.describe(), "request": api.SELF_REWARD_REQUEST[args.scoring], "n_prompts": len(examples),
-        "prompts_per_domain": counts, "regex_set": REGEX_SET if args.scoring == "upstream" else "chat: last 'Score: N'",
-    })  # fmt: skip
+    run.start(
+        cli.public_args(args),
+        resolved={
+            **client.describe(),
+            "request": api.SELF_REWARD_REQUEST[args.scoring],
+            "n_prompts": len(examples),
+            "prompts_per_domain": counts,
+            "regex_set": REGEX_SET if args.scoring == "upstream" else "chat: last 'Score: N'",
+        },
+    )
 
     ###############
     # Score (appends to predictions.jsonl as prompts complete; resumes what is missing or failed)
@@ -104,10 +117,16 @@ def main(argv=None) -> int:
 
     def make_record(example, scores, extra):  # a missing score is None: it loses every comparison, no tie
         unparsed = [kind == "unparsed" for kind in extra["kinds"]]
-        return rmbench.prediction_record(example, scores, {
-            "parse_failed_chosen": unparsed[:rmbench_metrics.N_STYLES], "parse_failed_rejected": unparsed[rmbench_metrics.N_STYLES:],
-            **style_answer_fields(extra, ("judge_text",)),
-        }, score_name="score")  # fmt: skip
+        return rmbench.prediction_record(
+            example,
+            scores,
+            {
+                "parse_failed_chosen": unparsed[: rmbench_metrics.N_STYLES],
+                "parse_failed_rejected": unparsed[rmbench_metrics.N_STYLES :],
+                **style_answer_fields(extra, ("judge_text",)),
+            },
+            score_name="score",
+        )
 
     score_into_log(scorer, examples, log, make_record, unit="prompt", desc=f"RM-Bench via {args.model}")
 
@@ -122,11 +141,15 @@ def main(argv=None) -> int:
         "prompts; each loses every comparison it is in (upstream scored it 0). Ties count as wrong."
     )
     metrics, markdown = rmbench.write_outputs(
-        run, records, api=ApiUsage.of(client),
+        run,
+        records,
+        api=ApiUsage.of(client),
         title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RM-Bench",
-        upstream_file=f"accuracy-rm-bench-{model_short}-scores.json", score_name="score",
-        extra_markdown=notes, coverage=coverage,
-    )  # fmt: skip
+        upstream_file=f"accuracy-rm-bench-{model_short}-scores.json",
+        score_name="score",
+        extra_markdown=notes,
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

@@ -43,11 +43,14 @@ logger = cli.logger
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_api_args(parser, prompt_format_help=(
-        "upstream: binary_gpt.py's request (max_tokens 200, temperature 0.1) and its regex on the raw answer, "
-        "chosen first only; chat: temperature 0, markdown (**, [ ]) ignored when reading the verdict, both "
-        "orders"
-    ))  # fmt: skip
+    add_api_args(
+        parser,
+        prompt_format_help=(
+            "upstream: binary_gpt.py's request (max_tokens 200, temperature 0.1) and its regex on the raw answer, "
+            "chosen first only; chat: temperature 0, markdown (**, [ ]) ignored when reading the verdict, both "
+            "orders"
+        ),
+    )
     add_order_args(parser)
     cli.add_rewardbench_data_args(parser)
     cli.add_output_args(parser)
@@ -84,10 +87,15 @@ def main(argv=None) -> int:
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_pairwise(response, args.scoring))
     scorer.probe(pending_examples(examples, run, args.overwrite))
-    run.start(cli.public_args(args), resolved={
-        **client.describe(), "request": api.PAIRWISE_REQUEST[args.scoring], "orders": [n for n, _ in orders],
-        "n_pairs": len(examples),
-    })  # fmt: skip
+    run.start(
+        cli.public_args(args),
+        resolved={
+            **client.describe(),
+            "request": api.PAIRWISE_REQUEST[args.scoring],
+            "orders": [n for n, _ in orders],
+            "n_pairs": len(examples),
+        },
+    )
 
     ###############
     # Score (appends to predictions.jsonl as pairs complete; resumes what is missing or failed)
@@ -106,17 +114,22 @@ def main(argv=None) -> int:
     records = log.ordered(e.id for e in examples)
     per_order = api.order_metrics(records, orders)
     metrics, markdown = rewardbench.write_outputs(
-        run, records, api=ApiUsage.of(client),
+        run,
+        records,
+        api=ApiUsage.of(client),
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}) "
-              f"on RewardBench {args.split}",
+        f"on RewardBench {args.split}",
         upstream_file=f"accuracy_reward-bench_comparison_{model_short}.json",
-        extra_metrics=per_order, extra_markdown=api.orders_markdown(per_order), coverage=coverage,
-    )  # fmt: skip
+        extra_metrics=per_order,
+        extra_markdown=api.orders_markdown(per_order),
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-comparison"),
-                         split_by="subset")
+        hub.push_records(
+            records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-comparison"), split_by="subset"
+        )
     return 0
 
 

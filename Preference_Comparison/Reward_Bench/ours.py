@@ -32,9 +32,13 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
     data = cli.add_rewardbench_data_args(parser)
-    data.add_argument("--prompt_table", default="paper", choices=list(rewardbench.PROMPT_TABLES),
-                      help="paper: the per-subset judge questions; shuffled / same: upstream's "
-                           "ours_prompt_shuffle.py / ours_same_prompt.py ablations")  # fmt: skip
+    data.add_argument(
+        "--prompt_table",
+        default="paper",
+        choices=list(rewardbench.PROMPT_TABLES),
+        help="paper: the per-subset judge questions; shuffled / same: upstream's "
+        "ours_prompt_shuffle.py / ours_same_prompt.py ablations",
+    )
     cli.add_judge_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -57,8 +61,11 @@ def main(argv=None) -> int:
     table = rewardbench.PROMPT_TABLES[args.prompt_table]
     unknown = sorted({e.subset for e in examples if e.subset not in table})
     if unknown:
-        logger.warning("subsets without a judge question, scored with the %r one: %s",
-                       REWARDBENCH_FALLBACK_SUBSET, ", ".join(unknown))  # fmt: skip
+        logger.warning(
+            "subsets without a judge question, scored with the %r one: %s",
+            REWARDBENCH_FALLBACK_SUBSET,
+            ", ".join(unknown),
+        )
 
     ###############
     # Run folder (checked before the slow model load: output folder, lock, settings, inputs), model, judge
@@ -86,9 +93,12 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rewardbench.write_outputs(
-        run, records, title=f"IPO judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
-        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json", coverage=coverage,
-    )  # fmt: skip
+        run,
+        records,
+        title=f"IPO judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

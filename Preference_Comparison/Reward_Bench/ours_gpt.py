@@ -41,11 +41,14 @@ logger = cli.logger
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_api_args(parser, prompt_format_help=(
-        "upstream: ours_gpt.py's wrapper, the first Yes and first No among the top 10 log-probabilities, "
-        "max_tokens 2, temperature 0.7; chat: the chat-mode prompt layout of the local judge, all Yes and "
-        "all No variants among the top 20 summed, max_tokens 1, temperature 0"
-    ))  # fmt: skip
+    add_api_args(
+        parser,
+        prompt_format_help=(
+            "upstream: ours_gpt.py's wrapper, the first Yes and first No among the top 10 log-probabilities, "
+            "max_tokens 2, temperature 0.7; chat: the chat-mode prompt layout of the local judge, all Yes and "
+            "all No variants among the top 20 summed, max_tokens 1, temperature 0"
+        ),
+    )
     cli.add_rewardbench_data_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -73,15 +76,23 @@ def main(argv=None) -> int:
     ###############
     def requests_for(example):
         template, _ = rewardbench.judge_template(example.subset)
-        return [api.yes_no_request(args.scoring, api.yes_no_content(args.scoring, REWARDBENCH_LAYOUT, template,
-                                                                     example.prompt, response))
-                for response in example.responses]  # fmt: skip
+        return [
+            api.yes_no_request(
+                args.scoring, api.yes_no_content(args.scoring, REWARDBENCH_LAYOUT, template, example.prompt, response)
+            )
+            for response in example.responses
+        ]
 
     scorer = api.ApiScorer(client, requests_for, parse=lambda response: api.parse_yes_no(response, args.scoring))
     scorer.probe(pending_examples(examples, run, args.overwrite))
-    run.start(cli.public_args(args), resolved={
-        **client.describe(), "request": api.YES_NO_REQUEST[args.scoring], "n_pairs": len(examples),
-    })  # fmt: skip
+    run.start(
+        cli.public_args(args),
+        resolved={
+            **client.describe(),
+            "request": api.YES_NO_REQUEST[args.scoring],
+            "n_pairs": len(examples),
+        },
+    )
 
     ###############
     # Score (appends to predictions.jsonl as pairs complete; resumes what is missing or failed)
@@ -91,8 +102,14 @@ def main(argv=None) -> int:
 
     def make_record(example, p_yes, extra):
         if extra["failure"]:  # no score for the pair; the answered side's value is kept
-            record = {"id": example.id, "subset": example.subset, "p_yes_chosen": p_yes[0],
-                      "p_yes_rejected": p_yes[1], "correct": False, "tie": False}  # fmt: skip
+            record = {
+                "id": example.id,
+                "subset": example.subset,
+                "p_yes_chosen": p_yes[0],
+                "p_yes_rejected": p_yes[1],
+                "correct": False,
+                "tie": False,
+            }
         else:
             record = rewardbench.pair_record(example, p_yes[0], p_yes[1])
         return {**record, **api.answer_fields(extra, ("chosen", "rejected"), keys=("logprob_yes", "logprob_no"))}
@@ -104,10 +121,13 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rewardbench.write_outputs(
-        run, records, api=ApiUsage.of(client),
+        run,
+        records,
+        api=ApiUsage.of(client),
         title=f"IPO judge via {args.model} ({args.scoring}) on RewardBench {args.split}",
-        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json", coverage=coverage,
-    )  # fmt: skip
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

@@ -38,12 +38,18 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
     data = cli.add_rewardbench_data_args(parser)
-    data.add_argument("--prompts_file", default=str(DEFAULT_PROMPTS_FILE),
-                      help='candidate questions in upstream\'s format {"default": str, "<subset>": [str, ...]} '
-                           "(default: the shipped candidate_prompts.json)")  # fmt: skip
-    data.add_argument("--select_fraction", type=float, default=0.5,
-                      help="fraction of each subset's pairs used to choose the prompt; the rest is held out "
-                           "to report it")  # fmt: skip
+    data.add_argument(
+        "--prompts_file",
+        default=str(DEFAULT_PROMPTS_FILE),
+        help='candidate questions in upstream\'s format {"default": str, "<subset>": [str, ...]} '
+        "(default: the shipped candidate_prompts.json)",
+    )
+    data.add_argument(
+        "--select_fraction",
+        type=float,
+        default=0.5,
+        help="fraction of each subset's pairs used to choose the prompt; the rest is held out to report it",
+    )
     cli.add_judge_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -77,8 +83,11 @@ def main(argv=None) -> int:
     fingerprint = {"prompts_sha256": prompt_search.prompts_fingerprint(prompts)}
     run.check(cli.public_args(args), fingerprint)
     judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
-    run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(pairs), "n_scorings": len(examples)},
-              fingerprint_extra=fingerprint)  # fmt: skip
+    run.start(
+        cli.public_args(args),
+        resolved={**resolved, "n_pairs": len(pairs), "n_scorings": len(examples)},
+        fingerprint_extra=fingerprint,
+    )
 
     ###############
     # Score every candidate (appends to predictions.jsonl batch by batch; resumes what is missing)
@@ -88,8 +97,13 @@ def main(argv=None) -> int:
 
     def make_record(example, p_yes, extra):
         record = rewardbench.pair_record(example, p_yes[0], p_yes[1])
-        return {"key": record.pop("id"), "pair_id": example.meta["pair_id"], "candidate": example.meta["candidate"],
-                **record, **extra}  # fmt: skip
+        return {
+            "key": record.pop("id"),
+            "pair_id": example.meta["pair_id"],
+            "candidate": example.meta["candidate"],
+            **record,
+            **extra,
+        }
 
     score_into_log(scorer, examples, log, make_record, unit="scoring", desc="prompt search")
 
@@ -98,15 +112,21 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = prompt_search.write_outputs(
-        run, records, plan, args.select_fraction, args.seed,
+        run,
+        records,
+        plan,
+        args.select_fraction,
+        args.seed,
         title=f"Prompt search ({args.scoring}) on RewardBench {args.split}: {model_short}",
-        upstream_file=f"accuracy_reward-bench_yesno_{model_short}_multi_prompt.json", coverage=coverage,
+        upstream_file=f"accuracy_reward-bench_yesno_{model_short}_multi_prompt.json",
+        coverage=coverage,
     )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-multi-prompt"),
-                         split_by="subset")
+        hub.push_records(
+            records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-multi-prompt"), split_by="subset"
+        )
     return 0
 
 

@@ -32,8 +32,9 @@ logger = cli.logger
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
-    cli.add_rewardbench_data_args(parser, rewardbench.PAPER_CATEGORIES,
-                                  "score only this category of the paper (chat includes Chat Hard)")  # fmt: skip
+    cli.add_rewardbench_data_args(
+        parser, rewardbench.PAPER_CATEGORIES, "score only this category of the paper (chat includes Chat Hard)"
+    )
     cli.add_reward_model_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
@@ -63,12 +64,24 @@ def main(argv=None) -> int:
     run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
-    scorer = RewardModelScorer(model, tokenizer, input_format=args.input_format, max_length=args.max_length,
-                               batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)  # fmt: skip
-    run.start(cli.public_args(args), resolved={
-        "device": device, "dtype": str(dtype), "n_pairs": len(examples), "pad_token_id": scorer.pad_id,
-        "reward": "raw logit of the one-label head, float32",
-    })  # fmt: skip
+    scorer = RewardModelScorer(
+        model,
+        tokenizer,
+        input_format=args.input_format,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+    )
+    run.start(
+        cli.public_args(args),
+        resolved={
+            "device": device,
+            "dtype": str(dtype),
+            "n_pairs": len(examples),
+            "pad_token_id": scorer.pad_id,
+            "reward": "raw logit of the one-label head, float32",
+        },
+    )
 
     ###############
     # Score (appends to predictions.jsonl batch by batch; resumes what is missing)
@@ -85,10 +98,13 @@ def main(argv=None) -> int:
     ###############
     records = log.ordered(e.id for e in examples)
     metrics, markdown = rewardbench.write_outputs(
-        run, records, title=f"Reward model ({args.input_format} input) on RewardBench {args.split}: {model_short}",
+        run,
+        records,
+        title=f"Reward model ({args.input_format} input) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_norm_{model_short}.json",
-        extra_metrics={"n_ties": sum(r["tie"] for r in records)}, coverage=coverage,
-    )  # fmt: skip
+        extra_metrics={"n_ties": sum(r["tie"] for r in records)},
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:

@@ -75,13 +75,26 @@ def main(argv=None) -> int:
     run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
-    scorer = SelfRewardScorer(model, tokenizer, scoring=args.scoring, max_length=args.max_length,
-                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                              max_batch_tokens=args.max_batch_tokens, regex_set="rewardbench")  # fmt: skip
-    run.start(cli.public_args(args), resolved={
-        "device": device, "dtype": str(dtype), "n_pairs": len(examples), "decoding": "greedy",
-        "eos_token_ids": sorted(scorer.eos_ids),
-    })  # fmt: skip
+    scorer = SelfRewardScorer(
+        model,
+        tokenizer,
+        scoring=args.scoring,
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        regex_set="rewardbench",
+    )
+    run.start(
+        cli.public_args(args),
+        resolved={
+            "device": device,
+            "dtype": str(dtype),
+            "n_pairs": len(examples),
+            "decoding": "greedy",
+            "eos_token_ids": sorted(scorer.eos_ids),
+        },
+    )
 
     ###############
     # Judge (appends to predictions.jsonl batch by batch; resumes what is missing)
@@ -91,12 +104,18 @@ def main(argv=None) -> int:
     def make_record(example, scores, extra):
         correct, tie = compare_scores(scores[0], scores[1])
         return {
-            "id": example.id, "subset": example.subset, "score_chosen": scores[0], "score_rejected": scores[1],
-            "correct": correct, "tie": tie,
-            "parse_failed_chosen": extra["parse_failed"][0], "parse_failed_rejected": extra["parse_failed"][1],
+            "id": example.id,
+            "subset": example.subset,
+            "score_chosen": scores[0],
+            "score_rejected": scores[1],
+            "correct": correct,
+            "tie": tie,
+            "parse_failed_chosen": extra["parse_failed"][0],
+            "parse_failed_rejected": extra["parse_failed"][1],
             "truncated": extra["truncated"],
-            "generated_chosen": extra["generated"][0], "generated_rejected": extra["generated"][1],
-        }  # fmt: skip
+            "generated_chosen": extra["generated"][0],
+            "generated_rejected": extra["generated"][1],
+        }
 
     score_into_log(scorer, examples, log, make_record, unit="pair", desc="RewardBench (self-reward)")
 
@@ -111,15 +130,20 @@ def main(argv=None) -> int:
         f"pairs: {pct(failures['accuracy_excluding_parse_failures'])}%. Ties: {failures['n_ties']} (counted as wrong)."
     )
     metrics, markdown = rewardbench.write_outputs(
-        run, records, title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
-        upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json", extra_metrics=failures,
-        notes=notes, coverage=coverage,
-    )  # fmt: skip
+        run,
+        records,
+        title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
+        upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json",
+        extra_metrics=failures,
+        notes=notes,
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-{set_label}-scores"),
-                         split_by="subset")  # fmt: skip
+        hub.push_records(
+            records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-{set_label}-scores"), split_by="subset"
+        )
     return 0
 
 

@@ -51,13 +51,19 @@ REGEX_SET = "gpt_rewardbench"  # upstream self_reward_gpt.py's own regexes (ipo.
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_api_args(parser, prompt_format_help=(
-        "upstream: self_reward_gpt.py's bullet prompt, max_tokens 200, temperature 0.1, its score regexes; "
-        "chat: the plain 5-point prompt, temperature 0, the last 'Score: N' (1..5) of the answer"
-    ))  # fmt: skip
-    cli.add_rewardbench_data_args(parser, rewardbench.SELF_REWARD_GPT_SETS,
-                                  "score only a subset group: upstream14 = the 14 subsets upstream's "
-                                  "self_reward_gpt.py hard-coded; set1..set3 = the local self_reward.py's")  # fmt: skip
+    add_api_args(
+        parser,
+        prompt_format_help=(
+            "upstream: self_reward_gpt.py's bullet prompt, max_tokens 200, temperature 0.1, its score regexes; "
+            "chat: the plain 5-point prompt, temperature 0, the last 'Score: N' (1..5) of the answer"
+        ),
+    )
+    cli.add_rewardbench_data_args(
+        parser,
+        rewardbench.SELF_REWARD_GPT_SETS,
+        "score only a subset group: upstream14 = the 14 subsets upstream's "
+        "self_reward_gpt.py hard-coded; set1..set3 = the local self_reward.py's",
+    )
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
@@ -85,17 +91,26 @@ def main(argv=None) -> int:
     # Judge: one request per response; the first uncached one is sent alone to check key, URL and model
     ###############
     def requests_for(example):
-        return [api.self_reward_request(args.scoring, api.self_reward_content(
-                    args.scoring, SELF_REWARD_PROMPT_BULLET, example.prompt, response))
-                for response in example.responses]  # fmt: skip
+        return [
+            api.self_reward_request(
+                args.scoring, api.self_reward_content(args.scoring, SELF_REWARD_PROMPT_BULLET, example.prompt, response)
+            )
+            for response in example.responses
+        ]
 
-    scorer = api.ApiScorer(client, requests_for,
-                           parse=lambda response: api.parse_self_reward(response, args.scoring, REGEX_SET))  # fmt: skip
+    scorer = api.ApiScorer(
+        client, requests_for, parse=lambda response: api.parse_self_reward(response, args.scoring, REGEX_SET)
+    )
     scorer.probe(pending_examples(examples, run, args.overwrite))
-    run.start(cli.public_args(args), resolved={
-        **client.describe(), "request": api.SELF_REWARD_REQUEST[args.scoring], "n_pairs": len(examples),
-        "regex_set": REGEX_SET if args.scoring == "upstream" else "chat: last 'Score: N'",
-    })  # fmt: skip
+    run.start(
+        cli.public_args(args),
+        resolved={
+            **client.describe(),
+            "request": api.SELF_REWARD_REQUEST[args.scoring],
+            "n_pairs": len(examples),
+            "regex_set": REGEX_SET if args.scoring == "upstream" else "chat: last 'Score: N'",
+        },
+    )
 
     ###############
     # Score (appends to predictions.jsonl as pairs complete; resumes what is missing or failed)
@@ -106,12 +121,16 @@ def main(argv=None) -> int:
     def make_record(example, scores, extra):
         correct, tie = compare_scores(scores[0], scores[1])  # a missing score makes the pair wrong, not a tie
         return {
-            "id": example.id, "subset": example.subset, "score_chosen": scores[0], "score_rejected": scores[1],
-            "correct": correct, "tie": tie,
+            "id": example.id,
+            "subset": example.subset,
+            "score_chosen": scores[0],
+            "score_rejected": scores[1],
+            "correct": correct,
+            "tie": tie,
             "parse_failed_chosen": extra["kinds"][0] == "unparsed",
             "parse_failed_rejected": extra["kinds"][1] == "unparsed",
             **api.answer_fields(extra, ("chosen", "rejected"), keys=("judge_text",)),
-        }  # fmt: skip
+        }
 
     score_into_log(scorer, examples, log, make_record, unit="pair", desc=f"RewardBench via {args.model}")
 
@@ -128,17 +147,22 @@ def main(argv=None) -> int:
         f"{pct(judged['accuracy_excluding_parse_failures'])}%. Ties: {judged['n_ties']} (counted as wrong)."
     )
     metrics, markdown = rewardbench.write_outputs(
-        run, records, api=ApiUsage.of(client),
+        run,
+        records,
+        api=ApiUsage.of(client),
         title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RewardBench "
-              f"{args.split}, {set_label} subsets",
-        upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json", extra_metrics=judged,
-        extra_markdown=notes, coverage=coverage,
-    )  # fmt: skip
+        f"{args.split}, {set_label} subsets",
+        upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json",
+        extra_metrics=judged,
+        extra_markdown=notes,
+        coverage=coverage,
+    )
     print(markdown)
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
-        hub.push_records(records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-{set_label}-scores"),
-                         split_by="subset")  # fmt: skip
+        hub.push_records(
+            records, hub.repo_id(args.hf_user, f"reward-bench-{model_short}-{set_label}-scores"), split_by="subset"
+        )
     return 0
 
 

@@ -60,8 +60,12 @@ def failure_summary(records: Sequence[dict]) -> dict:
     """n_total, n_answered, n_failed and failures_by_kind of prediction records (``failure`` field)."""
     kinds = Counter(r["failure"] for r in records if r.get("failure"))
     n_failed = sum(kinds.values())
-    return {"n_total": len(records), "n_answered": len(records) - n_failed, "n_failed": n_failed,
-            "failures_by_kind": dict(kinds)}  # fmt: skip
+    return {
+        "n_total": len(records),
+        "n_answered": len(records) - n_failed,
+        "n_failed": n_failed,
+        "failures_by_kind": dict(kinds),
+    }
 
 
 def answered_records(records: Sequence[dict]) -> tuple[dict, list[dict]]:
@@ -69,8 +73,10 @@ def answered_records(records: Sequence[dict]) -> tuple[dict, list[dict]]:
     summary = failure_summary(records)
     answered = [r for r in records if not r.get("failure")]
     if not answered:
-        raise IpoError(f"no example was answered (failures: {summary['failures_by_kind']}); see the warnings "
-                       "above, then re-run the same command to try them again")  # fmt: skip
+        raise IpoError(
+            f"no example was answered (failures: {summary['failures_by_kind']}); see the warnings "
+            "above, then re-run the same command to try them again"
+        )
     return summary, answered
 
 
@@ -79,8 +85,9 @@ def failure_metrics(summary: dict) -> dict:
     return {key: summary[key] for key in ("n_answered", "n_failed", "failures_by_kind")}
 
 
-def usage_markdown(api: ApiUsage, summary: dict, accuracy_all: float | None,
-                   accuracy_answered: float | None, label: str = "Accuracy") -> str:  # fmt: skip
+def usage_markdown(
+    api: ApiUsage, summary: dict, accuracy_all: float | None, accuracy_answered: float | None, label: str = "Accuracy"
+) -> str:
     """The results.md section on the API: endpoint, failures, both accuracies (``label`` names the headline
     value, e.g. RM-Bench's average), this invocation's requests."""
     usage = api.usage

@@ -72,12 +72,18 @@ def extract_choice(response: str, choices: Sequence[str]) -> int | None:
 
 def mmlu_metrics(predictions: Sequence[dict]) -> dict:
     """Accuracy (unparsed answers count as wrong), parse rate, and accuracy per subject if known."""
+
     def part(records):
         n = len(records)
         parsed = sum(r["predicted"] is not None for r in records)
-        return {"n": n, "accuracy": sum(r["correct"] for r in records) / n if n else None,
-                "parsed": parsed / n if n else None}  # fmt: skip
+        return {
+            "n": n,
+            "accuracy": sum(r["correct"] for r in records) / n if n else None,
+            "parsed": parsed / n if n else None,
+        }
 
     subjects = sorted({r.get("subject") for r in predictions if r.get("subject")})
-    return {**part(predictions),
-            "subjects": {s: part([r for r in predictions if r.get("subject") == s]) for s in subjects}}  # fmt: skip
+    return {
+        **part(predictions),
+        "subjects": {s: part([r for r in predictions if r.get("subject") == s]) for s in subjects},
+    }

@@ -85,16 +85,24 @@ def expand(examples: Sequence[Example], prompts: dict) -> tuple[list[Example], d
     for example in examples:
         if example.subset not in plan:
             candidates = candidates_for(example.subset, prompts)
-            plan[example.subset] = {"candidates": candidates, "paper": paper_candidate(example.subset, candidates),
-                                    "paper_prompt": judge_template(example.subset)[0]}  # fmt: skip
+            plan[example.subset] = {
+                "candidates": candidates,
+                "paper": paper_candidate(example.subset, candidates),
+                "paper_prompt": judge_template(example.subset)[0],
+            }
         subset_plan = plan[example.subset]
         ids = list(range(len(subset_plan["candidates"]))) + ([PAPER] if subset_plan["paper"] == PAPER else [])
         for candidate in ids:
             template = subset_plan["paper_prompt"] if candidate == PAPER else subset_plan["candidates"][candidate]
-            expanded.append(Example(
-                id=f"{example.id}#{candidate}", prompt=example.prompt, responses=example.responses,
-                subset=example.subset, meta={"pair_id": example.id, "candidate": candidate, "template": template},
-            ))  # fmt: skip
+            expanded.append(
+                Example(
+                    id=f"{example.id}#{candidate}",
+                    prompt=example.prompt,
+                    responses=example.responses,
+                    subset=example.subset,
+                    meta={"pair_id": example.id, "candidate": candidate, "template": template},
+                )
+            )
     return expanded, plan
 
 
@@ -139,24 +147,38 @@ def summarize(records: Sequence[dict], plan: dict[str, dict], fraction: float, s
         pooled["paper"] += paper_heldout
         whole = [_accuracy(rows(k, set(pair_ids))) for k in range(len(candidates))]
         subsets[subset] = {
-            "n_pairs": len(pair_ids), "n_selection": len(selection), "n_heldout": len(heldout),
-            "n_candidates": len(candidates), "best_candidate": best + 1, "best_prompt": candidates[best],
-            "selection_accuracy": selection_accuracy[best], "heldout_accuracy": _accuracy(selected_heldout),
+            "n_pairs": len(pair_ids),
+            "n_selection": len(selection),
+            "n_heldout": len(heldout),
+            "n_candidates": len(candidates),
+            "best_candidate": best + 1,
+            "best_prompt": candidates[best],
+            "selection_accuracy": selection_accuracy[best],
+            "heldout_accuracy": _accuracy(selected_heldout),
             "paper_prompt_heldout_accuracy": _accuracy(paper_heldout),
             "paper_prompt_candidate": subset_plan["paper"] + 1 if subset_plan["paper"] != PAPER else None,
-            "selection_accuracies": selection_accuracy, "whole_subset_accuracies": whole,
-        }  # fmt: skip
-        upstream_subsets[subset] = {"average_accuracy": 100 * sum(whole) / len(whole),
-                                    "individual_accuracies": [100 * a for a in whole]}  # fmt: skip
+            "selection_accuracies": selection_accuracy,
+            "whole_subset_accuracies": whole,
+        }
+        upstream_subsets[subset] = {
+            "average_accuracy": 100 * sum(whole) / len(whole),
+            "individual_accuracies": [100 * a for a in whole],
+        }
         for k, candidate in enumerate(candidates):
             upstream_prompts[f"{subset}_prompt_{k + 1}"] = {"accuracy": 100 * whole[k], "prompt_template": candidate}
     heldout = {}
     for name in ("selected", "paper"):
-        per_subset = {s: v["heldout_accuracy" if name == "selected" else "paper_prompt_heldout_accuracy"]
-                      for s, v in subsets.items()}  # fmt: skip
+        per_subset = {
+            s: v["heldout_accuracy" if name == "selected" else "paper_prompt_heldout_accuracy"]
+            for s, v in subsets.items()
+        }
         sections = section_scores({s: a for s, a in per_subset.items() if a is not None})
-        heldout[name] = {"accuracy": _accuracy(pooled[name]), "n_pairs": len(pooled[name]), "sections": sections,
-                         "score": mean(sections.values())}  # fmt: skip
+        heldout[name] = {
+            "accuracy": _accuracy(pooled[name]),
+            "n_pairs": len(pooled[name]),
+            "sections": sections,
+            "score": mean(sections.values()),
+        }
     metrics = {"select_fraction": fraction, "seed": seed, "heldout": heldout, "subsets": subsets}
     return metrics, {"subset_accuracies": upstream_subsets, "prompt_accuracies": upstream_prompts}
 
@@ -173,19 +195,44 @@ def results_markdown(metrics: dict, title: str) -> str:
         f"(score {pct(paper['score'])}).\n"
     )
     rows = [
-        [subset, f"{s['n_selection']}/{s['n_heldout']}", f"{s['best_candidate']} of {s['n_candidates']}",
-         pct(s["selection_accuracy"]), pct(s["heldout_accuracy"]), pct(s["paper_prompt_heldout_accuracy"])]
+        [
+            subset,
+            f"{s['n_selection']}/{s['n_heldout']}",
+            f"{s['best_candidate']} of {s['n_candidates']}",
+            pct(s["selection_accuracy"]),
+            pct(s["heldout_accuracy"]),
+            pct(s["paper_prompt_heldout_accuracy"]),
+        ]
         for subset, s in metrics["subsets"].items()
-    ]  # fmt: skip
-    out.append(markdown_table(["subset", "pairs (select/held out)", "selected candidate", "selection acc %",
-                               "held-out acc %", "paper prompt held-out acc %"], rows))  # fmt: skip
+    ]
+    out.append(
+        markdown_table(
+            [
+                "subset",
+                "pairs (select/held out)",
+                "selected candidate",
+                "selection acc %",
+                "held-out acc %",
+                "paper prompt held-out acc %",
+            ],
+            rows,
+        )
+    )
     out.append("## Selected prompts\n")
     out += [f"- **{subset}**: {s['best_prompt']}" for subset, s in metrics["subsets"].items()]
     return "\n".join(out) + "\n"
 
 
-def write_outputs(run: RunDir, records: Sequence[dict], plan: dict[str, dict], fraction: float, seed: int,
-                  title: str, upstream_file: str, coverage: Coverage | None = None) -> tuple[dict, str]:
+def write_outputs(
+    run: RunDir,
+    records: Sequence[dict],
+    plan: dict[str, dict],
+    fraction: float,
+    seed: int,
+    title: str,
+    upstream_file: str,
+    coverage: Coverage | None = None,
+) -> tuple[dict, str]:
     """metrics.json and results.md (the selection and held-out accuracies, see summarize) and upstream's
     whole-subset multi-prompt file, in ``run``. Returns (metrics, results markdown). ``coverage``: which
     pairs of the data were searched on, stated in metrics.json ("coverage") and under results.md's title."""
@@ -195,8 +242,9 @@ def write_outputs(run: RunDir, records: Sequence[dict], plan: dict[str, dict], f
         metrics["coverage"] = coverage.metrics(n_pairs)
     too_small = sorted(s for s, v in metrics["subsets"].items() if v["n_heldout"] == 0)
     if too_small:
-        logger.warning("%d subsets have a single pair, so nothing of them is held out: %s",
-                       len(too_small), ", ".join(too_small))  # fmt: skip
+        logger.warning(
+            "%d subsets have a single pair, so nothing of them is held out: %s", len(too_small), ", ".join(too_small)
+        )
     markdown = results_markdown(metrics, title)
     if coverage is not None:
         markdown = markdown.replace("\n", "\n\n" + coverage.markdown(n_pairs) + "\n", 1)

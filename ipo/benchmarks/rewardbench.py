@@ -64,12 +64,23 @@ EXAMPLE_COUNTS = {
 
 SUBSET_MAPPING = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
-    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
-               "donotanswer"],
+    "Chat Hard": [
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ],
+    "Safety": [
+        "refusals-dangerous",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+        "donotanswer",
+    ],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
-}  # fmt: skip
+}
 
 # The paper's four categories, as upstream's reward_model.py grouped subsets (chat includes Chat Hard).
 PAPER_CATEGORIES = {
@@ -81,23 +92,59 @@ PAPER_CATEGORIES = {
 
 # Upstream Reward_Bench/self_reward.py's --set_name groups (all 23 subsets over set1..set3).
 SELF_REWARD_SETS = {
-    "set1": ["hep-cpp", "math-prm", "llmbar-adver-GPTInst", "refusals-dangerous", "hep-python",
-             "alpacaeval-easy", "hep-java", "llmbar-adver-GPTOut"],
+    "set1": [
+        "hep-cpp",
+        "math-prm",
+        "llmbar-adver-GPTInst",
+        "refusals-dangerous",
+        "hep-python",
+        "alpacaeval-easy",
+        "hep-java",
+        "llmbar-adver-GPTOut",
+    ],
     "set1_phi": ["alpacaeval-easy", "hep-java", "llmbar-adver-GPTOut"],
-    "set2": ["alpacaeval-hard", "hep-go", "refusals-offensive", "xstest-should-refuse", "donotanswer",
-             "mt-bench-hard", "llmbar-adver-neighbor", "mt-bench-easy"],
-    "set3": ["llmbar-adver-manual", "mt-bench-med", "xstest-should-respond", "hep-rust", "hep-js",
-             "alpacaeval-length", "llmbar-natural"],
-}  # fmt: skip
+    "set2": [
+        "alpacaeval-hard",
+        "hep-go",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "donotanswer",
+        "mt-bench-hard",
+        "llmbar-adver-neighbor",
+        "mt-bench-easy",
+    ],
+    "set3": [
+        "llmbar-adver-manual",
+        "mt-bench-med",
+        "xstest-should-respond",
+        "hep-rust",
+        "hep-js",
+        "alpacaeval-length",
+        "llmbar-natural",
+    ],
+}
 
 # Upstream Reward_Bench/self_reward_gpt.py hard-coded these 14 subsets and had no --set_name: set2
 # and set3 without alpacaeval-hard. Here they are one more optional set of that script.
 SELF_REWARD_GPT_SETS = {
-    "upstream14": ["alpacaeval-length", "donotanswer", "hep-go", "hep-js", "hep-rust", "llmbar-adver-manual",
-                   "llmbar-adver-neighbor", "llmbar-natural", "mt-bench-easy", "mt-bench-hard", "mt-bench-med",
-                   "refusals-offensive", "xstest-should-refuse", "xstest-should-respond"],
+    "upstream14": [
+        "alpacaeval-length",
+        "donotanswer",
+        "hep-go",
+        "hep-js",
+        "hep-rust",
+        "llmbar-adver-manual",
+        "llmbar-adver-neighbor",
+        "llmbar-natural",
+        "mt-bench-easy",
+        "mt-bench-hard",
+        "mt-bench-med",
+        "refusals-offensive",
+        "xstest-should-refuse",
+        "xstest-should-respond",
+    ],
     **SELF_REWARD_SETS,
-}  # fmt: skip
+}
 
 
 # Judge-question tables: the paper's, and upstream's two ablations (ours_prompt_shuffle.py, where each
@@ -116,19 +163,23 @@ def load_rewardbench(dataset: str = HUB_ID, split: str = "raw") -> list[Example]
     A local file is used as it is; ``split`` then only labels the run.
     """
     if split not in SPLITS:
-        raise IpoError(f"unknown --split {split!r}: use raw (5,123 pairs, the paper's) or filtered "
-                       "(2,985 pairs, the leaderboard's)")  # fmt: skip
+        raise IpoError(
+            f"unknown --split {split!r}: use raw (5,123 pairs, the paper's) or filtered "
+            "(2,985 pairs, the leaderboard's)"
+        )
     rows = read_records(dataset, split)
     require_columns(rows, ("prompt", "chosen", "rejected", "subset"), dataset)
     examples = []
     for row_id, row in zip(row_ids(rows, dataset), rows):
         responses = [require_text(row[c], dataset, row_id, c) for c in ("chosen", "rejected")]
-        examples.append(Example(
-            id=row_id,
-            prompt=require_text(row["prompt"], dataset, row_id, "prompt"),
-            responses=responses,
-            subset=require_text(row["subset"], dataset, row_id, "subset"),
-        ))  # fmt: skip
+        examples.append(
+            Example(
+                id=row_id,
+                prompt=require_text(row["prompt"], dataset, row_id, "prompt"),
+                responses=responses,
+                subset=require_text(row["subset"], dataset, row_id, "subset"),
+            )
+        )
     return examples
 
 
@@ -172,9 +223,7 @@ def section_scores(subset_accuracy: dict[str, float]) -> dict[str, float | None]
     for section, subsets in SUBSET_MAPPING.items():
         present = [s for s in subsets if s in subset_accuracy]
         weight = sum(EXAMPLE_COUNTS[s] for s in present)
-        sections[section] = (
-            sum(subset_accuracy[s] * EXAMPLE_COUNTS[s] for s in present) / weight if present else None
-        )
+        sections[section] = sum(subset_accuracy[s] * EXAMPLE_COUNTS[s] for s in present) / weight if present else None
     return sections
 
 
@@ -242,7 +291,6 @@ def upstream_accuracy(metrics: dict) -> dict[str, float]:
     return {name: 100.0 * s["accuracy"] for name, s in metrics["subsets"].items()}
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------
@@ -272,8 +320,9 @@ def results_markdown(metrics: dict, title: str) -> str:
     ]
     out.append(markdown_table(["subset", "section", "pairs", "accuracy %", "ties"], rows))
     if metrics.get("unknown_subsets"):
-        out.append(f"\nSubsets outside the official tables (scored with the fallback prompt): "
-                   f"{metrics['unknown_subsets']}\n")  # fmt: skip
+        out.append(
+            f"\nSubsets outside the official tables (scored with the fallback prompt): {metrics['unknown_subsets']}\n"
+        )
     return "\n".join(out)
 
 
@@ -282,13 +331,27 @@ def subset_bar_chart(metrics: dict, path, title: str) -> None:
     section_of = {s: sec for sec, subsets in SUBSET_MAPPING.items() for s in subsets}
     order = list(SECTION_COLORS)
     names = sorted(metrics["subsets"], key=lambda s: (order.index(section_of[s]) if s in section_of else 9, s))
-    bar_chart(names, [metrics["subsets"][s]["accuracy"] for s in names], path, title,
-              colors=[SECTION_COLORS.get(section_of.get(s), "tab:gray") for s in names], legend=SECTION_COLORS)
+    bar_chart(
+        names,
+        [metrics["subsets"][s]["accuracy"] for s in names],
+        path,
+        title,
+        colors=[SECTION_COLORS.get(section_of.get(s), "tab:gray") for s in names],
+        legend=SECTION_COLORS,
+    )
 
 
-def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: str, extra_metrics: dict | None = None,
-                  notes: str = "", extra_markdown: str = "", api: ApiUsage | None = None,
-                  coverage: Coverage | None = None) -> tuple[dict, str]:
+def write_outputs(
+    run: RunDir,
+    records: list[dict],
+    title: str,
+    upstream_file: str,
+    extra_metrics: dict | None = None,
+    notes: str = "",
+    extra_markdown: str = "",
+    api: ApiUsage | None = None,
+    coverage: Coverage | None = None,
+) -> tuple[dict, str]:
     """metrics.json, results.md, subset_accuracy.png and upstream's per-subset percent file, in ``run``.
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
@@ -316,8 +379,9 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
             "answered_only": answered_metrics,
             "api_usage_this_invocation": api.usage,
         }
-        extra_markdown = api_markdown(extra_markdown, usage_markdown(api, summary, accuracy_all,
-                                                                     answered_metrics["accuracy"]))
+        extra_markdown = api_markdown(
+            extra_markdown, usage_markdown(api, summary, accuracy_all, answered_metrics["accuracy"])
+        )
     metrics = compute_metrics(records)
     metrics.update(extra_metrics or {})
     if coverage is not None:

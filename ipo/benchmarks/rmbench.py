@@ -91,8 +91,10 @@ def _styled_responses(row: dict, index: int, source: str, flattened: bool) -> li
         value = row[side]
         if not isinstance(value, list) or len(value) != N_STYLES:
             got = f"{len(value)} responses" if isinstance(value, list) else f"a {type(value).__name__}"
-            raise IpoError(f"{source}: {_where(index, row)}: {side!r} has {got}; RM-Bench rows need exactly "
-                           f"{N_STYLES} ({', '.join(STYLES)})")  # fmt: skip
+            raise IpoError(
+                f"{source}: {_where(index, row)}: {side!r} has {got}; RM-Bench rows need exactly "
+                f"{N_STYLES} ({', '.join(STYLES)})"
+            )
         responses += [require_text(v, source, row.get("id", index), f"{side}[{k}]") for k, v in enumerate(value)]
     return responses
 
@@ -101,8 +103,9 @@ def _row_domain(row: dict, index: int, source: str, domain_flag: str | None, nam
     if row.get("domain") is not None:
         domain = row["domain"]
         if domain not in DOMAINS:
-            raise IpoError(f"{source}: {_where(index, row)}: unknown domain {domain!r}; "
-                           f"expected one of {', '.join(DOMAINS)}")  # fmt: skip
+            raise IpoError(
+                f"{source}: {_where(index, row)}: unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}"
+            )
         return domain
     if domain_flag or name_domain:
         return domain_flag or name_domain
@@ -134,18 +137,21 @@ def load_rmbench_source(source: str, domain: str | None = None) -> list[Example]
     for index, row in enumerate(rows):
         row_domain = _row_domain(row, index, source, domain, name_domain)
         if domain and row_domain != domain and not overridden:
-            logger.warning("%s: rows carry their own domain (%s), which wins over --domain %s",
-                           source, row_domain, domain)  # fmt: skip
+            logger.warning(
+                "%s: rows carry their own domain (%s), which wins over --domain %s", source, row_domain, domain
+            )
             overridden = True
         row_id = row.get("id", index)
-        examples.append(Example(
-            id=f"{row_domain}/{row_id}",
-            prompt=require_text(row["prompt"], source, row_id, "prompt"),
-            responses=_styled_responses(row, index, source, flattened),
-            subset=str(row.get("subset") or ""),
-            domain=row_domain,
-            meta={"id": row_id},
-        ))  # fmt: skip
+        examples.append(
+            Example(
+                id=f"{row_domain}/{row_id}",
+                prompt=require_text(row["prompt"], source, row_id, "prompt"),
+                responses=_styled_responses(row, index, source, flattened),
+                subset=str(row.get("subset") or ""),
+                domain=row_domain,
+                meta={"id": row_id},
+            )
+        )
     return examples
 
 
@@ -157,9 +163,11 @@ def load_rmbench(sources: Sequence[str] = UPSTREAM_HUB_IDS, domain: str | None =
         for example in load_rmbench_source(source, domain):
             if example.id in origin:
                 other = origin[example.id]
-                raise IpoError(f"{source}: id {example.meta['id']!r} of domain {example.domain} "
-                               f"{'occurs twice' if other == source else f'is also in {other}'}; "
-                               "ids must be unique per domain to resume safely")  # fmt: skip
+                raise IpoError(
+                    f"{source}: id {example.meta['id']!r} of domain {example.domain} "
+                    f"{'occurs twice' if other == source else f'is also in {other}'}; "
+                    "ids must be unique per domain to resume safely"
+                )
             origin[example.id] = source
             examples.append(example)
     return examples
@@ -177,13 +185,16 @@ def select_domains(examples: list[Example], domains: Sequence[str] | None, set_n
     kept = [e for e in examples if e.domain in domains]
     if not kept:
         found = ", ".join(domain_counts(examples)) or "none"
-        raise IpoError(f"no prompts of the domains of --set_name {set_name} ({', '.join(domains)}) in --dataset "
-                       f"(its domains: {found})")  # fmt: skip
+        raise IpoError(
+            f"no prompts of the domains of --set_name {set_name} ({', '.join(domains)}) in --dataset "
+            f"(its domains: {found})"
+        )
     return kept
 
 
-def load_examples(sources: Sequence[str], domain: str | None = None, limit: int | None = None,
-                  set_name: str | None = None) -> tuple[list[Example], dict[str, int], Coverage]:  # fmt: skip
+def load_examples(
+    sources: Sequence[str], domain: str | None = None, limit: int | None = None, set_name: str | None = None
+) -> tuple[list[Example], dict[str, int], Coverage]:
     """What an RM-Bench script scores, from its --dataset, --domain, --limit and --set_name: the examples
     (at most ``limit`` per data domain, in file order), the number per data domain (logged), and the
     Coverage of the data they are.
@@ -197,8 +208,12 @@ def load_examples(sources: Sequence[str], domain: str | None = None, limit: int 
     loaded = load_rmbench(sources, domain)
     examples = limit_per_group(select_domains(loaded, domains, set_name), limit, key=lambda e: e.domain)
     counts = domain_counts(examples)
-    logger.info("%d prompts (%s) from %d source(s)", len(examples), ", ".join(f"{d} {n}" for d, n in counts.items()),
-                len(sources))  # fmt: skip
+    logger.info(
+        "%d prompts (%s) from %d source(s)",
+        len(examples),
+        ", ".join(f"{d} {n}" for d, n in counts.items()),
+        len(sources),
+    )
     selection = f"--set_name {set_name}" if set_name else ""
     return examples, counts, Coverage(len(loaded), limit, per="domain", unit="prompts", selection=selection)
 
@@ -220,8 +235,9 @@ def by_side(name: str, values: Sequence) -> dict[str, list]:
     return {f"{name}_chosen": list(values[:N_STYLES]), f"{name}_rejected": list(values[N_STYLES:])}
 
 
-def prediction_record(example: Example, scores: Sequence[float | None], extra: dict | None = None,
-                      score_name: str = "p_yes") -> dict:  # fmt: skip
+def prediction_record(
+    example: Example, scores: Sequence[float | None], extra: dict | None = None, score_name: str = "p_yes"
+) -> dict:
     """One predictions.jsonl line: key, id, domain, subset, <score>_chosen [3], <score>_rejected [3], extra."""
     return {
         RECORD_KEY: example.id,
@@ -247,45 +263,101 @@ def results_markdown(metrics: dict, title: str, notes: str = "") -> str:
     out = [f"# {title}\n"]
     present = ", ".join(metrics["domains_present"])
     if metrics["complete"]:
-        out.append(f"{metrics['n_prompts']} prompts, all four domains ({present}). "
-                   f"Official RM-Bench average: **{pct(metrics['average'])}%**.\n")  # fmt: skip
+        out.append(
+            f"{metrics['n_prompts']} prompts, all four domains ({present}). "
+            f"Official RM-Bench average: **{pct(metrics['average'])}%**.\n"
+        )
     else:
-        out.append(f"{metrics['n_prompts']} prompts. **Incomplete: only {present} scored; missing "
-                   f"{', '.join(metrics['domains_missing'])}.** The overall values below average the domains "
-                   f"present and are not the official RM-Bench overall.\n")  # fmt: skip
+        out.append(
+            f"{metrics['n_prompts']} prompts. **Incomplete: only {present} scored; missing "
+            f"{', '.join(metrics['domains_missing'])}.** The overall values below average the domains "
+            f"present and are not the official RM-Bench overall.\n"
+        )
     if notes:
         out.append(notes.rstrip("\n") + "\n")
-    out.append("hard = chosen response in a plainer style than the rejected one (upper triangle), normal = "
-               "same style (diagonal), easy = chosen fancier (lower triangle); a tie counts as wrong.\n")  # fmt: skip
+    out.append(
+        "hard = chosen response in a plainer style than the rejected one (upper triangle), normal = "
+        "same style (diagonal), easy = chosen fancier (lower triangle); a tie counts as wrong.\n"
+    )
     rows = [
-        [name, d["n"], pct(d["hard"]), pct(d["normal"]), pct(d["easy"]), pct(d["score"]), pct(d["tie_rate"]),
-         d["n_truncated"]]
+        [
+            name,
+            d["n"],
+            pct(d["hard"]),
+            pct(d["normal"]),
+            pct(d["easy"]),
+            pct(d["score"]),
+            pct(d["tie_rate"]),
+            d["n_truncated"],
+        ]
         for name, d in metrics["domains"].items()
-    ]  # fmt: skip
+    ]
     label = "**Overall**" if metrics["complete"] else f"**Overall ({present} only)**"
-    rows.append([label, metrics["n_prompts"], pct(metrics["hard"]), pct(metrics["normal"]), pct(metrics["easy"]),
-                 pct(metrics["average"]), pct(metrics["tie_rate"]), metrics["n_truncated"]])  # fmt: skip
-    out.append(markdown_table(["domain", "prompts", "hard %", "normal %", "easy %", "average %", "ties %",
-                               "truncated"], rows))  # fmt: skip
+    rows.append(
+        [
+            label,
+            metrics["n_prompts"],
+            pct(metrics["hard"]),
+            pct(metrics["normal"]),
+            pct(metrics["easy"]),
+            pct(metrics["average"]),
+            pct(metrics["tie_rate"]),
+            metrics["n_truncated"],
+        ]
+    )
+    out.append(
+        markdown_table(["domain", "prompts", "hard %", "normal %", "easy %", "average %", "ties %", "truncated"], rows)
+    )
     if "n_parse_failures" in metrics:
         out.append("## Parse failures (5-point judge)\n")
-        rows = [[name, d["n_judgements"], d["n_parse_failures"], pct(d["parse_failure_rate"]),
-                 d["prompts_with_parse_failure"], pct(d["score_excluding_parse_failures"])]
-                for name, d in metrics["domains"].items()]  # fmt: skip
-        rows.append([label, metrics["n_judgements"], metrics["n_parse_failures"],
-                     pct(metrics["parse_failure_rate"]), metrics["prompts_with_parse_failure"],
-                     pct(metrics["average_excluding_parse_failures"])])  # fmt: skip
-        out.append(markdown_table(["domain", "judgements", "parse failures", "failures %", "prompts with a failure",
-                                   "average % without failed judgements"], rows))  # fmt: skip
+        rows = [
+            [
+                name,
+                d["n_judgements"],
+                d["n_parse_failures"],
+                pct(d["parse_failure_rate"]),
+                d["prompts_with_parse_failure"],
+                pct(d["score_excluding_parse_failures"]),
+            ]
+            for name, d in metrics["domains"].items()
+        ]
+        rows.append(
+            [
+                label,
+                metrics["n_judgements"],
+                metrics["n_parse_failures"],
+                pct(metrics["parse_failure_rate"]),
+                metrics["prompts_with_parse_failure"],
+                pct(metrics["average_excluding_parse_failures"]),
+            ]
+        )
+        out.append(
+            markdown_table(
+                [
+                    "domain",
+                    "judgements",
+                    "parse failures",
+                    "failures %",
+                    "prompts with a failure",
+                    "average % without failed judgements",
+                ],
+                rows,
+            )
+        )
     out.append("## Style matrices (% of prompts where chosen row-style beats rejected column-style)\n")
     for name, d in metrics["domains"].items():
         sources = ", ".join(f"{s} {n}" for s, n in d["sources"].items())
         out.append(f"### {name} ({sources})\n")
-        out.append(markdown_table(["chosen \\ rejected", *STYLES],
-                                  [[STYLES[i], *map(pct, row)] for i, row in enumerate(d["matrix"])]))  # fmt: skip
+        out.append(
+            markdown_table(
+                ["chosen \\ rejected", *STYLES], [[STYLES[i], *map(pct, row)] for i, row in enumerate(d["matrix"])]
+            )
+        )
     out.append("## Upstream's levels (the diagonal, per data file; the IPO paper's RM-Bench numbers)\n")
-    rows = [[name, s["n"], *(pct(s[f"level_{k}"]) for k in range(1, N_STYLES + 1))]
-            for name, s in metrics["levels_by_source"].items()]  # fmt: skip
+    rows = [
+        [name, s["n"], *(pct(s[f"level_{k}"]) for k in range(1, N_STYLES + 1))]
+        for name, s in metrics["levels_by_source"].items()
+    ]
     out.append(markdown_table(["source", "prompts", "level_1 %", "level_2 %", "level_3 %"], rows))
     return "\n".join(out)
 
@@ -302,16 +374,27 @@ def upstream_accuracy(metrics: dict, percent: bool = True, key: str = "level_{k}
     out = {}
     for hub_id in UPSTREAM_HUB_IDS:
         name = hub_id.split("/")[-1]
-        levels = metrics["levels_by_source"].get(name[len("RM-Bench-"):])
+        levels = metrics["levels_by_source"].get(name[len("RM-Bench-") :])
         if levels is not None:
             out[name] = {key.format(k=k): scale * levels[f"level_{k}"] for k in range(1, N_STYLES + 1)}
     return out
 
 
-def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: str, score_name: str = "p_yes",
-                  upstream_percent: bool = True, upstream_key: str = "level_{k}", matrices: Callable | None = None,
-                  extra_metrics: dict | None = None, notes: str = "", extra_markdown: str = "",
-                  api: ApiUsage | None = None, coverage: Coverage | None = None) -> tuple[dict, str]:
+def write_outputs(
+    run: RunDir,
+    records: list[dict],
+    title: str,
+    upstream_file: str,
+    score_name: str = "p_yes",
+    upstream_percent: bool = True,
+    upstream_key: str = "level_{k}",
+    matrices: Callable | None = None,
+    extra_metrics: dict | None = None,
+    notes: str = "",
+    extra_markdown: str = "",
+    api: ApiUsage | None = None,
+    coverage: Coverage | None = None,
+) -> tuple[dict, str]:
     """metrics.json, results.md, style_matrix_<domain>.png and upstream's level file, in ``run``.
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
@@ -336,17 +419,26 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
         # The headline: the official average where all of hard/normal/easy were measured, else normal (the
         # diagonal, upstream's levels averaged).
         headline = "average" if metrics["average"] is not None else "normal"
-        extra_metrics = {**failure_metrics(summary), **(extra_metrics or {}), "answered_only": answered_metrics,
-                         "api_usage_this_invocation": api.usage}
-        extra_markdown = api_markdown(extra_markdown, usage_markdown(
-            api, summary, metrics[headline], answered_metrics[headline], label=f"RM-Bench {headline}"))
+        extra_metrics = {
+            **failure_metrics(summary),
+            **(extra_metrics or {}),
+            "answered_only": answered_metrics,
+            "api_usage_this_invocation": api.usage,
+        }
+        extra_markdown = api_markdown(
+            extra_markdown,
+            usage_markdown(api, summary, metrics[headline], answered_metrics[headline], label=f"RM-Bench {headline}"),
+        )
     metrics.update(extra_metrics or {})
     if coverage is not None:
         metrics["coverage"] = coverage.metrics(len(records))
         notes = coverage.markdown(len(records)) + ("\n" + notes if notes else "")
     if not metrics["complete"]:
-        logger.warning("domains missing: %s; the overall values average %s only",
-                       ", ".join(metrics["domains_missing"]), ", ".join(metrics["domains_present"]))  # fmt: skip
+        logger.warning(
+            "domains missing: %s; the overall values average %s only",
+            ", ".join(metrics["domains_missing"]),
+            ", ".join(metrics["domains_present"]),
+        )
     markdown = results_markdown(metrics, title, notes)
     if extra_markdown:
         markdown += "\n" + extra_markdown
@@ -355,6 +447,13 @@ def write_outputs(run: RunDir, records: list[dict], title: str, upstream_file: s
     atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics, upstream_percent, upstream_key))
     for name, d in metrics["domains"].items():
         title = f"{name}: hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
-        heatmap(d["matrix"], run.file(f"style_matrix_{name}.png"), title, row_labels=STYLES,
-                col_labels=[s.replace(" ", "\n") for s in STYLES], xlabel="rejected style", ylabel="chosen style")
+        heatmap(
+            d["matrix"],
+            run.file(f"style_matrix_{name}.png"),
+            title,
+            row_labels=STYLES,
+            col_labels=[s.replace(" ", "\n") for s in STYLES],
+            xlabel="rejected style",
+            ylabel="chosen style",
+        )
     return metrics, markdown

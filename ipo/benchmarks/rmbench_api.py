@@ -37,8 +37,9 @@ STYLE_PAIRS = {
 }
 
 
-def style_pair_requests(scoring: str, template: str, example: Example, cells: Sequence[tuple[int, int]],
-                        orders=PAIRWISE_ORDERS) -> list[dict]:  # fmt: skip
+def style_pair_requests(
+    scoring: str, template: str, example: Example, cells: Sequence[tuple[int, int]], orders=PAIRWISE_ORDERS
+) -> list[dict]:
     """The pairwise requests of one RM-Bench prompt: for each (i, j) in ``cells``, chosen style i against
     rejected style j, in each order (slot = cell index * len(orders) + order index)."""
     chosen, rejected = example.responses[:N_STYLES], example.responses[N_STYLES:]
@@ -48,8 +49,9 @@ def style_pair_requests(scoring: str, template: str, example: Example, cells: Se
     return bodies
 
 
-def style_pair_fields(verdicts: Sequence[int | None], extra: dict, cells: Sequence[tuple[int, int]],
-                      orders=PAIRWISE_ORDERS) -> dict:  # fmt: skip
+def style_pair_fields(
+    verdicts: Sequence[int | None], extra: dict, cells: Sequence[tuple[int, int]], orders=PAIRWISE_ORDERS
+) -> dict:
     """Record fields of one RM-Bench prompt judged pairwise (style_pair_requests' slots).
 
     ``correct`` / ``tie`` and ``verdict_<order>`` / ``judge_text_<order>``: (3, 3) nested lists, [i][j] for
@@ -59,14 +61,20 @@ def style_pair_fields(verdicts: Sequence[int | None], extra: dict, cells: Sequen
     """
     names = [name for name, _ in orders]
     matrix = lambda: [[None] * N_STYLES for _ in range(N_STYLES)]  # noqa: E731
-    fields = {"correct": matrix(), "tie": matrix(), **{f"{key}_{name}": matrix()
-                                                       for key in ("verdict", "judge_text") for name in names}}
+    fields = {
+        "correct": matrix(),
+        "tie": matrix(),
+        **{f"{key}_{name}": matrix() for key in ("verdict", "judge_text") for name in names},
+    }
     failed = []
     for c, (i, j) in enumerate(cells):
         slots = range(c * len(orders), (c + 1) * len(orders))
         kinds = [extra["kinds"][s] for s in slots]
-        cell_extra = {"failure": next((k for k in kinds if k), None), "failed": [n for n, k in enumerate(kinds) if k],
-                      "info": [extra["info"][s] for s in slots]}  # fmt: skip
+        cell_extra = {
+            "failure": next((k for k in kinds if k), None),
+            "failed": [n for n, k in enumerate(kinds) if k],
+            "info": [extra["info"][s] for s in slots],
+        }
         cell = pairwise_fields([verdicts[s] for s in slots], cell_extra, orders)
         fields["correct"][i][j], fields["tie"][i][j] = cell["correct"], cell["tie"]
         for key in ("verdict", "judge_text"):
@@ -76,8 +84,8 @@ def style_pair_fields(verdicts: Sequence[int | None], extra: dict, cells: Sequen
     return {**fields, "failure": extra["failure"], "failed": failed}
 
 
-def style_pair_order_records(records: Sequence[dict], cells: Sequence[tuple[int, int]], orders=PAIRWISE_ORDERS
-                             ) -> list[dict]:  # fmt: skip
+def style_pair_order_records(
+    records: Sequence[dict], cells: Sequence[tuple[int, int]], orders=PAIRWISE_ORDERS
+) -> list[dict]:
     """One {verdict_<order>: ...} per comparison of RM-Bench pairwise records, for order_metrics."""
     return [{f"verdict_{name}": r[f"verdict_{name}"][i][j] for name, _ in orders} for r in records for i, j in cells]
-

@@ -44,7 +44,6 @@ STYLES = ("concise", "detailed plain", "detailed markdown")
 N_STYLES = len(STYLES)
 
 
-
 def scored_domain(domain: str) -> str:
     """The scored domain of a data domain: safety-refuse / safety-response -> safety (official startswith)."""
     return next(d for d in SCORED_DOMAINS if domain.startswith(d))
@@ -98,8 +97,9 @@ def parsed_accuracy_matrix(chosen_scores, rejected_scores, chosen_failed, reject
     parsed = ~np.asarray(chosen_failed, dtype=bool)[:, :, None] & ~np.asarray(rejected_failed, dtype=bool)[:, None, :]
     wins = ((chosen > rejected) & parsed).sum(axis=0)
     counts = parsed.sum(axis=0)
-    return [[float(wins[i, j] / counts[i, j]) if counts[i, j] else None for j in range(N_STYLES)]
-            for i in range(N_STYLES)]  # fmt: skip
+    return [
+        [float(wins[i, j] / counts[i, j]) if counts[i, j] else None for j in range(N_STYLES)] for i in range(N_STYLES)
+    ]
 
 
 def _cells_mean(cells: Sequence[float | None]) -> float | None:
@@ -129,9 +129,12 @@ def pairwise_matrices(records: Sequence[dict]) -> tuple[list[list[float | None]]
     result is the mean over the records that compared it; None where none did (e.g. off the diagonal,
     when only chosen_k vs rejected_k was asked, as upstream's binary_gpt.py did).
     """
+
     def mean_matrix(name: str) -> list[list[float | None]]:
-        return [[mean([r[name][i][j] for r in records if r[name][i][j] is not None]) for j in range(N_STYLES)]
-                for i in range(N_STYLES)]  # fmt: skip
+        return [
+            [mean([r[name][i][j] for r in records if r[name][i][j] is not None]) for j in range(N_STYLES)]
+            for i in range(N_STYLES)
+        ]
 
     return mean_matrix("correct"), mean_matrix("tie")
 
@@ -139,6 +142,7 @@ def pairwise_matrices(records: Sequence[dict]) -> tuple[list[list[float | None]]
 def score_matrices(score_name: str = "p_yes") -> Callable[[Sequence[dict]], tuple[list, list]]:
     """The default ``matrices`` of compute_metrics: both matrices from each record's six scores. A score
     that is None (a failed API request) becomes NaN, so every comparison with it is wrong and not a tie."""
+
     def matrices(records: Sequence[dict]) -> tuple[list, list]:
         chosen = [r[f"{score_name}_chosen"] for r in records]
         rejected = [r[f"{score_name}_rejected"] for r in records]
@@ -176,8 +180,10 @@ def _parse_failures(records: Sequence[dict]) -> dict:
 def _parse_failure_block(records: Sequence[dict], score_name: str) -> dict:
     """Parse failures of one domain's records and its score without them (the 5-point judge)."""
     sides = ("chosen", "rejected")
-    matrix = parsed_accuracy_matrix(*([r[f"{score_name}_{side}"] for r in records] for side in sides),
-                                    *([r[f"parse_failed_{side}"] for r in records] for side in sides))
+    matrix = parsed_accuracy_matrix(
+        *([r[f"{score_name}_{side}"] for r in records] for side in sides),
+        *([r[f"parse_failed_{side}"] for r in records] for side in sides),
+    )
     return {
         **_parse_failures(records),
         "matrix_excluding_parse_failures": matrix,
@@ -272,7 +278,9 @@ def compute_metrics(records: Sequence[dict], score_name: str = "p_yes", matrices
         "levels_by_source": levels_by_source,
         "official_format": {
             **{name: d["score"] for name, d in domains.items()},
-            "hard_acc": overall["hard"], "normal_acc": overall["normal"], "easy_acc": overall["easy"],
+            "hard_acc": overall["hard"],
+            "normal_acc": overall["normal"],
+            "easy_acc": overall["easy"],
             "total_avg_acc": average,
-        },  # fmt: skip
+        },
     }

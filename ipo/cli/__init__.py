@@ -27,7 +27,6 @@ logger = logging.getLogger("ipo")
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-
 # Strings that look like a token wherever they appear: Hugging Face (hf_...) and OpenAI-style (sk-..., sk-or-...).
 TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])(?:hf_|sk-)[A-Za-z0-9_-]{6,}")
 
@@ -128,9 +127,12 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
         help="weights dtype; auto = bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU "
         "(upstream used fp16); the judge's Yes/No head and the reward head run in fp32 (docs/precision.md)",
     )
-    group.add_argument("--device", default="auto",
-                       help="auto, cpu, cuda, cuda:N, mps, or shard (one model spread over every visible GPU with "
-                            "transformers' device_map='auto'; inference only: judges, reward model, sampling)")
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda, cuda:N, mps, or shard (one model spread over every visible GPU with "
+        "transformers' device_map='auto'; inference only: judges, reward model, sampling)",
+    )
     group.add_argument(
         "--quantized",
         action="store_true",
@@ -141,46 +143,81 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: str | None = 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The values of the add_model_args flags, for the core."""
-    return ModelSpec(args.model_name, dtype=args.dtype, device=args.device, quantized=args.quantized,
-                     trust_remote_code=args.trust_remote_code)  # fmt: skip
+    return ModelSpec(
+        args.model_name,
+        dtype=args.dtype,
+        device=args.device,
+        quantized=args.quantized,
+        trust_remote_code=args.trust_remote_code,
+    )
 
 
 def judge_settings(args: argparse.Namespace) -> dict:
     """The keyword arguments of judges.yes_no.load_judge from add_judge_args / add_batch_args."""
-    return {"scoring": args.scoring, "max_length": args.max_length, "batch_size": args.batch_size,
-            "max_batch_tokens": args.max_batch_tokens, "prefix_sharing": args.prefix_sharing}  # fmt: skip
+    return {
+        "scoring": args.scoring,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "max_batch_tokens": args.max_batch_tokens,
+        "prefix_sharing": args.prefix_sharing,
+    }
 
 
-def add_rewardbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
-                              set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
+def add_rewardbench_data_args(
+    parser: argparse.ArgumentParser, set_names: Sequence[str] = (), set_help: str = ""
+) -> argparse._ArgumentGroup:
     """--dataset and --split of the RewardBench scripts, and --set_name where a script has subset groups."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=rewardbench.HUB_ID,
-                       help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema")  # fmt: skip
-    group.add_argument("--split", default="raw", choices=list(rewardbench.SPLITS),
-                       help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
-                            "filtered: the 2,985 pairs of the official leaderboard")  # fmt: skip
+    group.add_argument(
+        "--dataset",
+        default=rewardbench.HUB_ID,
+        help="Hub dataset id, or a local .json/.jsonl/.parquet file in RewardBench's schema",
+    )
+    group.add_argument(
+        "--split",
+        default="raw",
+        choices=list(rewardbench.SPLITS),
+        help="raw: the unfiltered 5,123 pairs the paper's numbers come from; "
+        "filtered: the 2,985 pairs of the official leaderboard",
+    )
     if set_names:
-        group.add_argument("--set_name", default=None, choices=list(set_names),
-                           help=f"{set_help} (upstream required it; default: all subsets)")  # fmt: skip
+        group.add_argument(
+            "--set_name",
+            default=None,
+            choices=list(set_names),
+            help=f"{set_help} (upstream required it; default: all subsets)",
+        )
     return group
 
 
-def add_rmbench_data_args(parser: argparse.ArgumentParser, set_names: Sequence[str] = (),
-                          set_help: str = "") -> argparse._ArgumentGroup:  # fmt: skip
+def add_rmbench_data_args(
+    parser: argparse.ArgumentParser, set_names: Sequence[str] = (), set_help: str = ""
+) -> argparse._ArgumentGroup:
     """--dataset and --domain of the RM-Bench scripts, and --set_name where a script has domain groups."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", nargs="+", default=list(rmbench.UPSTREAM_HUB_IDS),
-                       help="one or more local .json/.jsonl/.parquet files or Hub ids, in the official RM-Bench "
-                            "format (chosen/rejected lists of 3, e.g. THU-KEG/RM-Bench or data/*_filtered.json) "
-                            "or upstream's flattened one (chosen_1..3, rejected_1..3); default: the five Hub "
-                            "datasets upstream read")  # fmt: skip
-    group.add_argument("--domain", default=None, choices=list(rmbench_metrics.DOMAINS),
-                       help="domain of rows without a 'domain' field; default: taken from the file name or "
-                            "Hub id (chat_filtered.json -> chat, RM-Bench-safety-refuse -> safety-refuse)")  # fmt: skip
+    group.add_argument(
+        "--dataset",
+        nargs="+",
+        default=list(rmbench.UPSTREAM_HUB_IDS),
+        help="one or more local .json/.jsonl/.parquet files or Hub ids, in the official RM-Bench "
+        "format (chosen/rejected lists of 3, e.g. THU-KEG/RM-Bench or data/*_filtered.json) "
+        "or upstream's flattened one (chosen_1..3, rejected_1..3); default: the five Hub "
+        "datasets upstream read",
+    )
+    group.add_argument(
+        "--domain",
+        default=None,
+        choices=list(rmbench_metrics.DOMAINS),
+        help="domain of rows without a 'domain' field; default: taken from the file name or "
+        "Hub id (chat_filtered.json -> chat, RM-Bench-safety-refuse -> safety-refuse)",
+    )
     if set_names:
-        group.add_argument("--set_name", default=None, choices=list(set_names),
-                           help=f"{set_help} (upstream required it; default: all domains)")  # fmt: skip
+        group.add_argument(
+            "--set_name",
+            default=None,
+            choices=list(set_names),
+            help=f"{set_help} (upstream required it; default: all domains)",
+        )
     return group
 
 
@@ -193,9 +230,7 @@ def add_hub_args(parser: argparse.ArgumentParser) -> None:
         "shell history. Use the HF_TOKEN environment variable or `hf auth login`. Never saved.",
     )
     group.add_argument("--hf_user", default=None, help="Hub namespace for --push_to_hub")
-    group.add_argument(
-        "--push_to_hub", action="store_true", help="upload the predictions as a Hub dataset (opt-in)"
-    )
+    group.add_argument("--push_to_hub", action="store_true", help="upload the predictions as a Hub dataset (opt-in)")
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
@@ -207,9 +242,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
         help="run folder name under --output_dir; the default is derived from the settings, so "
         "re-running the same command resumes the same run",
     )
-    group.add_argument(
-        "--overwrite", action="store_true", help="discard an existing run folder instead of resuming it"
-    )
+    group.add_argument("--overwrite", action="store_true", help="discard an existing run folder instead of resuming it")
     group.add_argument("--seed", type=int, default=42, help="random seed (the paper's value)")
     group.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -234,6 +267,7 @@ def run_dir(
 # --prompt_format; the name each script had before stays as an alias (argparse lists it in --help), and
 # ``dest`` keeps the old attribute name so config.json, and with it every run's identity, is unchanged.
 
+
 def add_prompt_format_arg(group, dest: str, help: str, default: str = "upstream") -> None:
     """--prompt_format upstream|chat, stored as ``dest``; ``--<dest>`` is accepted as an alias."""
     flags = ["--prompt_format"] + ([f"--{dest}"] if dest != "prompt_format" else [])
@@ -249,20 +283,22 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
         "(reproduces its numbers); chat: the model's chat template, single-token Yes/No variants, "
         "truncation that keeps the question and the judge instruction",
     )
-    group.add_argument(
-        "--max_length", type=int, default=1024, help="max judge prompt tokens (upstream: 1024)"
-    )
+    group.add_argument("--max_length", type=int, default=1024, help="max judge prompt tokens (upstream: 1024)")
     add_batch_args(parser)
 
 
 def add_reward_model_args(parser: argparse.ArgumentParser) -> None:
     """--input_format and --max_length of the reward-model baselines (RewardBench and RM-Bench), and batching."""
     group = parser.add_argument_group("reward model")
-    add_prompt_format_arg(group, "input_format",
-                       help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
-                            "chat: the reward model's chat template, user and assistant turns")  # fmt: skip
-    group.add_argument("--max_length", type=int, default=1024,
-                       help="max input tokens (upstream's pipeline: 1024, cut on the right)")  # fmt: skip
+    add_prompt_format_arg(
+        group,
+        "input_format",
+        help="upstream: the raw 'Instruction: ...\\nResponse: ...' text (reproduces upstream); "
+        "chat: the reward model's chat template, user and assistant turns",
+    )
+    group.add_argument(
+        "--max_length", type=int, default=1024, help="max input tokens (upstream's pipeline: 1024, cut on the right)"
+    )
     add_batch_args(parser, prefix_sharing=False)
 
 
@@ -270,14 +306,25 @@ def add_self_reward_args(parser: argparse.ArgumentParser, upstream_parsing: str)
     """--scoring, --max_length and --max_new_tokens of the 5-point self-reward judge, and batching;
     ``upstream_parsing`` says which of upstream's regex sets the script's upstream mode reads."""
     group = parser.add_argument_group("5-point judge")
-    add_prompt_format_arg(group, "scoring",
-                       help=f"upstream: raw-text prompt, {upstream_parsing} over prompt + generation, 0 if none "
-                            "(reproduces upstream); chat: chat template, last 'Score: N' of the generation "
-                            "only, a failure is reported, never a score")  # fmt: skip
-    group.add_argument("--max_length", type=int, default=2048,
-                       help="max prompt tokens (upstream: 2048, cut on the right in upstream mode)")  # fmt: skip
-    group.add_argument("--max_new_tokens", type=int, default=200,
-                       help="max generated tokens per judgement (upstream: 200; the prompt asks for 100 words)")  # fmt: skip
+    add_prompt_format_arg(
+        group,
+        "scoring",
+        help=f"upstream: raw-text prompt, {upstream_parsing} over prompt + generation, 0 if none "
+        "(reproduces upstream); chat: chat template, last 'Score: N' of the generation "
+        "only, a failure is reported, never a score",
+    )
+    group.add_argument(
+        "--max_length",
+        type=int,
+        default=2048,
+        help="max prompt tokens (upstream: 2048, cut on the right in upstream mode)",
+    )
+    group.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=200,
+        help="max generated tokens per judgement (upstream: 200; the prompt asks for 100 words)",
+    )
     add_batch_args(parser, prefix_sharing=False)
 
 
@@ -306,7 +353,9 @@ def add_batch_args(parser: argparse.ArgumentParser, prefix_sharing: bool = True)
             help="run every sequence in full instead of computing a prompt's shared token prefix once",
         )
     group.add_argument(
-        "--limit", type=int, default=None,
+        "--limit",
+        type=int,
+        default=None,
         help="score at most N examples per subset (RewardBench) or per data domain (RM-Bench); smoke runs",
     )
 

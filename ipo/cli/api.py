@@ -59,9 +59,12 @@ def add_api_args(parser: argparse.ArgumentParser, prompt_format_help: str, defau
     )
     for flag in ("--api_key", "--openai_key"):
         group.add_argument(
-            flag, nargs="?", action=_RejectKeyOnCommandLine, default=None,
+            flag,
+            nargs="?",
+            action=_RejectKeyOnCommandLine,
+            default=None,
             help="upstream's key argument: NOT accepted (keys come from the environment, see --api_key_env)",
-        )  # fmt: skip
+        )
     group.add_argument(
         "--max_concurrency",
         type=int,
@@ -121,12 +124,19 @@ def add_order_args(parser: argparse.ArgumentParser) -> None:
     """--both_orders / --no_both_orders of the pairwise judges (default: resolved by resolve_orders)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
-        "--both_orders", action="store_true", default=None,
+        "--both_orders",
+        action="store_true",
+        default=None,
         help="ask each pair twice, chosen response first and second (twice the requests); default: off "
         "with --prompt_format upstream (upstream's chosen-first), on with --prompt_format chat",
-    )  # fmt: skip
-    group.add_argument("--no_both_orders", dest="both_orders", action="store_false", default=None,
-                       help="ask chosen-first only, also with --prompt_format chat")  # fmt: skip
+    )
+    group.add_argument(
+        "--no_both_orders",
+        dest="both_orders",
+        action="store_false",
+        default=None,
+        help="ask chosen-first only, also with --prompt_format chat",
+    )
 
 
 def resolve_orders(args: argparse.Namespace) -> tuple[tuple[str, int], ...]:
@@ -143,7 +153,14 @@ def client_from_args(args: argparse.Namespace) -> ApiClient:
     check_output_dir(args.output_dir)
     cache_dir = args.cache_dir or os.path.join(args.output_dir, "api_cache")
     check_output_dir(cache_dir, "--cache_dir")
-    return ApiClient(base_url=args.base_url, model=args.model, api_key=read_api_key(args.api_key_env),
-                     timeout=args.timeout, max_retries=args.max_retries, max_concurrency=args.max_concurrency,
-                     retry_base_delay=args.retry_base_delay, cache=ResponseCache(cache_dir, args.model),
-                     key_env=args.api_key_env)  # fmt: skip
+    return ApiClient(
+        base_url=args.base_url,
+        model=args.model,
+        api_key=read_api_key(args.api_key_env),
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        max_concurrency=args.max_concurrency,
+        retry_base_delay=args.retry_base_delay,
+        cache=ResponseCache(cache_dir, args.model),
+        key_env=args.api_key_env,
+    )

@@ -64,10 +64,9 @@ UNREADABLE = frozenset({"no_logprobs", "no_yes_no", "no_text"})
 # Answers that say the endpoint cannot serve this judge at all: fatal when the probe gets one.
 SYSTEMATIC_PARSE_FAILURES = {
     "no_logprobs": "returned no log-probabilities; the Yes/No judge needs `logprobs` and `top_logprobs` "
-                   "(on OpenRouter pick a model whose providers support them; vLLM returns them)",
+    "(on OpenRouter pick a model whose providers support them; vLLM returns them)",
     "no_text": "returned no message text",
-}  # fmt: skip
-
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,7 +109,6 @@ def pairwise_request(scoring: str, content: str) -> dict:
     return generation_request(content, **PAIRWISE_REQUEST[scoring])
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # Answers (pure functions on the chat-completions JSON)
 # ---------------------------------------------------------------------------------------------------
@@ -121,7 +119,6 @@ class Answer:
     value: Any
     failure: str | None = None
     info: dict = field(default_factory=dict)  # what the prediction record keeps (log-probs, judge text)
-
 
 
 def first_token_top_logprobs(response: dict) -> list[dict] | None:
@@ -140,7 +137,6 @@ def response_text(response: dict) -> str | None:
     choice = first_choice(response)
     text = ((choice or {}).get("message") or {}).get("content")
     return text if isinstance(text, str) else None
-
 
 
 def _logsumexp(values: Sequence[float]) -> float:
@@ -201,8 +197,9 @@ def parse_yes_no(response: dict, scoring: str) -> Answer:
         return Answer(None, "no_logprobs", {"logprob_yes": None, "logprob_no": None})
     logprob_yes, logprob_no = yes_no_logprobs(top, scoring)
     p_yes = p_yes_from_logprobs(logprob_yes, logprob_no)
-    return Answer(p_yes, None if p_yes is not None else "no_yes_no",
-                  {"logprob_yes": logprob_yes, "logprob_no": logprob_no})  # fmt: skip
+    return Answer(
+        p_yes, None if p_yes is not None else "no_yes_no", {"logprob_yes": logprob_yes, "logprob_no": logprob_no}
+    )
 
 
 # upstream binary_gpt.py (both benchmarks), re.IGNORECASE, first match.
@@ -288,13 +285,17 @@ def answer_fields(extra: dict, names: Sequence[str], keys: Sequence[str]) -> dic
 PAIRWISE_ORDERS = (("chosen_first", 1), ("chosen_second", 2))
 
 
-def pairwise_requests(scoring: str, template: str, instruction: str, chosen: str, rejected: str,
-                      orders=PAIRWISE_ORDERS) -> list[dict]:  # fmt: skip
+def pairwise_requests(
+    scoring: str, template: str, instruction: str, chosen: str, rejected: str, orders=PAIRWISE_ORDERS
+) -> list[dict]:
     """One pairwise request per order; ``template``: ipo.prompts.COMPARE_PROMPT_REWARDBENCH / _RMBENCH."""
     shown = {"chosen_first": (chosen, rejected), "chosen_second": (rejected, chosen)}
-    return [pairwise_request(scoring, template.format(instruction=instruction, response1=shown[name][0],
-                                                      response2=shown[name][1]))
-            for name, _ in orders]  # fmt: skip
+    return [
+        pairwise_request(
+            scoring, template.format(instruction=instruction, response1=shown[name][0], response2=shown[name][1])
+        )
+        for name, _ in orders
+    ]
 
 
 def pairwise_fields(verdicts: Sequence[int | None], extra: dict, orders=PAIRWISE_ORDERS) -> dict:
@@ -307,10 +308,12 @@ def pairwise_fields(verdicts: Sequence[int | None], extra: dict, orders=PAIRWISE
     """
     names = [name for name, _ in orders]
     picks_chosen = [verdict == right for verdict, (_, right) in zip(verdicts, orders)]
-    return {"correct": not extra["failure"] and all(picks_chosen),
-            "tie": not extra["failure"] and len(set(picks_chosen)) > 1,
-            **{f"verdict_{name}": verdict for name, verdict in zip(names, verdicts)},
-            **answer_fields(extra, names, keys=("judge_text",))}  # fmt: skip
+    return {
+        "correct": not extra["failure"] and all(picks_chosen),
+        "tie": not extra["failure"] and len(set(picks_chosen)) > 1,
+        **{f"verdict_{name}": verdict for name, verdict in zip(names, verdicts)},
+        **answer_fields(extra, names, keys=("judge_text",)),
+    }
 
 
 def order_metrics(records: Sequence[dict], orders=PAIRWISE_ORDERS) -> dict:
@@ -320,8 +323,11 @@ def order_metrics(records: Sequence[dict], orders=PAIRWISE_ORDERS) -> dict:
     for name, right in orders:
         answered = [r[f"verdict_{name}"] for r in records if r[f"verdict_{name}"] is not None]
         correct = sum(verdict == right for verdict in answered)
-        out[name] = {"n_answered": len(answered), "accuracy": correct / len(answered) if answered else None,
-                     "accuracy_all_pairs": correct / len(records) if records else None}  # fmt: skip
+        out[name] = {
+            "n_answered": len(answered),
+            "accuracy": correct / len(answered) if answered else None,
+            "accuracy_all_pairs": correct / len(records) if records else None,
+        }
     metrics: dict[str, Any] = {"orders": out}
     if len(orders) == 2:
         (first, right_first), (second, right_second) = orders
@@ -334,14 +340,19 @@ def order_metrics(records: Sequence[dict], orders=PAIRWISE_ORDERS) -> dict:
 
 def orders_markdown(metrics: dict) -> str:
     """results.md section of order_metrics."""
-    rows = [[name, o["n_answered"], pct(o["accuracy"]), pct(o["accuracy_all_pairs"])]
-            for name, o in metrics["orders"].items()]  # fmt: skip
+    rows = [
+        [name, o["n_answered"], pct(o["accuracy"]), pct(o["accuracy_all_pairs"])]
+        for name, o in metrics["orders"].items()
+    ]
     text = "## Orders\n\n" + markdown_table(["order", "answered", "accuracy % (answered)", "accuracy % (all)"], rows)
     if "agreement" in metrics:
-        text += (f"\nThe two orders pick the same response in {pct(metrics['agreement'])}% of the "
-                 f"{metrics['n_answered_both_orders']} pairs answered in both "
-                 "(position bias lowers it).\n")  # fmt: skip
+        text += (
+            f"\nThe two orders pick the same response in {pct(metrics['agreement'])}% of the "
+            f"{metrics['n_answered_both_orders']} pairs answered in both "
+            "(position bias lowers it).\n"
+        )
     return text
+
 
 # ---------------------------------------------------------------------------------------------------
 # Scorer (the interface of ipo.judges.yes_no.YesNoScorer, so ipo.runs.score_into_log drives it)
@@ -356,8 +367,9 @@ class ApiScorer:
     each slot]}.
     """
 
-    def __init__(self, client: ApiClient, requests_for: Callable[[Example], list[dict]],
-                 parse: Callable[[dict], Answer]):  # fmt: skip
+    def __init__(
+        self, client: ApiClient, requests_for: Callable[[Example], list[dict]], parse: Callable[[dict], Answer]
+    ):
         self.client = client
         self.requests_for = requests_for
         self.parse = parse
@@ -372,8 +384,10 @@ class ApiScorer:
                     result = self.client.fetch(body, strict=True, accept=self.readable)
                     answer = self.parse(result.response)
                     if answer.failure in SYSTEMATIC_PARSE_FAILURES:
-                        raise IpoError(f"{self.client.base_url} (model {self.client.model!r}) "
-                                       f"{SYSTEMATIC_PARSE_FAILURES[answer.failure]}")  # fmt: skip
+                        raise IpoError(
+                            f"{self.client.base_url} (model {self.client.model!r}) "
+                            f"{SYSTEMATIC_PARSE_FAILURES[answer.failure]}"
+                        )
                     return
 
     def readable(self, response: dict) -> bool:
@@ -409,6 +423,10 @@ class ApiScorer:
     @staticmethod
     def _item(example: Example, answers: list[Answer]) -> tuple[Example, list, dict]:
         failed = [slot for slot, a in enumerate(answers) if a.failure]
-        extra = {"failure": answers[failed[0]].failure if failed else None, "failed": failed,
-                 "kinds": [a.failure for a in answers], "info": [a.info for a in answers]}  # fmt: skip
+        extra = {
+            "failure": answers[failed[0]].failure if failed else None,
+            "failed": failed,
+            "kinds": [a.failure for a in answers],
+            "info": [a.info for a in answers],
+        }
         return example, [a.value for a in answers], extra

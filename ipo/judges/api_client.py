@@ -79,8 +79,9 @@ def request_key(base_url: str, body: dict) -> str:
     The base URL is part of it because the same model id on two servers (OpenAI and OpenRouter, or two
     local servers) may answer differently; the API key is not, since it does not change the answer.
     """
-    canonical = json.dumps({"base_url": base_url.rstrip("/"), "request": body}, sort_keys=True,
-                           ensure_ascii=False, separators=(",", ":"))  # fmt: skip
+    canonical = json.dumps(
+        {"base_url": base_url.rstrip("/"), "request": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -112,8 +113,9 @@ def parse_retry_after(headers) -> float | None:
     return None
 
 
-def retry_delay(attempt: int, base_delay: float, retry_after: float | None = None,
-                rng: random.Random | None = None) -> float:  # fmt: skip
+def retry_delay(
+    attempt: int, base_delay: float, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
     """Seconds to wait before retry number ``attempt`` (1, 2, ...).
 
     The server's Retry-After when it gives one between 0 and MAX_RETRY_DELAY; otherwise exponential backoff
@@ -200,9 +202,19 @@ class ApiClient:
     completion_tokens (as the server reported them for the requests sent now).
     """
 
-    def __init__(self, *, base_url: str, model: str, api_key: str, timeout: float = 60.0, max_retries: int = 5,
-                 max_concurrency: int = 8, retry_base_delay: float = 1.0, cache: ResponseCache | None = None,
-                 key_env: str = DEFAULT_KEY_ENV):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        max_concurrency: int = 8,
+        retry_base_delay: float = 1.0,
+        cache: ResponseCache | None = None,
+        key_env: str = DEFAULT_KEY_ENV,
+    ):
         try:
             import openai
         except ImportError:
@@ -225,14 +237,24 @@ class ApiClient:
         self._rng = random.Random()
         self._unreadable: dict[str, dict] = {}  # unreadable answers of this invocation: not paid for twice in it
         self.stats: dict[str, Any] = {
-            "requests_sent": 0, "answered": 0, "cache_hits": 0, "retries": 0,
-            "errors_by_kind": Counter(), "gave_up_by_kind": Counter(), "prompt_tokens": 0, "completion_tokens": 0,
-        }  # fmt: skip
+            "requests_sent": 0,
+            "answered": 0,
+            "cache_hits": 0,
+            "retries": 0,
+            "errors_by_kind": Counter(),
+            "gave_up_by_kind": Counter(),
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
 
     def describe(self) -> dict:
         """Settings for config.json (never the key)."""
-        return {"base_url": self.base_url, "model": self.model, "api_key_env": self.key_env,
-                "cache": str(self.cache.path) if self.cache is not None else None}  # fmt: skip
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "api_key_env": self.key_env,
+            "cache": str(self.cache.path) if self.cache is not None else None,
+        }
 
     def usage(self) -> dict:
         """``stats`` as plain JSON."""
@@ -292,8 +314,12 @@ class ApiClient:
             body = err.body if isinstance(err.body, dict) else {}
             message = body.get("message") or err.message
             code = body.get("code")
-            return None, status_kind(err.status_code, code if isinstance(code, str) else None), \
-                f"{err.status_code}: {self._clean(message)}", parse_retry_after(err.response.headers)
+            return (
+                None,
+                status_kind(err.status_code, code if isinstance(code, str) else None),
+                f"{err.status_code}: {self._clean(message)}",
+                parse_retry_after(err.response.headers),
+            )
         except openai.APITimeoutError:
             return None, "timeout", f"no answer within --timeout {self.timeout:g} s", None
         except openai.APIConnectionError as err:
@@ -334,8 +360,9 @@ class ApiClient:
             if kind in RETRYABLE and attempt < self.max_retries:
                 attempt += 1
                 delay = retry_delay(attempt, self.retry_base_delay, retry_after, self._rng)
-                logger.info("request failed (%s, %s); retry %d/%d in %.2g s", kind, message, attempt,
-                            self.max_retries, delay)  # fmt: skip
+                logger.info(
+                    "request failed (%s, %s); retry %d/%d in %.2g s", kind, message, attempt, self.max_retries, delay
+                )
                 self._count("retries")
                 if self._stop.wait(delay):
                     return Result(None, "cancelled", "stopped")
@@ -343,28 +370,36 @@ class ApiClient:
             if strict:
                 raise IpoError(self._fatal_message(kind, message, attempts=attempt + 1))
             self._count("gave_up_by_kind", kind)
-            logger.warning("request failed after %d attempt(s) (%s, %s); counted as a failure, the next run "
-                           "of this command tries it again", attempt + 1, kind, message)  # fmt: skip
+            logger.warning(
+                "request failed after %d attempt(s) (%s, %s); counted as a failure, the next run "
+                "of this command tries it again",
+                attempt + 1,
+                kind,
+                message,
+            )
             return Result(None, kind, message)
 
     def _fatal_message(self, kind: str, message: str, attempts: int = 1) -> str:
         where = f"{self.base_url} (model {self.model!r})"
         return {
             "unauthorized": f"{where} refused the API key from ${self.key_env} ({message}); check the key, or "
-                            "use --api_key_env to pick the variable that holds this provider's key",
+            "use --api_key_env to pick the variable that holds this provider's key",
             "forbidden": f"{where} denied access ({message}); the key may lack access to this model",
             "not_found": f"{where}: no such model or endpoint ({message}); check --model (OpenRouter ids look "
-                         "like openai/gpt-4o-mini) and --base_url (it usually ends in /v1)",
+            "like openai/gpt-4o-mini) and --base_url (it usually ends in /v1)",
             "quota": f"{where}: the account's quota is exhausted ({message}); check billing, then re-run",
             "connection": f"cannot reach {self.base_url} after {attempts} attempt(s) ({message}); check "
-                          "--base_url and that the server is running",
+            "--base_url and that the server is running",
             "timeout": f"{where} did not answer in {attempts} attempt(s) of --timeout {self.timeout:g} s",
             "rejected": f"{where} rejected the first request ({message}); check --model and that the model "
-                        "accepts these parameters",
+            "accepts these parameters",
             "bad_response": f"{where} did not answer with chat-completions JSON in {attempts} attempt(s) "
-                            f"({message}); check --base_url (it usually ends in /v1)",
-        }.get(kind, f"{where} failed the first request in {attempts} attempt(s) ({kind}, {message}); "
-                    "nothing was answered, try again later")  # fmt: skip
+            f"({message}); check --base_url (it usually ends in /v1)",
+        }.get(
+            kind,
+            f"{where} failed the first request in {attempts} attempt(s) ({kind}, {message}); "
+            "nothing was answered, try again later",
+        )
 
     # ------------------------------------------------------------------ many requests
     def fetch_many(self, bodies: Sequence[dict], accept: Accept | None = None) -> Iterator[list[tuple[int, Result]]]:

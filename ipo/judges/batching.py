@@ -37,6 +37,7 @@ def default_max_batch_tokens(device) -> int:
     """The token budget per forward pass for ``device`` (a torch.device or its name)."""
     return DEFAULT_MAX_BATCH_TOKENS["cpu" if str(device).startswith("cpu") else "accelerator"]
 
+
 # ---------------------------------------------------------------------------------------------------
 # Batching helpers (pure)
 # ---------------------------------------------------------------------------------------------------
@@ -148,8 +149,9 @@ def split_chat_template(tokenizer, user_content: str) -> tuple[str, str, str]:
     the generation prompt. Returns (before, between, after) such that before + question + between +
     response + after is exactly the rendered prompt of that question and response.
     """
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user_content}], tokenize=False,
-                                         add_generation_prompt=True)  # fmt: skip
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_content}], tokenize=False, add_generation_prompt=True
+    )
     if text.count(QUESTION_MARK) != 1 or text.count(RESPONSE_MARK) != 1:
         raise IpoError("the chat template does not copy the user message verbatim; use --scoring upstream")
     before, rest = text.split(QUESTION_MARK)
@@ -174,13 +176,14 @@ def cut_text(tokenizer, text: str, keep_tokens: int, keep: str) -> str:
         offsets = encoding["offset_mapping"]
         if keep == "start":
             return text[: offsets[keep_tokens - 1][1]]
-        return text[offsets[len(ids) - keep_tokens][0]:]
+        return text[offsets[len(ids) - keep_tokens][0] :]
     kept = ids[:keep_tokens] if keep == "start" else ids[-keep_tokens:]
     return tokenizer.decode(kept)
 
 
-def fit_chat_prompt(tokenizer, render: Callable[[str, str], str], instruction: str, response: str,
-                    max_length: int) -> EncodedPrompt:  # fmt: skip
+def fit_chat_prompt(
+    tokenizer, render: Callable[[str, str], str], instruction: str, response: str, max_length: int
+) -> EncodedPrompt:
     """Token ids of ``render(instruction, response)`` within ``max_length``, cutting only the user's text.
 
     The response's tail goes first, then the instruction's start; everything ``render`` adds around them
@@ -204,10 +207,10 @@ def fit_chat_prompt(tokenizer, render: Callable[[str, str], str], instruction: s
             instruction = cut_text(tokenizer, instruction, question_tokens - excess, keep="end")
         ids = chat_ids(tokenizer, render(instruction, response))
     if len(ids) > max_length:
-        logger.warning("the prompt without the user's text is %d tokens, over --max_length %d; kept whole",
-                       len(ids), max_length)  # fmt: skip
+        logger.warning(
+            "the prompt without the user's text is %d tokens, over --max_length %d; kept whole", len(ids), max_length
+        )
     return EncodedPrompt(ids, True)
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,12 +237,16 @@ def prefix_levels(groups: Sequence[Sequence[Sequence[int]]]) -> list[tuple[list[
     if batch_prefix > 0:
         levels.append(([sequences[0][:batch_prefix]], None))
     if any(n > batch_prefix for n in group_prefix):
-        levels.append(([list(group[0][batch_prefix:n]) for group, n in zip(groups, group_prefix)],
-                       [0] * len(groups) if levels else None))  # fmt: skip
+        levels.append(
+            (
+                [list(group[0][batch_prefix:n]) for group, n in zip(groups, group_prefix)],
+                [0] * len(groups) if levels else None,
+            )
+        )
         owner = group_of
     else:
         owner = [0] * len(sequences) if levels else None
-    levels.append(([seq[group_prefix[g]:] for seq, g in zip(sequences, group_of)], owner))
+    levels.append(([seq[group_prefix[g] :] for seq, g in zip(sequences, group_of)], owner))
     return levels
 
 

@@ -138,7 +138,9 @@ class RewardModelScorer:
 
     def encode(self, prompt: str, response: str) -> EncodedPrompt:
         if self.input_format == "upstream":
-            return encode_right_truncated(self.tokenizer, render_reward_model_upstream(prompt, response), self.max_length)
+            return encode_right_truncated(
+                self.tokenizer, render_reward_model_upstream(prompt, response), self.max_length
+            )
         return fit_chat_prompt(self.tokenizer, self._chat_text, prompt, response, self.max_length)
 
     def _chat_text(self, prompt: str, response: str) -> str:

@@ -178,8 +178,9 @@ class SelfRewardScorer:
     # ------------------------------------------------------------------ prompts
     def encode(self, instruction: str, response: str) -> EncodedPrompt:
         if self.scoring == "upstream":
-            return encode_right_truncated(self.tokenizer, render_upstream(instruction, response, self.prompt),
-                                          self.max_length)  # fmt: skip
+            return encode_right_truncated(
+                self.tokenizer, render_upstream(instruction, response, self.prompt), self.max_length
+            )
         if self._chat_pieces is None:
             content = render_upstream(QUESTION_MARK, RESPONSE_MARK, self.prompt)
             self._chat_pieces = split_chat_template(self.tokenizer, content)
@@ -207,7 +208,7 @@ class SelfRewardScorer:
                 logits_processor=LogitsProcessorList([RaiseOnNonFinite(self.model.dtype)]),
             )
         continuations = []
-        for row in output[:, input_ids.shape[1]:].tolist():
+        for row in output[:, input_ids.shape[1] :].tolist():
             end = next((i + 1 for i, token in enumerate(row) if token in self.eos_ids), len(row))
             continuations.append(row[:end])
         self.stats["sequences"] += len(prompts)
@@ -309,7 +310,12 @@ def parse_failure_metrics(records: Sequence[dict]) -> dict:
 def parse_failure_note(counts: dict, unit: str, scoring: str) -> str:
     """The results.md sentence on parse failures, from ``parse_failure_counts`` (``unit``: "pairs",
     "prompts"). It says what a failure did to the comparisons in this ``scoring`` mode."""
-    effect = ("each scored 0, below any parsed score, as upstream" if scoring == "upstream"
-              else "every comparison with a failed judgement counts as wrong")  # fmt: skip
-    return (f"Parse failures: {counts['n_parse_failures']} of {counts['n_judgements']} judgements "
-            f"({pct(counts['parse_failure_rate'])}%), in {counts['records_with_parse_failure']} {unit} ({effect}).")  # fmt: skip
+    effect = (
+        "each scored 0, below any parsed score, as upstream"
+        if scoring == "upstream"
+        else "every comparison with a failed judgement counts as wrong"
+    )
+    return (
+        f"Parse failures: {counts['n_parse_failures']} of {counts['n_judgements']} judgements "
+        f"({pct(counts['parse_failure_rate'])}%), in {counts['records_with_parse_failure']} {unit} ({effect})."
+    )

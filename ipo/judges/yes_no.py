@@ -115,9 +115,11 @@ def resolve_yes_no_tokens(tokenizer, scoring: str) -> YesNoTokens:
         if not yes_ids or not no_ids:
             raise IpoError("the tokenizer encodes ' Yes' or ' No' to nothing")
         if len(yes_ids) > 1 or len(no_ids) > 1:
-            logger.warning("' Yes' -> %s and ' No' -> %s: several pieces, all summed as upstream did",
-                           list(yes_ids), list(no_ids))  # fmt: skip
+            logger.warning(
+                "' Yes' -> %s and ' No' -> %s: several pieces, all summed as upstream did", list(yes_ids), list(no_ids)
+            )
     elif scoring == "chat":
+
         def single_ids(variants):
             ids = []
             for variant in variants:
@@ -294,8 +296,9 @@ class YesNoJudge:
     def _encode_upstream(self, layout, template, instruction, response) -> EncodedPrompt:
         # Upstream: tokenizer.encode(prompt, max_length=1024, truncation=True) with the default
         # right truncation, which cuts the end of the prompt (the response, or RM-Bench's question).
-        return encode_right_truncated(self.tokenizer, render_upstream(layout, template, instruction, response),
-                                      self.max_length)  # fmt: skip
+        return encode_right_truncated(
+            self.tokenizer, render_upstream(layout, template, instruction, response), self.max_length
+        )
 
     def _chat_text(self, template: str, instruction: str, response: str) -> str:
         # The chat template is rendered once per judge question, with placeholders, and then filled
@@ -326,7 +329,7 @@ class YesNoJudge:
             flat = self._p_yes_window(members)
             out, start = [], 0
             for group in members:
-                out.append(flat[start:start + len(group)])
+                out.append(flat[start : start + len(group)])
                 start += len(group)
             yield window, out
 
@@ -420,9 +423,12 @@ class YesNoJudge:
                 owner = torch.tensor(owner, dtype=torch.long)
                 cache.reorder_cache(owner.to(self.device))
                 attention_mask = torch.cat([mask_above[owner], segment_mask], dim=1)
-            positions = (attention_mask.cumsum(-1) - 1)[:, -input_ids.shape[1]:].clamp(min=0)
-            inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device),
-                      "position_ids": positions.to(self.device)}  # fmt: skip
+            positions = (attention_mask.cumsum(-1) - 1)[:, -input_ids.shape[1] :].clamp(min=0)
+            inputs = {
+                "input_ids": input_ids.to(self.device),
+                "attention_mask": attention_mask.to(self.device),
+                "position_ids": positions.to(self.device),
+            }
             if self.head is None and self._keep_last_only:
                 inputs["logits_to_keep"] = 1
             run = self.model if self.head is None else self._decoder
@@ -476,15 +482,28 @@ class YesNoScorer:
                 yield [(examples[members[i]], s, {"truncated": truncated[members[i]]}) for i, s in zip(indices, scores)]
 
 
-def load_judge(model_spec: ModelSpec, scoring: str, max_length: int, batch_size: int = DEFAULT_BATCH_SIZE,
-               max_batch_tokens: int | None = None, prefix_sharing: bool = True) -> tuple[YesNoJudge, dict]:  # fmt: skip
+def load_judge(
+    model_spec: ModelSpec,
+    scoring: str,
+    max_length: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_tokens: int | None = None,
+    prefix_sharing: bool = True,
+) -> tuple[YesNoJudge, dict]:
     """Load the model of ``model_spec`` and wrap it in a YesNoJudge.
 
     Returns (judge, resolved settings for config.json: device, dtype, Yes/No token ids).
     """
     model, tokenizer, device, dtype = load_model_and_tokenizer(model_spec)
-    judge = YesNoJudge(model, tokenizer, scoring=scoring, max_length=max_length, batch_size=batch_size,
-                       max_batch_tokens=max_batch_tokens, prefix_sharing=prefix_sharing)  # fmt: skip
+    judge = YesNoJudge(
+        model,
+        tokenizer,
+        scoring=scoring,
+        max_length=max_length,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        prefix_sharing=prefix_sharing,
+    )
     tokens = judge.tokens
     logger.info("Yes ids %s %s, No ids %s %s", tokens.yes_ids, tokens.yes_tokens, tokens.no_ids, tokens.no_tokens)
     return judge, {"device": device, "dtype": str(dtype), "yes_no_tokens": tokens.as_dict()}
