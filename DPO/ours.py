@@ -17,7 +17,12 @@ Offline, on the embedded SmolLM2-135M-Instruct and the project's demo prompts (a
 
 The run folder <output_dir>/<run_name>/ holds config.json, metrics.json, results.md and one folder per round
 (responses.jsonl -> scored.jsonl -> pairs.jsonl -> adapter/ -> merged/). Re-running the same command resumes:
-each stage redoes only what its file lacks, and training restarts from its last checkpoint.
+each stage redoes only what its file lacks, and training restarts from its last checkpoint. Every flag is
+checked before anything loads; a second run on a folder that a run holds stops at once.
+
+On several GPUs, `torchrun --nproc_per_node N DPO/ours.py ...` (or `accelerate launch`): each process samples
+and judges 1/N of the prompts on its own GPU, training is data-parallel over all N, and only the main process
+writes the run's files (ipo/selfimprove/ranks.py).
 """
 
 from __future__ import annotations
@@ -126,6 +131,8 @@ def main(argv=None) -> int:
     # Save: metrics.json and results.md of the run; the upload with --push_to_hub
     ###############
     result = loop.result()
+    if not loop.ranks.main:  # under several processes the main one writes the outputs
+        return 0
     title = f"IPO self-improvement ({args.prompt_format}): {cli.model_short_name(args.model_name)}"
     print(write_outputs(run.path, result, title))
     logger.info("outputs in %s", run.path)

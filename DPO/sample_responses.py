@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 
 from ipo import cli, hub
-from ipo.cli.selfimprove import add_sampling_args, sampling_settings_from_args
+from ipo.cli.selfimprove import add_sampling_args, check_sampling_args, sampling_settings_from_args
 from ipo.modeling import load_model_and_tokenizer
 from ipo.runs import RecordLog, RunDir, seed_everything
 from ipo.selfimprove.prompts_pool import DEFAULT_PROMPTS, DEFAULT_SPLIT, load_prompts
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     upload.add_argument("--hf_api", dest="hf_key", default=None,
                         help="DEPRECATED: a token on the command line leaks into shell history; use HF_TOKEN")
     args = parser.parse_args(argv)
-    cli.check_positive(parser, args, "max_prompts", "num_return_sequences", "max_new_tokens", "sample_batch_size")
+    check_sampling_args(parser, args)
     return args
 
 

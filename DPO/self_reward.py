@@ -154,6 +154,8 @@ def main(argv=None) -> int:
     # Save: metrics.json and results.md of the run; the upload with --push_to_hub
     ###############
     result = loop.result()
+    if not loop.ranks.main:  # under several processes the main one writes the outputs
+        return 0
     title = f"Self-Rewarding self-improvement ({args.prompt_format}): {cli.model_short_name(args.model_name)}"
     print(write_outputs(run.path, result, title))
     logger.info("outputs in %s", run.path)

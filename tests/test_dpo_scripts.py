@@ -13,6 +13,10 @@ CATEGORIES = ["chat", "code", "math", "safety"]
 SMOKE = ["--max_new_tokens", "8", "--max_steps", "2", "--per_device_train_batch_size", "2",
          "--per_device_eval_batch_size", "2", "--lora_r", "4", "--lora_alpha", "8", "--save_steps", "1",
          "--logging_steps", "1", "--warmup_ratio", "0", "--learning_rate", "5e-3", "--log_level", "warning"]  # fmt: skip
+# Tests that assert exact equality of samples or scores across batchings, resumes or processes run in float32 on
+# the CPU whatever the host: in bf16/fp16, or on a GPU, a row's logits depend on its batch by rounding
+# (docs/precision.md), and --dtype auto is bf16 on a GPU.
+EXACT = ["--dtype", "float32", "--device", "cpu"]
 
 
 def prompt_rows(n=10):
@@ -139,7 +143,8 @@ def test_just_sample_then_train_resumes_the_same_run(tiny_model_dir, prompts_fil
 
 def test_every_stage_resumes_what_is_missing(tiny_model_dir, prompts_file, tmp_path):
     argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--run_name", "r", "--prompt_format", "chat", "--merge_adapters", "--sample_batch_size", "3", *SMOKE]
+            "--run_name", "r", "--prompt_format", "chat", "--merge_adapters", "--sample_batch_size", "3",
+            *EXACT, *SMOKE]  # fmt: skip
     assert run_script(OURS, argv) == 0
     rd = tmp_path / "r" / "round_1"
     responses, scored, pairs = by_id(rd / "responses.jsonl"), by_id(rd / "scored.jsonl"), (rd / "pairs.jsonl").read_text()
@@ -193,9 +198,51 @@ def test_two_rounds(tiny_model_dir, prompts_file, tmp_path):
     assert (round_2 / "metrics.json").is_file() and (round_2 / "dpo_config.json").is_file()
 
 
+def test_two_processes_shard_the_prompts_and_write_once(tiny_model_dir, prompts_file, tmp_path):
+    """torchrun --nproc_per_node 2 on CPU (gloo): each process samples and judges half of the prompts, the main
+    one merges and writes every file once, training runs DDP on both; the result is the single-process run's
+    (samples equal, scores equal within float noise, the same pairs; 2 processes x 1 pair per step train the
+    same adapter as 1 process x 2 pairs)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
+            "--prompt_format", "chat", "--merge_adapters", "--sample_batch_size", "3", *EXACT, *SMOKE]  # fmt: skip
+    assert run_script(OURS, [*argv, "--run_name", "one", "--per_device_train_batch_size", "2"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(REPO / OURS), *argv, "--run_name", "two", "--per_device_train_batch_size", "1"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = tmp_path / "one" / "round_1", tmp_path / "two" / "round_1"
+    for name in ("responses.jsonl", "scored.jsonl", "pairs.jsonl"):
+        lines = (two / name).read_text().splitlines()
+        assert len(lines) == len({json.loads(line)["id"] for line in lines}) == 10, name  # one writer, no duplicates
+    assert not list(two.glob("*.rank*.jsonl"))  # the other process's part files were merged and removed
+    assert by_id(two / "responses.jsonl") == by_id(one / "responses.jsonl")
+    scored_one, scored_two = by_id(one / "scored.jsonl"), by_id(two / "scored.jsonl")
+    for pid, record in scored_one.items():
+        assert scored_two[pid]["p_yes"] == pytest.approx(record["p_yes"], abs=1e-5)
+    pairs_one, pairs_two = by_id(one / "pairs.jsonl"), by_id(two / "pairs.jsonl")
+    assert {pid: (p["chosen"], p["rejected"], p["split"]) for pid, p in pairs_one.items()} == \
+        {pid: (p["chosen"], p["rejected"], p["split"]) for pid, p in pairs_two.items()}
+    from safetensors.torch import load_file
+
+    adapter_one, adapter_two = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (one, two))
+    for name in adapter_one:
+        torch.testing.assert_close(adapter_two[name], adapter_one[name], rtol=1e-4, atol=1e-5)
+    assert (two / "merged" / "config.json").is_file() and not list(two.glob(".merged*"))
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["final_model"] == str(two / "merged") and metrics["rounds"][0]["pairs"]["n_pairs"] == 10
+    assert result.stdout.count("# IPO self-improvement") == 1  # results.md printed by the main process only
+
+
 def test_sample_responses_matches_round_one(tiny_model_dir, prompts_file, tmp_path):
     base = ["--dataset_name", str(prompts_file), "--output_dir", str(tmp_path), "--max_new_tokens", "8",
-            "--log_level", "warning"]  # fmt: skip
+            "--log_level", "warning", *EXACT]  # fmt: skip
     assert run_script("DPO/sample_responses.py", ["--model_name", str(tiny_model_dir), "--run_name", "s", *base]) == 0
     assert run_script(OURS, ["--model_id", str(tiny_model_dir), "--run_name", "o", "--stop_after", "sample", *base]) == 0
     alone, in_loop = by_id(tmp_path / "s" / "responses.jsonl"), by_id(tmp_path / "o" / "round_1" / "responses.jsonl")
@@ -257,7 +304,8 @@ def test_a_later_failure_leaves_earlier_files_intact(tiny_model_dir, prompts_fil
 
 
 def test_merge_peft(tiny_model_dir, tmp_path, capsys):
-    from ipo.training.dpo import TrainingOptions, train_dpo
+    from ipo.training.dpo import train_dpo
+    from ipo.training.options import TrainingOptions
 
     pairs = [{"prompt": f"[INST] q{i} [/INST]", "chosen": "Yes", "rejected": "No"} for i in range(4)]
     adapter = train_dpo(str(tiny_model_dir), pairs, TrainingOptions(max_steps=1, per_device_train_batch_size=2,

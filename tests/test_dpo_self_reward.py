@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 from helpers import load_script, run_script, write_jsonl
-from test_dpo_scripts import SMOKE, by_id, last_error_line, prompt_rows, read_jsonl
+from test_dpo_scripts import EXACT, SMOKE, by_id, last_error_line, prompt_rows, read_jsonl
 
 from ipo.judges.self_reward import SelfRewardScorer, parse_score_upstream, render_upstream
 from ipo.selfimprove.judging import self_reward_judge_spec
@@ -243,7 +243,7 @@ def test_chat_mode_counts_parse_failures_and_resumes_a_killed_judge(tiny_model_d
                                                                   scripted_judge, monkeypatch):  # fmt: skip
     judged = scripted_judge()
     argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--prompt_format", "chat", "--test_fraction", "0.2", *JUDGE_SMOKE, *SMOKE]  # fmt: skip
+            "--prompt_format", "chat", "--test_fraction", "0.2", *JUDGE_SMOKE, *EXACT, *SMOKE]  # fmt: skip
     assert run_script(SELF_REWARD, [*argv, "--run_name", "whole"]) == 0
     whole = tmp_path / "whole" / "round_1"
     scored = by_id(whole / "scored.jsonl")

@@ -7,7 +7,18 @@ import torch
 
 from ipo import IpoError
 from ipo.selfimprove.sampling import (
-    GumbelMaxSampling, Sampler, SamplingSettings, check_can_generate, cut_at_stop, encode_prompt, row_seed,
+    MAX_SAMPLE_BATCH_TOKENS,
+    GumbelMaxSampling,
+    Sampler,
+    SamplingSettings,
+    check_can_generate,
+    check_sampling_settings,
+    cut_at_stop,
+    encode_prompt,
+    gumbel_perturb,
+    kv_cache_bytes_per_token,
+    row_seed,
+    sample_batch_tokens,
     stop_token_ids,
 )  # fmt: skip
 
@@ -48,7 +59,7 @@ def test_row_seeds_are_stable_and_distinct():
 def test_gumbel_max_draws_from_the_softmax():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -math.inf])
     rows = 20000
-    processor = GumbelMaxSampling([row_seed(0, "t", i, 0) for i in range(rows)], "cpu")
+    processor = GumbelMaxSampling([row_seed(0, "t", i, 0) for i in range(rows)])
     picks = processor(None, logits.expand(rows, -1).clone()).argmax(-1)
     frequencies = torch.bincount(picks, minlength=5).float() / rows
     expected = torch.softmax(logits, -1)
@@ -74,8 +85,17 @@ def sample_all(sampler, prompts):
     return {s.prompt_id: s for batch in sampler.sample(prompts) for s in batch}
 
 
-def test_samples_do_not_depend_on_batching(tiny_model):
+def exact_model(tiny_model):
+    """The tiny model as the exact-equality tests need it: float32 on the CPU (conftest loads it so, whatever the
+    host). In bf16/fp16, or on a GPU, a row's logits depend on its batch by rounding: samples are not
+    batch-invariant there."""
     model, tokenizer = tiny_model
+    assert model.dtype == torch.float32 and model.device.type == "cpu"
+    return model, tokenizer
+
+
+def test_samples_do_not_depend_on_batching(tiny_model):
+    model, tokenizer = exact_model(tiny_model)
     prompts = [(f"p{i}", encode_prompt(tokenizer, x, "chat")) for i, x in enumerate(INSTRUCTIONS)]
     settings = SamplingSettings(num_return_sequences=3, max_new_tokens=12)
     together = sample_all(Sampler(model, tokenizer, settings, batch_size=6, salt="r1"), prompts)
@@ -127,7 +147,7 @@ def test_a_model_without_eos_is_refused_before_loading(tmp_path):
 
 def test_decode_loop_matches_generate_and_skips_finished_rows(tiny_model):
     """The own decode loop (rows leave the batch when they end) gives model.generate's tokens."""
-    model, tokenizer = tiny_model
+    model, tokenizer = exact_model(tiny_model)
     prompts = [(f"p{i}", encode_prompt(tokenizer, x, "upstream")) for i, x in enumerate(INSTRUCTIONS)]
     settings = SamplingSettings(num_return_sequences=4, max_new_tokens=30)
 
@@ -163,3 +183,92 @@ def test_generation_config_processors_force_generate(tiny_model):
         assert Sampler(model, tokenizer, SamplingSettings()).generate_only == []
     finally:
         model.generation_config = original
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gumbel noise: the same numbers as one draw per row, fewer launches on a GPU
+# ---------------------------------------------------------------------------------------------------
+def per_row_gumbel(scores, generators):
+    """The former gumbel_perturb: one torch.rand per row on the scores' device, then a scatter by index."""
+    rows, cols = (scores > -torch.inf).nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=scores.shape[0]).tolist()
+    uniform = torch.cat([torch.rand(c, generator=g, device=scores.device, dtype=torch.float32)
+                         for g, c in zip(generators, counts)])  # fmt: skip
+    gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+    out = torch.full_like(scores, -torch.inf)
+    out[rows, cols] = scores[rows, cols] + gumbel.to(scores.dtype)
+    return out
+
+
+def test_gumbel_noise_is_each_rows_own_stream_drawn_at_once():
+    """Both placements (by index on the CPU; by one mask scatter, one read back, one copy on a GPU) add exactly the
+    numbers that one torch.rand per row added before, on CPU float32, for rows with different numbers of finite
+    entries; a row's noise does not depend on the other rows."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    scores = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(40)(None, torch.randn(7, 300) * 2))
+    scores[3, :] = -torch.inf
+    scores[3, 17] = 1.0  # a row with a single finite entry
+
+    def streams(rows=range(7)):
+        return [torch.Generator().manual_seed(row_seed(5, "g", r, 0)) for r in rows]
+
+    expected = per_row_gumbel(scores, streams())
+    for dense in (False, True):
+        assert torch.equal(gumbel_perturb(scores, streams(), dense=dense), expected)
+    assert torch.equal(gumbel_perturb(scores[4:6], streams(range(4, 6)), dense=True), expected[4:6])
+    assert all(g.device.type == "cpu" for g in GumbelMaxSampling([1, 2]).generators)  # the same on every device
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sampler's batch budget: the key/value cache it allocates
+# ---------------------------------------------------------------------------------------------------
+def test_the_batch_budget_counts_the_key_value_cache():
+    from transformers import LlamaConfig, MistralConfig
+
+    llama2_7b = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, num_hidden_layers=32)
+    mistral_7b = MistralConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32)
+    # 32 layers x 32 key/value heads x 128 per head x 2 (K, V) x 2 bytes = 0.5 MiB per position in bf16
+    assert kv_cache_bytes_per_token(llama2_7b, torch.bfloat16) == 32 * 32 * 128 * 2 * 2 == 2**19
+    assert kv_cache_bytes_per_token(llama2_7b, torch.float32) == 2**20
+    assert kv_cache_bytes_per_token(mistral_7b, torch.bfloat16) == 32 * 8 * 128 * 2 * 2
+    # the former fixed budget of 65,536 positions was 32 GiB of cache for a Llama-2-7B in bf16
+    assert MAX_SAMPLE_BATCH_TOKENS * kv_cache_bytes_per_token(llama2_7b, torch.bfloat16) == 32 * 2**30
+    assert sample_batch_tokens(2**19) == 16384  # 8 GiB by default
+    assert sample_batch_tokens(2**19, cache_bytes=2 * 2**30) == 4096
+    assert sample_batch_tokens(32 * 8 * 128 * 2 * 2) == MAX_SAMPLE_BATCH_TOKENS  # 8 GiB exactly
+    assert sample_batch_tokens(512) == MAX_SAMPLE_BATCH_TOKENS  # small models keep the cap
+    assert sample_batch_tokens(None) == MAX_SAMPLE_BATCH_TOKENS  # a config that does not say
+    gemma_like = LlamaConfig(hidden_size=2048, num_attention_heads=8, num_key_value_heads=1, head_dim=256,
+                             num_hidden_layers=18)  # fmt: skip
+    assert kv_cache_bytes_per_token(gemma_like, torch.bfloat16) == 18 * 1 * 256 * 2 * 2  # head_dim as configured
+
+
+def test_the_sampler_batches_within_its_cache_budget(tiny_model):
+    model, tokenizer = exact_model(tiny_model)
+    per_token = 2 * 2 * 16 * 2 * 4  # the tiny Llama: 2 layers, 2 key/value heads of 16, float32
+    sampler = Sampler(model, tokenizer, SamplingSettings(num_return_sequences=2, max_new_tokens=6), salt="b")
+    assert sampler.kv_bytes_per_token == per_token and sampler.max_batch_tokens == MAX_SAMPLE_BATCH_TOKENS
+    resolved = sampler.resolved()
+    assert (resolved["max_batch_tokens"], resolved["kv_cache_bytes_per_token"]) == (MAX_SAMPLE_BATCH_TOKENS, per_token)
+    prompts = [(f"p{i}", encode_prompt(tokenizer, x, "upstream")) for i, x in enumerate(INSTRUCTIONS)]
+    longest = max(len(ids) for _, ids in prompts) + 6
+    small = Sampler(model, tokenizer, SamplingSettings(num_return_sequences=2, max_new_tokens=6), salt="b",
+                    kv_cache_bytes=per_token * 2 * longest)  # room for one prompt's 2 rows  # fmt: skip
+    assert small.max_batch_tokens == 2 * longest
+    batches = list(small.sample(prompts))
+    assert [len(b) for b in batches] == [1] * len(prompts)
+    assert {s.prompt_id: s.responses for b in batches for s in b} == \
+        {pid: s.responses for pid, s in sample_all(sampler, prompts).items()}
+    assert Sampler(model, tokenizer, SamplingSettings(), max_batch_tokens=100).max_batch_tokens == 100
+
+
+@pytest.mark.parametrize("settings, message", [
+    (SamplingSettings(top_p=2.0), "--top_p must be in"), (SamplingSettings(top_p=0.0), "--top_p must be in"),
+    (SamplingSettings(top_k=-1), "--top_k must be >= 0"), (SamplingSettings(temperature=-1.0), "--temperature"),
+    (SamplingSettings(temperature=math.nan), "--temperature"), (SamplingSettings(max_new_tokens=0), "at least one"),
+])  # fmt: skip
+def test_sampling_settings_are_checked(settings, message):
+    with pytest.raises(IpoError, match=message):
+        check_sampling_settings(settings)

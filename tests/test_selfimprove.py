@@ -10,7 +10,16 @@ from helpers import write_jsonl
 
 from ipo import IpoError
 from ipo.prompts import CODE_PROMPT, DPO_CATEGORY_PROMPTS, DPO_CHAT_PROMPT, MATH_PROMPT, SAFE_RESPONSE_PROMPT
-from ipo.selfimprove.pairs import build_pairs, dpo_record, export_pairs, held_out_ids, mapped_record, rank_responses
+from ipo.selfimprove.pairs import (
+    build_pairs,
+    count_non_finite,
+    dpo_record,
+    export_pairs,
+    held_out_ids,
+    mapped_record,
+    pair_stats,
+    rank_responses,
+)
 from ipo.selfimprove.prompts_pool import judge_key, load_prompts
 
 
@@ -123,6 +132,31 @@ def test_pairs_drop_ties_and_duplicates_in_chat_mode_only():
     assert (kept[2]["chosen"], kept[2]["rejected"]) == ("x", "y")  # upstream: first max, last min
 
 
+def test_non_finite_scores_never_rank(tmp_path):
+    """A NaN compares as neither greater, smaller nor equal: sorting it placed responses arbitrarily (here the
+    0.2 response was chosen over the 0.9 one). NaN and infinite scores now take no part, and are counted."""
+    from ipo.selfimprove.judging import judge_summary, yes_no_judge_spec
+    from ipo.selfimprove.loop import RoundDir, select_pairs
+
+    nan, inf = float("nan"), float("inf")
+    scored = [scored_record("a", ["r0", "r1", "r2", "r3"], [0.2, nan, 0.9, 0.1]),
+              scored_record("b", ["x", "y", "z"], [nan, 0.5, inf]),  # one finite score left: no pair
+              scored_record("c", ["u", "v"], [-inf, 0.4])]  # fmt: skip
+    for tie_break in ("generation_order", "random"):
+        pairs, dropped = build_pairs(scored, "p_yes", tie_break, drop_degenerate=False, seed=0)
+        assert [(p["id"], p["chosen_index"], p["rejected_index"]) for p in pairs] == [("a", 2, 3)]
+        assert dropped == Counter({"too_few_scored": 2})
+    assert count_non_finite(scored, "p_yes") == 4
+    with pytest.raises(ValueError, match="non-finite"):
+        rank_responses([0.3, nan, 0.1])
+    pairs, stats = select_pairs(RoundDir(tmp_path, 1), scored, yes_no_judge_spec("upstream", "upstream"), "upstream",
+                                0, set())  # fmt: skip
+    assert stats["n_non_finite_scores"] == 4 and stats["dropped"] == {"too_few_scored": 2} and len(pairs) == 1
+    assert "n_non_finite_scores" not in pair_stats(pairs, Counter(), 1)  # only where there are some
+    summary = judge_summary(scored, "p_yes", set())["all"]
+    assert summary["n_unscored"] == 4 and summary["mean"] == pytest.approx((0.2 + 0.9 + 0.1 + 0.5 + 0.4) / 5)
+
+
 def test_held_out_split_is_seeded_and_never_everything():
     ids = [f"p{i}" for i in range(20)]
     test = held_out_ids(ids, 0.1, seed=42)
@@ -186,3 +220,43 @@ def test_training_sees_the_prompt_the_sampler_used(tiny_model_dir, tmp_path, pro
     else:
         assert row["prompt_ids"] == tokenizer("[INST] What is 2 plus 2? [/INST]").input_ids
         assert tokenizer.decode(row["chosen_ids"]) == "The answer is 4.<|eot_id|><|im_end|>"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Several processes (ipo/selfimprove/ranks.py; the two-process run is in test_dpo_scripts.py)
+# ---------------------------------------------------------------------------------------------------
+def test_each_process_loads_its_model_on_its_own_gpu(monkeypatch):
+    import torch
+
+    from ipo.selfimprove.ranks import Ranks
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    second = Ranks(index=1, count=2, local_index=1)
+    assert second.device("auto") == second.device("cuda") == second.device("cuda:0") == "cuda:1"
+    assert second.device("cpu") == "cpu" and Ranks().device("auto") == "auto"  # one process: as asked
+    with pytest.raises(IpoError, match="run it as one process"):
+        second.device("shard")
+    assert Ranks(0, 3).shard(range(7)) == [0, 3, 6] and Ranks(2, 3).shard(range(7)) == [2, 5]
+
+
+def test_a_killed_runs_part_files_are_merged_at_the_next_start(tmp_path):
+    """A part file (another process's share) left by a killed run joins the log before the stage looks at what
+    is missing, also when the run resumes as one process; no record is written twice."""
+    from ipo.runs import RecordLog
+    from ipo.selfimprove.ranks import Ranks, part_path, run_sharded
+
+    log_path = tmp_path / "responses.jsonl"
+    write_jsonl(log_path, [{"id": "a", "n": 1}])
+    write_jsonl(part_path(log_path, 1), [{"id": "b", "n": 2}, {"id": "a", "n": 9}])
+    assert part_path(log_path, 1).name == "responses.rank1.jsonl"
+    seen = {}
+
+    def work(items, log):
+        seen["todo"] = [i for i in items if i["id"] not in log]
+        log.append([{"id": i["id"], "n": 3} for i in seen["todo"]])
+
+    run_sharded(Ranks(), log_path, [{"id": x} for x in "abc"], work, key=lambda i: i["id"])
+    assert seen["todo"] == [{"id": "c"}] and not part_path(log_path, 1).exists()
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert lines == [{"id": "a", "n": 1}, {"id": "b", "n": 2}, {"id": "c", "n": 3}]
+    assert len(RecordLog(log_path)) == 3

@@ -3,7 +3,8 @@
 DPO/ours.py and DPO/self_reward.py share every flag but their judge's (``add_loop_args``); the sampling
 flags are also DPO/sample_responses.py's and DPO/Evals/sample_mmlu.py's (``add_sampling_args``). The flags
 become values here (``sampling_settings_from_args``, ``loop_settings``), and ``start_run`` opens the run
-folder both loop scripts write.
+folder both loop scripts write. Every flag is checked (``check_loop_args``, ``check_sampling_args``) before
+anything is loaded or written.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import logging
 import os
 from collections.abc import Callable
 
-from ipo import cli
+from ipo import IpoError, cli
 from ipo.cli.training import add_training_args, options_from_args
 from ipo.runs import RunDir
 from ipo.selfimprove.judging import JudgeSpec
-from ipo.selfimprove.loop import STAGES, LoopSettings
+from ipo.selfimprove.loop import STAGES, LoopSettings, check_loop_settings
 from ipo.selfimprove.prompts_pool import DEFAULT_PROMPTS, DEFAULT_SPLIT
-from ipo.selfimprove.sampling import SamplingSettings, check_can_generate
+from ipo.selfimprove.ranks import current_ranks
+from ipo.selfimprove.sampling import SamplingSettings, check_can_generate, check_sampling_settings
 
 logger = logging.getLogger("ipo")
 
@@ -46,6 +48,15 @@ def add_sampling_args(parser: argparse.ArgumentParser, defaults: dict | None = N
                        help="nucleus filter; default: the model's generation config, else 1.0")
     group.add_argument("--sample_batch_size", type=int, default=d.get("sample_batch_size", 16),
                        help="prompts per generate call (x num_return_sequences rows); samples do not depend on it")
+
+
+def check_sampling_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line usage errors for the flags of ``add_sampling_args`` (and --max_prompts where a script has it)."""
+    cli.check_positive(parser, args, "max_prompts", "num_return_sequences", "max_new_tokens", "sample_batch_size")
+    try:
+        check_sampling_settings(sampling_settings_from_args(args))
+    except IpoError as err:
+        parser.error(str(err))
 
 
 def sampling_settings_from_args(args: argparse.Namespace) -> SamplingSettings:
@@ -110,9 +121,10 @@ def add_loop_args(parser: argparse.ArgumentParser, default_model: str, judge_arg
 
 
 def check_loop_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """One-line usage errors for the flags of ``add_loop_args``."""
-    cli.check_positive(parser, args, "rounds", "max_prompts", "num_return_sequences", "max_new_tokens",
-                       "sample_batch_size")  # fmt: skip
+    """One-line usage errors for the flags of ``add_loop_args``: all of them, the training flags included
+    (ipo.selfimprove.loop.check_loop_settings), before any model is loaded or config.json is written."""
+    cli.check_positive(parser, args, "rounds")
+    check_sampling_args(parser, args)
     if args.num_return_sequences < 2:
         parser.error("--num_return_sequences must be at least 2 to form a pair")
     if not 0 <= args.test_fraction < 1:
@@ -124,6 +136,10 @@ def check_loop_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--test_path needs held-out pairs: set --test_fraction > 0")
     if args.just_sample and args.stop_after not in (None, "pairs"):
         parser.error(f"--just_sample means --stop_after pairs, not {args.stop_after}")
+    try:
+        check_loop_settings(loop_settings(args, args.run_name or "run"))
+    except IpoError as err:
+        parser.error(str(err))
 
 
 def same_path(a: str, b: str) -> bool:
@@ -152,17 +168,24 @@ def loop_settings(args: argparse.Namespace, run_name: str, cut_responses_at: str
 
 def start_run(args: argparse.Namespace, judge: JudgeSpec, n_prompts: int, run_prefix: str,
               cut_responses_at: str | None = None) -> tuple[RunDir, LoopSettings]:  # fmt: skip
-    """Check that the model can end a response, then open the run folder (resumed when its settings match)
-    and write its config.json. The default folder is <run_prefix>-<model>-<prompt_format>."""
+    """Check that the model can end a response, then open the run folder (resumed when its settings match;
+    refused while another run holds it) and write its config.json. The default folder is
+    <run_prefix>-<model>-<prompt_format>. Under several processes the main one opens the folder and the
+    others wait for it (and log warnings only)."""
+    ranks = current_ranks()
+    if not ranks.main:
+        logger.setLevel(logging.WARNING)
     stop_ids = check_can_generate(args.model_name, args.trust_remote_code)
     model_short = cli.model_short_name(args.model_name)
     run = RunDir(args.output_dir, args.run_name or f"{run_prefix}-{model_short}-{args.prompt_format}",
                  overwrite=args.overwrite)  # fmt: skip
-    run.check(cli.public_args(args))
     settings = loop_settings(args, run.path.name, cut_responses_at)
-    run.start(cli.public_args(args), resolved={"n_prompts": n_prompts, "stop_token_ids": stop_ids,
-                                                "judge": judge.name, "tie_break": judge.tie_break,
-                                                "cut_responses_at": cut_responses_at})  # fmt: skip
+    if ranks.main:
+        run.check(cli.public_args(args))
+        run.start(cli.public_args(args), resolved={"n_prompts": n_prompts, "stop_token_ids": stop_ids,
+                                                    "judge": judge.name, "tie_break": judge.tie_break,
+                                                    "cut_responses_at": cut_responses_at})  # fmt: skip
+    ranks.wait()
     return run, settings
 
 

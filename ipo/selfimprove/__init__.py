@@ -9,5 +9,6 @@ Modules (one per step of a round, so that each stage's rules can be read on thei
     sampling      Sampler (batched, seeded per prompt and sample), sample_into_log (the sample stage)
     judging       JudgeSpec of the Yes/No and 5-point judges, the judge stage's log, judge_summary
     pairs         pure pair selection (ties, held-out split), DPO records, upstream's exported files
-    loop          LoopSettings, Loop and Round (the stages, resumable), run outputs and results.md
+    loop          LoopSettings and their checks, Loop and Round (the stages, resumable), run outputs and results.md
+    ranks         several processes (torchrun, accelerate launch): prompts sharded, one writer, a GPU each
 """

@@ -18,7 +18,7 @@ from ipo.judges.yes_no import YesNoJudge, YesNoScorer
 from ipo.prompts import DPO_CATEGORY_PROMPTS, REWARDBENCH_LAYOUT
 from ipo.report import mean
 from ipo.runs import RecordLog, score_into_log
-from ipo.selfimprove.pairs import strip_common_prefix
+from ipo.selfimprove.pairs import is_score, strip_common_prefix
 from ipo.selfimprove.prompts_pool import judge_key
 
 
@@ -124,11 +124,12 @@ def judge_summary(
 ) -> dict:
     """Mean judge score of all responses, of each prompt's best and worst, overall and per split.
 
-    Responses without a score (None) are left out of the means and counted; with ``failure_field`` the
-    parse failures are counted too (upstream mode's 0 is such a failure, and still in the means).
+    Responses without a score (None, or a NaN or infinite one) are left out of the means and counted; with
+    ``failure_field`` the parse failures are counted too (upstream mode's 0 is such a failure, and still in
+    the means).
     """
     def part(records):
-        scored_lists = [[s for s in r[score_field] if s is not None] for r in records]
+        scored_lists = [[s for s in r[score_field] if is_score(s)] for r in records]
         summary = {"n_prompts": len(records), "n_responses": sum(len(r[score_field]) for r in records),
                    "n_unscored": sum(len(r[score_field]) - len(s) for r, s in zip(records, scored_lists)),
                    "mean": mean(s for scores in scored_lists for s in scores),

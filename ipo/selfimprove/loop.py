@@ -32,7 +32,10 @@ The scripts call the stages in order, one method of ``Round`` each, and stop whe
     write_outputs(run_path, loop.result(), title)
 
 Each stage frees its model before the next loads one (upstream's DPO/self_reward.py kept the sampling model
-resident while loading the training model, and ran out of memory).
+resident while loading the training model, and ran out of memory). Under several processes (torchrun,
+accelerate launch) the sample and judge stages share the prompts out, training runs on all of them and
+only the main process writes the files (ipo/selfimprove/ranks.py). ``check_loop_settings`` refuses, in
+one line, every setting that would otherwise fail after sampling; the scripts call it before anything loads.
 
 Modes follow ``prompt_format``:
   upstream  raw instructions for sampling; DPO records ``[INST] x [/INST]`` + response + ``<|eot_id|>``;
@@ -50,16 +53,27 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ipo import IpoError, hub
-from ipo.modeling import load_model, load_tokenizer
+from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 from ipo.report import markdown_table
 from ipo.runs import RecordLog, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from ipo.selfimprove.judging import JudgeSpec, judge_summary, score_responses_into_log
-from ipo.selfimprove.pairs import build_pairs, dpo_record, export_pairs, export_path, held_out_ids, pair_stats
+from ipo.selfimprove.pairs import (
+    build_pairs,
+    count_non_finite,
+    dpo_record,
+    export_pairs,
+    export_path,
+    held_out_ids,
+    pair_stats,
+)
 from ipo.selfimprove.prompts_pool import Prompt
-from ipo.selfimprove.sampling import Sampler, SamplingSettings, sample_into_log
+from ipo.selfimprove.ranks import Ranks, current_ranks, run_sharded
+from ipo.selfimprove.sampling import Sampler, SamplingSettings, check_sampling_settings, sample_into_log
+from ipo.training.config import build_dpo_config, build_lora_config
 from ipo.training.dpo import free_memory, train_dpo
+from ipo.training.losses import UNPAIRED_LOSS_TYPES
 from ipo.training.merge import load_peft_model, merge_adapter
-from ipo.training.options import ADAPTER_DIR, TrainingOptions
+from ipo.training.options import ADAPTER_DIR, CHECKPOINT_DIR, TrainingOptions, check_options
 
 logger = logging.getLogger("ipo")
 
@@ -120,13 +134,18 @@ class RoundDir:
         return all(p.id in log for p in prompts)
 
 
-def write_pairs(round_dir: RoundDir, scored: Sequence[dict], judge: JudgeSpec, prompt_format: str, seed: int,
-                test_ids: set[str]) -> dict:  # fmt: skip
-    """pairs.jsonl from scored.jsonl (pure selection, written at once). Returns the pair statistics."""
+def select_pairs(round_dir: RoundDir, scored: Sequence[dict], judge: JudgeSpec, prompt_format: str, seed: int,
+                 test_ids: set[str]) -> tuple[list[dict], dict]:  # fmt: skip
+    """The round's pairs from its scored records (pure and seeded), and their statistics; one line when no
+    training pair is left."""
     pairs, dropped = build_pairs(scored, judge.score_field, judge.tie_break, drop_degenerate=prompt_format == "chat",
                                  seed=seed, test_ids=test_ids, judge_text_field=judge.judge_text_field)  # fmt: skip
     n_unscored = sum(score is None for record in scored for score in record[judge.score_field])
-    stats = pair_stats(pairs, dropped, len(scored), n_unscored)
+    n_non_finite = count_non_finite(scored, judge.score_field)
+    stats = pair_stats(pairs, dropped, len(scored), n_unscored, n_non_finite)
+    if n_non_finite:
+        logger.warning("%d of %d responses have a NaN or infinite score (a half-precision overflow?) and are never "
+                       "chosen or rejected", n_non_finite, sum(len(r["responses"]) for r in scored))  # fmt: skip
     if n_unscored:
         logger.warning("%d of %d responses have no score (the judge's text had none) and are never chosen or "
                        "rejected", n_unscored, sum(len(r["responses"]) for r in scored))  # fmt: skip
@@ -143,8 +162,34 @@ def write_pairs(round_dir: RoundDir, scored: Sequence[dict], judge: JudgeSpec, p
                 f"(see judge_text in {round_dir.scored})" if n_unscored else "")  # fmt: skip
         raise IpoError(f"no training pairs in round {round_dir.index}: {len(scored)} prompts, {len(pairs)} pairs "
                        f"({stats['n_test']} held out), dropped: {reasons}{hint}")  # fmt: skip
-    atomic_write_jsonl(round_dir.pairs, pairs)
-    return stats
+    return pairs, stats
+
+
+def check_loop_settings(settings: LoopSettings) -> None:
+    """One line (IpoError) for every setting that would otherwise fail, or silently do something else, only
+    after sampling and judging: the sampler's and the training's (TrainingOptions' own checks and the loop's
+    own), also when the run stops before training (the training flags are part of the run's identity); when it
+    goes as far as training, TRL's and PEFT's configs are also built once as a dry run (scheduler and
+    optimizer names, the device). Loads nothing, writes nothing: the scripts call it before the run folder
+    is opened, so a corrected command is never refused as a run with other settings."""
+    check_sampling_settings(settings.sampling)
+    resolve_device(settings.device, shardable=True)  # e.g. --device cuda on a machine without a GPU
+    options = settings.training
+    check_options(options)  # learning rate, beta, LoRA rank, --max_steps 0, ... (ipo/training/options.py)
+    if options.loss_type in UNPAIRED_LOSS_TYPES:
+        raise IpoError(f"--loss_type {options.loss_type} trains on unpaired examples; the loop makes pairs: "
+                       "choose a paired loss")  # fmt: skip
+    if options.load_in_4bit and not options.use_lora:
+        raise IpoError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base; drop --no_lora")
+    if settings.stop_after in ("sample", "score", "pairs"):
+        return
+    if split_gguf(settings.model)[1]:
+        raise IpoError("training needs a model folder or Hub id, not a .gguf file; convert it first, or stop "
+                       "before training (--stop_after pairs)")  # fmt: skip
+    build_dpo_config(options, Path(settings.run_name) / CHECKPOINT_DIR, device=settings.device,
+                     has_eval=settings.test_fraction > 0)  # creates nothing  # fmt: skip
+    if options.use_lora:
+        build_lora_config(options)
 
 
 def _read_metrics(path: Path) -> dict | None:
@@ -166,9 +211,10 @@ class Loop:
     details) for the run's config.json."""
 
     def __init__(self, run_path: Path, prompts: Sequence[Prompt], settings: LoopSettings, judge: JudgeSpec,
-                 on_resolved: Callable[[dict], None] | None = None):  # fmt: skip
+                 on_resolved: Callable[[dict], None] | None = None, ranks: Ranks | None = None):  # fmt: skip
         self.run_path, self.prompts, self.settings, self.judge = Path(run_path), prompts, settings, judge
-        self.on_resolved = on_resolved
+        self.on_resolved = on_resolved  # called in the main process only
+        self.ranks = ranks or current_ranks()
         self.test_ids = held_out_ids([p.id for p in prompts], settings.test_fraction, settings.seed)
         self.order = [p.id for p in prompts]
         self.policy = settings.model  # this round's policy, judge and DPO reference
@@ -188,10 +234,10 @@ class Loop:
         return LoopResult(self.results, None, self.final)
 
     def load(self, path: str):
-        """Model and tokenizer for sampling and judging (4-bit with ``quantized``)."""
+        """Model and tokenizer for sampling and judging (4-bit with ``quantized``), on this process's device."""
         s = self.settings
         tokenizer = load_tokenizer(path, trust_remote_code=s.trust_remote_code)
-        model, _, _ = load_model(path, dtype=s.dtype, device=s.device, quantized=s.quantized,
+        model, _, _ = load_model(path, dtype=s.dtype, device=self.ranks.device(s.device), quantized=s.quantized,
                                  trust_remote_code=s.trust_remote_code)  # fmt: skip
         return model, tokenizer
 
@@ -211,7 +257,8 @@ class Round:
         self.pairs: list[dict] = []
 
     def save(self) -> None:
-        atomic_write_json(self.dir.metrics, self.metrics)
+        if self.loop.ranks.main:
+            atomic_write_json(self.dir.metrics, self.metrics)
 
     def stop_after(self, stage: str) -> bool:
         """True when --stop_after names this stage: the round's metrics are saved and the run ends here."""
@@ -227,9 +274,27 @@ class Round:
     def _report_resolved(self) -> None:
         """Round 1's sampler and judge settings to config.json, once known (also when resumed)."""
         loop = self.loop
-        if loop.on_resolved and self.k == 1 and "judge_settings" in self.metrics and not loop.reported:
+        report = loop.on_resolved and loop.ranks.main and not loop.reported
+        if report and self.k == 1 and "judge_settings" in self.metrics:
             loop.on_resolved({"sampling": self.metrics["sampling"], "judge": self.metrics["judge_settings"]})
             loop.reported = True
+
+    def _sampling(self, sampler, tokenizer, what: str) -> Callable[[Sequence[Prompt], RecordLog], int]:
+        """A sampling stage's work on (some of) the prompts, for run_sharded."""
+        s = self.loop.settings
+
+        def work(prompts, log):
+            return sample_into_log(sampler, tokenizer, prompts, log, s.prompt_format, desc=f"round {self.k}: {what}",
+                                   cut_at=s.cut_responses_at)  # fmt: skip
+
+        return work
+
+    def _judging(self, scorer, what: str) -> Callable[[Sequence[dict], RecordLog], int]:
+        """A judging stage's work on (some of) the sampled records, for run_sharded."""
+        def work(records, log):
+            return score_responses_into_log(scorer, records, log, self.loop.judge, desc=f"round {self.k}: {what}")
+
+        return work
 
     def sample(self) -> None:
         """responses.jsonl: N responses per prompt from this round's policy, which stays loaded for judging.
@@ -241,8 +306,7 @@ class Round:
             return
         model, tokenizer = loop.load(loop.policy)
         sampler = Sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
-        sample_into_log(sampler, tokenizer, loop.prompts, RecordLog(rd.responses), s.prompt_format,
-                        desc=f"round {self.k}: sampling", cut_at=s.cut_responses_at)  # fmt: skip
+        run_sharded(loop.ranks, rd.responses, loop.prompts, self._sampling(sampler, tokenizer, "sampling"))
         self.metrics["sampling"] = sampler.resolved()
         self.policy_model = model, tokenizer
 
@@ -254,7 +318,7 @@ class Round:
             self.policy_model = None
             responses = RecordLog(rd.responses).ordered(loop.order)
             scorer = judge.build(model, tokenizer)
-            score_responses_into_log(scorer, responses, RecordLog(rd.scored), judge, desc=f"round {self.k}: judging")
+            run_sharded(loop.ranks, rd.scored, responses, self._judging(scorer, "judging"), key=lambda r: r["id"])
             self.metrics["judge_settings"] = {"name": judge.name, **judge.resolved}
             del model, tokenizer, scorer
             free_memory()
@@ -269,11 +333,15 @@ class Round:
         self.metrics["judge"] = judge_summary(scored, loop.judge.score_field, loop.test_ids, loop.judge.failure_field)
         self.save()
         if not rd.pairs.is_file() or "pairs" not in self.metrics:  # (re)written whole: selection is pure and seeded
-            self.metrics["pairs"] = write_pairs(rd, scored, loop.judge, s.prompt_format, s.seed, loop.test_ids)
+            pairs, self.metrics["pairs"] = select_pairs(rd, scored, loop.judge, s.prompt_format, s.seed, loop.test_ids)
+            if loop.ranks.main:  # every process selects the same pairs (and fails alike); one writes them
+                atomic_write_jsonl(rd.pairs, pairs)
             self.save()
+        loop.ranks.wait()
         self.pairs = read_jsonl(rd.pairs)
-        export_pairs(self.pairs, s.prompt_format, export_path(s.train_path, self.k), export_path(s.test_path, self.k),
-                     export_path(s.mapped_path, self.k))  # fmt: skip
+        if loop.ranks.main:
+            export_pairs(self.pairs, s.prompt_format, export_path(s.train_path, self.k),
+                         export_path(s.test_path, self.k), export_path(s.mapped_path, self.k))  # fmt: skip
 
     def train(self) -> None:
         """adapter/: DPO with a LoRA adapter on this round's policy (held-out pairs as the eval set)."""
@@ -294,9 +362,10 @@ class Round:
         """merged/: the adapter merged into its base; always before another round, after the last on request."""
         loop, s, rd = self.loop, self.loop.settings, self.dir
         if self.k < s.rounds or s.merge_final:
-            if not (rd.merged / "config.json").is_file():
+            if loop.ranks.main and not (rd.merged / "config.json").is_file():
                 merge_adapter(rd.adapter, rd.merged, dtype=s.dtype)  # returns the merged model: drop it now
                 free_memory()
+            loop.ranks.wait()  # the other processes wait for the merged model
             self.metrics["merged"] = loop.final = str(rd.merged)
             self.save()
 
@@ -310,18 +379,19 @@ class Round:
             if (rd.merged / "config.json").is_file():
                 model, tokenizer = loop.load(str(rd.merged))
             else:
-                model, _ = load_peft_model(rd.adapter, dtype=s.dtype, device=s.device)
+                model, _ = load_peft_model(rd.adapter, dtype=s.dtype, device=loop.ranks.device(s.device))
                 tokenizer = load_tokenizer(str(rd.adapter))
             sampler = Sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
-            sample_into_log(sampler, tokenizer, loop.prompts, RecordLog(rd.after_responses), s.prompt_format,
-                            desc=f"round {self.k}: sampling after DPO", cut_at=s.cut_responses_at)  # fmt: skip
+            run_sharded(loop.ranks, rd.after_responses, loop.prompts,
+                        self._sampling(sampler, tokenizer, "sampling after DPO"))  # fmt: skip
             del model, sampler
             free_memory()
         if not rd.complete(rd.after_scored, loop.prompts):
             model, tokenizer = loop.load(loop.policy)
-            score_responses_into_log(judge.build(model, tokenizer), RecordLog(rd.after_responses).ordered(loop.order),
-                                     RecordLog(rd.after_scored), judge, desc=f"round {self.k}: judging after DPO")  # fmt: skip
-            del model
+            scorer = judge.build(model, tokenizer)
+            run_sharded(loop.ranks, rd.after_scored, RecordLog(rd.after_responses).ordered(loop.order),
+                        self._judging(scorer, "judging after DPO"), key=lambda r: r["id"])  # fmt: skip
+            del model, scorer
             free_memory()
         after = judge_summary(RecordLog(rd.after_scored).ordered(loop.order), judge.score_field, loop.test_ids,
                               judge.failure_field)  # fmt: skip

@@ -10,6 +10,7 @@ scores tie or whose texts are the same (upstream mode keeps every pair, as upstr
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections import Counter
@@ -43,7 +44,12 @@ def rank_responses(scores: Sequence[float], tie_break: str = "generation_order",
       judge_text        upstream DPO/self_reward.py: it sorted (score, judge output text) tuples in
                         reverse, so equal scores are ordered by the judge's text, reverse-lexicographically
       random            equal scores in an order drawn from ``rng`` (seeded per prompt)
+
+    Every score must be a finite number: a NaN compares as neither greater, smaller nor equal, so a sort
+    would place it, and its neighbours, arbitrarily (build_pairs leaves such responses out first).
     """
+    if not all(is_score(score) for score in scores):
+        raise ValueError(f"cannot rank non-finite or missing scores: {list(scores)}")
     order = list(range(len(scores)))
     if tie_break == "generation_order":
         return sorted(order, key=lambda i: scores[i], reverse=True)
@@ -59,6 +65,16 @@ def rank_responses(scores: Sequence[float], tie_break: str = "generation_order",
     raise ValueError(f"unknown tie_break {tie_break!r}")
 
 
+def is_score(value) -> bool:
+    """Whether a judge's score can take part in a ranking: a number, not None, NaN or infinite."""
+    return value is not None and math.isfinite(value)
+
+
+def count_non_finite(scored: Iterable[dict], score_field: str) -> int:
+    """Responses whose score is NaN or infinite (a judge overflow in float16, say): never chosen or rejected."""
+    return sum(score is not None and not math.isfinite(score) for record in scored for score in record[score_field])
+
+
 def degenerate_reason(responses: Sequence[str], scores: Sequence[float], chosen: int, rejected: int) -> str | None:
     """Why a (chosen, rejected) pair teaches nothing, or None: 'score_tie' or 'same_text'."""
     if scores[chosen] == scores[rejected]:
@@ -72,14 +88,15 @@ def build_pairs(scored: Iterable[dict], score_field: str, tie_break: str, drop_d
                 test_ids: set[str] = frozenset(), judge_text_field: str | None = None) -> tuple[list[dict], Counter]:  # fmt: skip
     """One pair per scored prompt: chosen = best score, rejected = worst. Returns (pairs, dropped counts).
 
-    A None score (no score could be read) takes no part: the pair is drawn from the other responses, and a
-    prompt with fewer than two scored responses gives no pair (dropped as 'too_few_scored').
+    A None score (no score could be read) or a NaN or infinite one (count_non_finite) takes no part: the
+    pair is drawn from the other responses, and a prompt with fewer than two scored responses gives no pair
+    (dropped as 'too_few_scored').
     """
     pairs, dropped = [], Counter()
     for record in scored:
         scores, responses = record[score_field], record["responses"]
         texts = record.get(judge_text_field) if judge_text_field else None
-        candidates = [i for i, score in enumerate(scores) if score is not None]
+        candidates = [i for i, score in enumerate(scores) if is_score(score)]
         if len(candidates) < 2:
             dropped["too_few_scored"] += 1
             continue
@@ -135,12 +152,17 @@ def strip_common_prefix(texts: Sequence[str]) -> list[str]:
     return [text[len(prefix):] for text in texts]
 
 
-def pair_stats(pairs: Sequence[dict], dropped: Counter, n_prompts: int, n_unscored: int = 0) -> dict:
-    """dropped counts prompts without a pair, by reason; n_unscored_responses counts responses without a score."""
-    return {"n_prompts": n_prompts, "n_pairs": len(pairs),
-            "n_train": sum(p["split"] == "train" for p in pairs), "n_test": sum(p["split"] == "test" for p in pairs),
-            "dropped": dict(sorted(dropped.items())), "kept_degenerate": sum(1 for p in pairs if p["degenerate"]),
-            "n_unscored_responses": n_unscored}  # fmt: skip
+def pair_stats(pairs: Sequence[dict], dropped: Counter, n_prompts: int, n_unscored: int = 0,
+               n_non_finite: int = 0) -> dict:  # fmt: skip
+    """dropped counts prompts without a pair, by reason; n_unscored_responses counts responses without a score,
+    n_non_finite_scores (present only when there are some) those whose score is NaN or infinite."""
+    stats = {"n_prompts": n_prompts, "n_pairs": len(pairs),
+             "n_train": sum(p["split"] == "train" for p in pairs), "n_test": sum(p["split"] == "test" for p in pairs),
+             "dropped": dict(sorted(dropped.items())), "kept_degenerate": sum(1 for p in pairs if p["degenerate"]),
+             "n_unscored_responses": n_unscored}  # fmt: skip
+    if n_non_finite:
+        stats["n_non_finite_scores"] = n_non_finite
+    return stats
 
 
 def export_pairs(pairs: Sequence[dict], prompt_format: str, train_path: str | None, test_path: str | None,

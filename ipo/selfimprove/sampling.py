@@ -12,7 +12,14 @@ length. Here:
   prompt id, sample index), so a prompt's samples do not depend on which prompts share its batch, on the
   batch size, or on resuming: sampling is Gumbel-max (argmax of the warped logits plus Gumbel noise), an
   exact draw from the same softmax(logits / T) with top-k / top-p filtering that ``do_sample=True``
-  would use. The model's other generation settings (repetition penalty, ...) still apply.
+  would use. The model's other generation settings (repetition penalty, ...) still apply. The streams
+  are CPU generators on every device, so a row's noise is the same on a CPU and a GPU. The logits it is
+  added to depend on the batch by float rounding: in float32 on the CPU by noise (< 1e-5) that flips a
+  token only at a near-exact tie, so samples are batch- and resume-invariant in practice (the tests
+  assert equality there); in bf16/fp16, or on another device, they are not;
+* a batch holds at most ``max_batch_tokens`` padded positions, by default as many as a key/value cache of
+  8 GiB holds (``kv_cache_bytes_per_token``: layers x key/value heads x head size x 2 x dtype bytes), and
+  never more than 65,536.
 
 Two prompt formats (``--prompt_format``):
   upstream  the raw instruction, tokenised with the tokenizer's special tokens (BOS for Llama/Mistral)
@@ -28,6 +35,7 @@ import copy
 import hashlib
 import inspect
 import logging
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +51,12 @@ from ipo.selfimprove.prompts_pool import Prompt
 logger = logging.getLogger("ipo")
 
 DEFAULT_TOP_K = 50  # transformers' default when neither the model nor the user sets one (upstream ran with it)
+# The sampler's batches are bounded by the key/value cache they allocate: rows x padded (prompt + new tokens)
+# positions, each costing kv_cache_bytes_per_token. The default cache budget is 8 GiB, and never more than
+# 65,536 positions (the former fixed budget; small models stay there): a Llama-2-7B in bf16 (0.5 MiB per
+# position) gets 16,384 positions, a Mistral-7B (8 key/value heads: 128 KiB) 65,536.
+DEFAULT_KV_CACHE_BYTES = 8 * 2**30
+MAX_SAMPLE_BATCH_TOKENS = 65536
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,18 @@ class Sample:
 # ---------------------------------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------------------------------
+def check_sampling_settings(settings: SamplingSettings) -> None:
+    """One line (IpoError) for sampling settings that cannot work or would be silently clipped."""
+    if settings.num_return_sequences < 1 or settings.max_new_tokens < 1:
+        raise IpoError("need at least one response of at least one token per prompt")
+    if not 0 <= settings.temperature < math.inf:
+        raise IpoError(f"--temperature must be >= 0 (0: greedy), got {settings.temperature}")
+    if settings.top_k is not None and settings.top_k < 0:
+        raise IpoError(f"--top_k must be >= 0 (0: no top-k filter), got {settings.top_k}")
+    if settings.top_p is not None and not 0 < settings.top_p <= 1:
+        raise IpoError(f"--top_p must be in (0, 1], got {settings.top_p}")
+
+
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     """The ids that end a response: the tokenizer's EOS plus the generation config's eos_token_id(s)."""
     ids: list[int] = []
@@ -135,37 +161,78 @@ def encode_prompt(tokenizer, instruction: str, prompt_format: str) -> list[int]:
     raise ValueError(f"unknown prompt format {prompt_format!r}")
 
 
-def gumbel_perturb(scores, generators):
+def gumbel_perturb(scores, generators, dense: bool | None = None):
     """``scores`` (R, V) plus standard Gumbel noise on every finite entry; row r's noise comes from
-    ``generators[r]``, one uniform per finite entry in token-id order.
+    ``generators[r]`` (a CPU generator), one uniform per finite entry in token-id order.
 
     After top-k filtering only ~k entries per row are finite, so only those draw noise (a full-vocabulary
     draw per row and step would cost more than the model's decode step on a CPU). How many numbers a row
     draws depends only on its own logits, so its stream stays independent of the rest of the batch.
+
+    The noise is drawn on the CPU whatever the scores' device, so a seed gives the same numbers on every
+    device. On a GPU (``dense``, the default off the CPU) a step reads back only the rows' counts of finite
+    entries (one sync) and copies all rows' noise in once, scattered by a mask: no random-number kernel per
+    row and no second sync. On the CPU, where syncs cost nothing, the finite entries are indexed directly,
+    which is cheaper there. Both place the same numbers.
     """
     import torch
 
-    rows, cols = (scores > -torch.inf).nonzero(as_tuple=True)  # row-major: row 0's tokens first, by id
-    counts = torch.bincount(rows, minlength=scores.shape[0]).tolist()
-    uniform = torch.cat([torch.rand(c, generator=g, device=scores.device, dtype=torch.float32)
-                         for g, c in zip(generators, counts)])  # fmt: skip
+    finite = scores > -torch.inf
+    dense = scores.device.type != "cpu" if dense is None else dense
+    if dense:
+        counts = finite.sum(-1).tolist()  # the step's one read back from the device
+    else:
+        rows, cols = finite.nonzero(as_tuple=True)  # row-major: row 0's tokens first, by id
+        counts = torch.bincount(rows, minlength=scores.shape[0]).tolist()
+    uniform = torch.cat([torch.rand(count, generator=generator, dtype=torch.float32)
+                         for generator, count in zip(generators, counts)])  # fmt: skip
     gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+    gumbel = gumbel.to(scores.device, scores.dtype)
+    if dense:  # masked_scatter fills the finite entries in row-major order, as nonzero lists them
+        noise = torch.zeros_like(scores).masked_scatter_(finite, gumbel)
+        return torch.where(finite, scores + noise, torch.full_like(scores, -torch.inf))
     out = torch.full_like(scores, -torch.inf)
-    out[rows, cols] = scores[rows, cols] + gumbel.to(scores.dtype)
+    out[rows, cols] = scores[rows, cols] + gumbel
     return out
+
+
+def kv_cache_bytes_per_token(model_config, dtype) -> int | None:
+    """Bytes of key/value cache one token position takes: layers x key/value heads x head size x 2 (K and V)
+    x the dtype's bytes; None when the config does not say (the caller then falls back to a token count)."""
+    import torch
+
+    config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None)
+    if not head_dim and heads and getattr(config, "hidden_size", None):
+        head_dim = config.hidden_size // heads
+    if not (isinstance(layers, int) and isinstance(kv_heads, int) and isinstance(head_dim, int)):
+        return None
+    dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    return layers * kv_heads * head_dim * 2 * torch.empty((), dtype=dtype).element_size()
+
+
+def sample_batch_tokens(bytes_per_token: int | None, cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+                        cap: int = MAX_SAMPLE_BATCH_TOKENS) -> int:  # fmt: skip
+    """Token positions per generate call whose key/value cache fits ``cache_bytes`` (at most ``cap``)."""
+    if not bytes_per_token:
+        return cap
+    return max(1, min(cap, cache_bytes // bytes_per_token))
 
 
 class GumbelMaxSampling:
     """A logits processor that turns greedy decoding into sampling with per-row random streams.
 
     argmax(z + G), G ~ Gumbel(0, 1) i.i.d., is distributed as softmax(z) (the Gumbel-max trick). It runs
-    after the temperature / top-k / top-p warpers, so filtered tokens (-inf) stay impossible.
+    after the temperature / top-k / top-p warpers, so filtered tokens (-inf) stay impossible. The streams
+    are CPU generators on every device (gumbel_perturb), so samples do not depend on which device draws.
     """
 
-    def __init__(self, seeds: Sequence[int], device):
+    def __init__(self, seeds: Sequence[int]):
         import torch
 
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
 
     def __call__(self, input_ids, scores):
         if scores.shape[0] != len(self.generators):
@@ -204,16 +271,17 @@ class Sampler:
     """Batched, seeded sampling of ``settings.num_return_sequences`` responses per prompt."""
 
     def __init__(self, model, tokenizer, settings: SamplingSettings, batch_size: int = 16,
-                 max_batch_tokens: int = 65536, salt: str = ""):  # fmt: skip
-        if settings.num_return_sequences < 1 or settings.max_new_tokens < 1:
-            raise IpoError("need at least one response of at least one token per prompt")
-        if settings.temperature < 0:
-            raise IpoError(f"--temperature must be >= 0, got {settings.temperature}")
+                 max_batch_tokens: int | None = None, salt: str = "",
+                 kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES):  # fmt: skip
+        check_sampling_settings(settings)
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
         self.batch_size = batch_size  # prompts per generate call
-        self.max_batch_tokens = max_batch_tokens  # rows x (prompt + new tokens) per call
+        # rows x padded (prompt + new tokens) per call; unset: what a kv_cache_bytes key/value cache holds
+        config, dtype = getattr(model, "config", None), getattr(model, "dtype", None)
+        self.kv_bytes_per_token = kv_cache_bytes_per_token(config, dtype)
+        self.max_batch_tokens = max_batch_tokens or sample_batch_tokens(self.kv_bytes_per_token, kv_cache_bytes)
         self.salt = salt
         model_config = getattr(model, "generation_config", None)
         self.stop_ids = stop_token_ids(tokenizer, model_config)
@@ -236,7 +304,8 @@ class Sampler:
             "top_p": self.top_p, "seed": s.seed, "salt": self.salt, "stop_token_ids": self.stop_ids,
             "stop_tokens": self.tokenizer.convert_ids_to_tokens(self.stop_ids), "pad_token_id": self.pad_id,
             "method": "greedy" if s.temperature == 0 else "gumbel-max, one random stream per (prompt, sample)",
-            "repetition_penalty": self.repetition_penalty,
+            "repetition_penalty": self.repetition_penalty, "max_batch_tokens": self.max_batch_tokens,
+            "kv_cache_bytes_per_token": self.kv_bytes_per_token,
             "decoding": (f"model.generate (the generation config sets {', '.join(self.generate_only)})"
                          if self.generate_only else "own loop, finished rows leave the batch"),
         }  # fmt: skip
@@ -269,7 +338,7 @@ class Sampler:
             processors.append(TopKLogitsWarper(self.top_k))
         if self.top_p < 1.0:
             processors.append(TopPLogitsWarper(self.top_p))
-        processors.append(GumbelMaxSampling(seeds, self.model.device))
+        processors.append(GumbelMaxSampling(seeds))
         return LogitsProcessorList(processors)
 
     def sample(self, prompts: Sequence[tuple]) -> Iterator[list[Sample]]:
