@@ -45,13 +45,25 @@ UPSTREAM_MODEL = "mistralai/Mistral-7B-Instruct-v0.1"
 def add_judge_args(parser) -> None:
     judge = parser.add_argument_group("Yes/No judge (same model; the scoring mode follows --prompt_format)")
     judge.add_argument("--judge_max_length", type=int, default=1024, help="max judge prompt tokens (upstream: 1024)")
-    judge.add_argument("--judge_batch_size", type=int, default=DEFAULT_BATCH_SIZE,
-                       help="max sequences per judge forward pass (the token budget usually binds first)")
-    judge.add_argument("--max_batch_tokens", type=int, default=None,
-                       help="max padded tokens per judge forward pass (default: the judge's, 2048 on a CPU where "
-                            "small passes are faster, 16384 on a GPU)")  # fmt: skip
-    judge.add_argument("--no_prefix_sharing", dest="prefix_sharing", action="store_false",
-                       help="run every judge prompt in full instead of sharing a prompt's prefix")  # fmt: skip
+    judge.add_argument(
+        "--judge_batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="max sequences per judge forward pass (the token budget usually binds first)",
+    )
+    judge.add_argument(
+        "--max_batch_tokens",
+        type=int,
+        default=None,
+        help="max padded tokens per judge forward pass (default: the judge's, 2048 on a CPU where "
+        "small passes are faster, 16384 on a GPU)",
+    )
+    judge.add_argument(
+        "--no_prefix_sharing",
+        dest="prefix_sharing",
+        action="store_false",
+        help="run every judge prompt in full instead of sharing a prompt's prefix",
+    )
 
 
 def parse_args(argv=None):
@@ -72,15 +84,21 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     seed_everything(args.seed)
     loop_cli.note_unused_args(args)
-    judge = yes_no_judge_spec(args.prompt_format, scoring=args.prompt_format, max_length=args.judge_max_length,
-                              batch_size=args.judge_batch_size, max_batch_tokens=args.max_batch_tokens,
-                              prefix_sharing=args.prefix_sharing)  # fmt: skip
+    judge = yes_no_judge_spec(
+        args.prompt_format,
+        scoring=args.prompt_format,
+        max_length=args.judge_max_length,
+        batch_size=args.judge_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        prefix_sharing=args.prefix_sharing,
+    )
 
     ###############
     # Load prompts, then the run folder (a re-run of the same command resumes it)
     ###############
-    prompts = load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
-                           require_category=judge.uses_category)  # fmt: skip
+    prompts = load_prompts(
+        args.dataset_name, args.split_name, args.prompt_format, args.max_prompts, require_category=judge.uses_category
+    )
     logger.info("%d prompts from %s", len(prompts), args.dataset_name)
     run, settings = loop_cli.start_run(args, judge, len(prompts), run_prefix="dpo")
     loop = Loop(run.path, prompts, settings, judge, on_resolved=lambda found: run.update_resolved(**found))

@@ -34,19 +34,27 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_model_args(parser)
     data = parser.add_argument_group("prompts")
-    data.add_argument("--dataset_name", default=DEFAULT_PROMPTS,
-                      help="Hub dataset or local json/jsonl/parquet file with an 'instruction' column")  # fmt: skip
+    data.add_argument(
+        "--dataset_name",
+        default=DEFAULT_PROMPTS,
+        help="Hub dataset or local json/jsonl/parquet file with an 'instruction' column",
+    )
     data.add_argument("--split_name", default=DEFAULT_SPLIT, help="split of a Hub --dataset_name")
     data.add_argument("--max_prompts", type=int, default=None, help="use only the first N prompts (smoke runs)")
     add_sampling_args(parser)
     cli.add_output_args(parser)
     upload = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
-    upload.add_argument("--push_to_hub", action="store_true",
-                        help="upload {prompt, responses} as a Hub dataset (upstream always did)")
+    upload.add_argument(
+        "--push_to_hub", action="store_true", help="upload {prompt, responses} as a Hub dataset (upstream always did)"
+    )
     upload.add_argument("--username", dest="hf_user", default=None, help="Hub namespace (default: your account)")
     upload.add_argument("--save_dataset_name", default=None, help="Hub dataset name (default: the run name)")
-    upload.add_argument("--hf_api", dest="hf_key", default=None,
-                        help="DEPRECATED: a token on the command line leaks into shell history; use HF_TOKEN")
+    upload.add_argument(
+        "--hf_api",
+        dest="hf_key",
+        default=None,
+        help="DEPRECATED: a token on the command line leaks into shell history; use HF_TOKEN",
+    )
     args = parser.parse_args(argv)
     check_sampling_args(parser, args)
     return args
@@ -57,27 +65,37 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
-    prompts = load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
-                           require_category=False)  # fmt: skip
+    prompts = load_prompts(
+        args.dataset_name, args.split_name, args.prompt_format, args.max_prompts, require_category=False
+    )
     check_can_generate(args.model_name, args.trust_remote_code)
     model_short = cli.model_short_name(args.model_name)
     run = RunDir(args.output_dir, args.run_name or f"samples-{model_short}-{args.prompt_format}", args.overwrite)
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
-    sampler = Sampler(model, tokenizer, sampling_settings_from_args(args), batch_size=args.sample_batch_size,
-                      salt="round1")  # the same random streams as round 1 of DPO/ours.py  # fmt: skip
-    run.start(cli.public_args(args), resolved={"device": device, "dtype": str(dtype), "n_prompts": len(prompts),
-                                                "sampling": sampler.resolved()})  # fmt: skip
+    sampler = Sampler(
+        model, tokenizer, sampling_settings_from_args(args), batch_size=args.sample_batch_size, salt="round1"
+    )  # the same random streams as round 1 of DPO/ours.py
+    run.start(
+        cli.public_args(args),
+        resolved={"device": device, "dtype": str(dtype), "n_prompts": len(prompts), "sampling": sampler.resolved()},
+    )
     log = RecordLog(run.file("responses.jsonl"))
     sample_into_log(sampler, tokenizer, prompts, log, args.prompt_format)
     records = log.ordered(p.id for p in prompts)
     unfinished = sum(not f for r in records for f in r["finished"])
-    logger.info("%d prompts x %d responses in %s (%d cut at --max_new_tokens)", len(records),
-                args.num_return_sequences, log.path, unfinished)  # fmt: skip
+    logger.info(
+        "%d prompts x %d responses in %s (%d cut at --max_new_tokens)",
+        len(records),
+        args.num_return_sequences,
+        log.path,
+        unfinished,
+    )
     if args.push_to_hub:
         name = args.save_dataset_name or run.path.name
-        hub.push_records([{"prompt": r["prompt"], "responses": r["responses"]} for r in records],
-                         hub.repo_id(args.hf_user, name))  # fmt: skip
+        hub.push_records(
+            [{"prompt": r["prompt"], "responses": r["responses"]} for r in records], hub.repo_id(args.hf_user, name)
+        )
     return 0
 
 

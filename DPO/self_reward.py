@@ -64,20 +64,37 @@ UPSTREAM_TRAINING = {"per_device_train_batch_size": 8, "per_device_eval_batch_si
 
 def add_judge_args(parser) -> None:
     judge = parser.add_argument_group("5-point judge (same model; the mode follows --prompt_format)")
-    judge.add_argument("--judge_max_length", type=int, default=2048,
-                       help="max judge prompt tokens (upstream: 2048, cut on the right in upstream mode)")  # fmt: skip
-    judge.add_argument("--max_new_tokens_judge", type=int, default=128,
-                       help="max tokens of each judgement (upstream: 128; the prompt asks for up to 100 words)")
-    judge.add_argument("--judge_batch_size", type=int, default=DEFAULT_BATCH_SIZE,
-                       help="max judgements generated together (greedy; the token budget usually binds first)")
-    judge.add_argument("--max_batch_tokens", type=int, default=None,
-                       help="max padded tokens per generation batch, new tokens included (unset: 16384)")
+    judge.add_argument(
+        "--judge_max_length",
+        type=int,
+        default=2048,
+        help="max judge prompt tokens (upstream: 2048, cut on the right in upstream mode)",
+    )
+    judge.add_argument(
+        "--max_new_tokens_judge",
+        type=int,
+        default=128,
+        help="max tokens of each judgement (upstream: 128; the prompt asks for up to 100 words)",
+    )
+    judge.add_argument(
+        "--judge_batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="max judgements generated together (greedy; the token budget usually binds first)",
+    )
+    judge.add_argument(
+        "--max_batch_tokens",
+        type=int,
+        default=None,
+        help="max padded tokens per generation batch, new tokens included (unset: 16384)",
+    )
 
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    loop_cli.add_loop_args(parser, default_model=UPSTREAM_MODEL, judge_args=add_judge_args,
-                           training_defaults=UPSTREAM_TRAINING)  # fmt: skip
+    loop_cli.add_loop_args(
+        parser, default_model=UPSTREAM_MODEL, judge_args=add_judge_args, training_defaults=UPSTREAM_TRAINING
+    )
     args = parser.parse_args(argv)
     loop_cli.check_loop_args(parser, args)
     cli.check_positive(parser, args, "judge_max_length", "max_new_tokens_judge", "judge_batch_size", "max_batch_tokens")
@@ -93,19 +110,25 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     seed_everything(args.seed)
     loop_cli.note_unused_args(args)
-    judge = self_reward_judge_spec(args.prompt_format, max_length=args.judge_max_length,
-                                   max_new_tokens=args.max_new_tokens_judge, batch_size=args.judge_batch_size,
-                                   max_batch_tokens=args.max_batch_tokens)  # fmt: skip
+    judge = self_reward_judge_spec(
+        args.prompt_format,
+        max_length=args.judge_max_length,
+        max_new_tokens=args.max_new_tokens_judge,
+        batch_size=args.judge_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+    )
     cut_responses_at = UPSTREAM_END_MARKER if args.prompt_format == "upstream" else None  # as upstream's sampler
 
     ###############
     # Load prompts, then the run folder (a re-run of the same command resumes it)
     ###############
-    prompts = load_prompts(args.dataset_name, args.split_name, args.prompt_format, args.max_prompts,
-                           require_category=judge.uses_category)  # fmt: skip
+    prompts = load_prompts(
+        args.dataset_name, args.split_name, args.prompt_format, args.max_prompts, require_category=judge.uses_category
+    )
     logger.info("%d prompts from %s", len(prompts), args.dataset_name)
-    run, settings = loop_cli.start_run(args, judge, len(prompts), run_prefix="dpo-self-reward",
-                                       cut_responses_at=cut_responses_at)  # fmt: skip
+    run, settings = loop_cli.start_run(
+        args, judge, len(prompts), run_prefix="dpo-self-reward", cut_responses_at=cut_responses_at
+    )
     loop = Loop(run.path, prompts, settings, judge, on_resolved=lambda found: run.update_resolved(**found))
 
     for rnd in loop.rounds():  # each stage skips what an earlier run of the same command already wrote

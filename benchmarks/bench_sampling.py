@@ -33,9 +33,18 @@ from ipo.training.dpo import build_trainer  # noqa: E402
 from ipo.training.options import TrainingOptions  # noqa: E402
 
 # Qwen2.5-0.5B's shape (config.json of Qwen/Qwen2.5-0.5B-Instruct), random weights: no download needed.
-QWEN_05B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                      num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True,
-                      rope_theta=1000000.0, rms_norm_eps=1e-6)  # fmt: skip
+QWEN_05B_SHAPE = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+)
 
 
 def parse_args(argv=None):
@@ -48,16 +57,23 @@ def parse_args(argv=None):
     parser.add_argument("--dpo_batch_size", type=int, default=2, help="pairs in the timed DPO step")
     parser.add_argument("--lora_r", type=int, default=256, help="LoRA rank of the timed DPO step (paper: 256)")
     parser.add_argument("--no_dpo", dest="dpo", action="store_false", help="skip the DPO step timing")
-    parser.add_argument("--gpu_random_qwen", action="store_true",
-                        help="also compare on a random-weight Qwen2.5-0.5B-sized model in bf16 (needs a CUDA GPU)")
+    parser.add_argument(
+        "--gpu_random_qwen",
+        action="store_true",
+        help="also compare on a random-weight Qwen2.5-0.5B-sized model in bf16 (needs a CUDA GPU)",
+    )
     return parser.parse_args(argv)
 
 
 def bench_prompts(n: int) -> list[str]:
-    rows = [json.loads(line) for line in (REPO / "data" / "demo_prompts.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in (REPO / "data" / "demo_prompts.jsonl").read_text().splitlines() if line.strip()
+    ]
     base = [r["instruction"] for r in rows]
-    return [base[i % len(base)] + ("" if i < len(base) else f" (Answer in {i - len(base) + 2} sentences.)")
-            for i in range(n)]  # fmt: skip
+    return [
+        base[i % len(base)] + ("" if i < len(base) else f" (Answer in {i - len(base) + 2} sentences.)")
+        for i in range(n)
+    ]
 
 
 def upstream_loop(model, tokenizer, prompt_ids, n, max_new_tokens, stop_ids) -> int:
@@ -69,10 +85,18 @@ def upstream_loop(model, tokenizer, prompt_ids, n, max_new_tokens, stop_ids) -> 
         input_ids = torch.tensor([ids], device=model.device)
         for _ in range(n):
             with torch.inference_mode():
-                out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
-                                     temperature=0.7, top_k=50, max_new_tokens=max_new_tokens, num_return_sequences=1,
-                                     pad_token_id=stop_ids[0], eos_token_id=stop_ids)  # fmt: skip
-            tokens += len(cut_at_stop(out[0, len(ids):].tolist(), stop_ids)[0])
+                out = model.generate(
+                    input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    do_sample=True,
+                    temperature=0.7,
+                    top_k=50,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=1,
+                    pad_token_id=stop_ids[0],
+                    eos_token_id=stop_ids,
+                )
+            tokens += len(cut_at_stop(out[0, len(ids) :].tolist(), stop_ids)[0])
     return tokens
 
 
@@ -82,19 +106,23 @@ def compare(model, tokenizer, args, label: str) -> dict:
 
         sync = torch.cuda.synchronize
     else:
+
         def sync():
             return None
+
     prompt_ids = [encode_prompt(tokenizer, p, "upstream") for p in bench_prompts(args.num_prompts)]
-    settings = SamplingSettings(num_return_sequences=args.num_return_sequences, max_new_tokens=args.max_new_tokens,
-                                top_k=50, top_p=1.0)  # fmt: skip
+    settings = SamplingSettings(
+        num_return_sequences=args.num_return_sequences, max_new_tokens=args.max_new_tokens, top_k=50, top_p=1.0
+    )
     sampler = Sampler(model, tokenizer, settings, batch_size=args.num_prompts)
     # warm-up (first-call allocations, kernel selection) on one prompt, for both paths
     list(Sampler(model, tokenizer, settings, batch_size=1).sample([(0, prompt_ids[0])]))
     upstream_loop(model, tokenizer, prompt_ids[:1], 1, 4, sampler.stop_ids)
     sync()
     start = time.perf_counter()
-    upstream_tokens = upstream_loop(model, tokenizer, prompt_ids, args.num_return_sequences, args.max_new_tokens,
-                                    sampler.stop_ids)  # fmt: skip
+    upstream_tokens = upstream_loop(
+        model, tokenizer, prompt_ids, args.num_return_sequences, args.max_new_tokens, sampler.stop_ids
+    )
     sync()
     upstream_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -103,15 +131,20 @@ def compare(model, tokenizer, args, label: str) -> dict:
     batched_s = time.perf_counter() - start
     batched_tokens = sum(sum(s.n_tokens) for s in samples)
     result = {
-        "upstream_tokens": upstream_tokens, "upstream_s": round(upstream_s, 3),
+        "upstream_tokens": upstream_tokens,
+        "upstream_s": round(upstream_s, 3),
         "upstream_tokens_per_s": round(upstream_tokens / upstream_s, 2),
-        "batched_tokens": batched_tokens, "batched_s": round(batched_s, 3),
+        "batched_tokens": batched_tokens,
+        "batched_s": round(batched_s, 3),
         "batched_tokens_per_s": round(batched_tokens / batched_s, 2),
-    }  # fmt: skip
+    }
     result["ratio"] = round(result["batched_tokens_per_s"] / result["upstream_tokens_per_s"], 2)
-    print(f"{label}: upstream loop {result['upstream_tokens_per_s']} tok/s ({upstream_tokens} tokens in "
-          f"{upstream_s:.1f} s), batched {result['batched_tokens_per_s']} tok/s ({batched_tokens} tokens in "
-          f"{batched_s:.1f} s): x{result['ratio']}", flush=True)  # fmt: skip
+    print(
+        f"{label}: upstream loop {result['upstream_tokens_per_s']} tok/s ({upstream_tokens} tokens in "
+        f"{upstream_s:.1f} s), batched {result['batched_tokens_per_s']} tok/s ({batched_tokens} tokens in "
+        f"{batched_s:.1f} s): x{result['ratio']}",
+        flush=True,
+    )
     return result, samples
 
 
@@ -120,10 +153,19 @@ def dpo_step(model_dir: str, samples, tokenizer, args, device: str) -> dict:
     import torch
 
     prompts = bench_prompts(args.num_prompts)
-    records = [{"prompt": f"[INST] {prompts[s.prompt_id]} [/INST]", "chosen": s.responses[0], "rejected": s.responses[1]}
-               for s in samples][: args.dpo_batch_size]  # fmt: skip
-    options = TrainingOptions(max_steps=1, per_device_train_batch_size=args.dpo_batch_size, lora_r=args.lora_r,
-                              lora_alpha=args.lora_r // 2, warmup_ratio=0.0, logging_steps=1, save_steps=1000)  # fmt: skip
+    records = [
+        {"prompt": f"[INST] {prompts[s.prompt_id]} [/INST]", "chosen": s.responses[0], "rejected": s.responses[1]}
+        for s in samples
+    ][: args.dpo_batch_size]
+    options = TrainingOptions(
+        max_steps=1,
+        per_device_train_batch_size=args.dpo_batch_size,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_r // 2,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        save_steps=1000,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer, _, _ = build_trainer(model_dir, records, options, tmp, device=device, tokenizer=tokenizer)
         trainer.args.disable_tqdm = True
@@ -134,14 +176,25 @@ def dpo_step(model_dir: str, samples, tokenizer, args, device: str) -> dict:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    result = {"dpo_step_s": round(seconds, 2), "dpo_peak_memory_mb": round(peak, 1),
-              "dpo_peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process max RSS",
-              "dpo_pairs": len(records), "dpo_lora_r": args.lora_r, "dpo_trainable_params": trainable}  # fmt: skip
-    print(f"one DPO step ({len(records)} pairs, LoRA r {args.lora_r}, {trainable / 1e6:.1f}M trainable): "
-          f"{seconds:.2f} s, peak memory {peak:.0f} MB ({result['dpo_peak_memory_kind']})", flush=True)  # fmt: skip
+    result = {
+        "dpo_step_s": round(seconds, 2),
+        "dpo_peak_memory_mb": round(peak, 1),
+        "dpo_peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda") else "process max RSS",
+        "dpo_pairs": len(records),
+        "dpo_lora_r": args.lora_r,
+        "dpo_trainable_params": trainable,
+    }
+    print(
+        f"one DPO step ({len(records)} pairs, LoRA r {args.lora_r}, {trainable / 1e6:.1f}M trainable): "
+        f"{seconds:.2f} s, peak memory {peak:.0f} MB ({result['dpo_peak_memory_kind']})",
+        flush=True,
+    )
     return result
 
 
@@ -170,9 +223,15 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(model_dir)
     label = f"{Path(model_dir).name} fp32 CPU, {torch.get_num_threads()} threads"
     sampling, samples = compare(model, tokenizer, args, label)
-    report = {"model": Path(model_dir).name, "device": device, "threads": torch.get_num_threads(),
-              "prompts": args.num_prompts, "samples_per_prompt": args.num_return_sequences,
-              "max_new_tokens": args.max_new_tokens, **sampling}  # fmt: skip
+    report = {
+        "model": Path(model_dir).name,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "prompts": args.num_prompts,
+        "samples_per_prompt": args.num_return_sequences,
+        "max_new_tokens": args.max_new_tokens,
+        **sampling,
+    }
     del model
     if args.dpo:
         report.update(dpo_step(model_dir, samples, tokenizer, args, device="cpu"))

@@ -10,9 +10,30 @@ from helpers import load_script, run_script, save_tiny_model, write_jsonl
 OURS = "DPO/ours.py"
 CATEGORIES = ["chat", "code", "math", "safety"]
 # Small everything: 8 new tokens, LoRA r 4, two optimizer steps, a checkpoint after each.
-SMOKE = ["--max_new_tokens", "8", "--max_steps", "2", "--per_device_train_batch_size", "2",
-         "--per_device_eval_batch_size", "2", "--lora_r", "4", "--lora_alpha", "8", "--save_steps", "1",
-         "--logging_steps", "1", "--warmup_ratio", "0", "--learning_rate", "5e-3", "--log_level", "warning"]  # fmt: skip
+SMOKE = [
+    "--max_new_tokens",
+    "8",
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--per_device_eval_batch_size",
+    "2",
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+    "--save_steps",
+    "1",
+    "--logging_steps",
+    "1",
+    "--warmup_ratio",
+    "0",
+    "--learning_rate",
+    "5e-3",
+    "--log_level",
+    "warning",
+]
 # Tests that assert exact equality of samples or scores across batchings, resumes or processes run in float32 on
 # the CPU whatever the host: in bf16/fp16, or on a GPU, a row's logits depend on its batch by rounding
 # (docs/precision.md), and --dtype auto is bf16 on a GPU.
@@ -20,8 +41,10 @@ EXACT = ["--dtype", "float32", "--device", "cpu"]
 
 
 def prompt_rows(n=10):
-    return [{"id": f"p{i}", "instruction": f"What is {i} plus {i}? Answer Yes/No.", "category": CATEGORIES[i % 4]}
-            for i in range(n)]  # fmt: skip
+    return [
+        {"id": f"p{i}", "instruction": f"What is {i} plus {i}? Answer Yes/No.", "category": CATEGORIES[i % 4]}
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -43,8 +66,17 @@ def last_error_line(capsys):
     return err.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("script", [OURS, "DPO/self_reward.py", "DPO/sample_responses.py", "DPO/merge_peft.py",
-                                    "DPO/Evals/create_subset.py", "DPO/Evals/sample_mmlu.py"])  # fmt: skip
+@pytest.mark.parametrize(
+    "script",
+    [
+        OURS,
+        "DPO/self_reward.py",
+        "DPO/sample_responses.py",
+        "DPO/merge_peft.py",
+        "DPO/Evals/create_subset.py",
+        "DPO/Evals/sample_mmlu.py",
+    ],
+)
 def test_help(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_script(script).parse_args(["--help"])
@@ -58,18 +90,55 @@ def test_the_papers_command_end_to_end(tiny_model_dir, prompts_file, tmp_path, m
     uploads = []
     monkeypatch.setattr(hub, "push_folder", lambda folder, repo, **kw: uploads.append((str(folder), repo)))
     paths = {name: tmp_path / f"{name}.json" for name in ("train", "test", "mapped")}
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_id", "argilla/ultrafeedback-binarized-preferences-cleaned",
-            "--num_train_epochs", "1", "--learning_rate", "5e-3", "--dpo_beta", "0.05", "--output_dir", str(tmp_path),
-            "--run_name", "paper", "--merge_adapters", "--push_to_hub", "--hub_repo_id", "someone/ipo-tiny",
-            "--wandb_project", "ipo-test", "--dataset_name", str(prompts_file), "--split_name", "split_1",
-            "--train_path", str(paths["train"]), "--test_path", str(paths["test"]), "--mapped_path", str(paths["mapped"]),
-            "--test_fraction", "0.2", *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_id",
+        "argilla/ultrafeedback-binarized-preferences-cleaned",
+        "--num_train_epochs",
+        "1",
+        "--learning_rate",
+        "5e-3",
+        "--dpo_beta",
+        "0.05",
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "paper",
+        "--merge_adapters",
+        "--push_to_hub",
+        "--hub_repo_id",
+        "someone/ipo-tiny",
+        "--wandb_project",
+        "ipo-test",
+        "--dataset_name",
+        str(prompts_file),
+        "--split_name",
+        "split_1",
+        "--train_path",
+        str(paths["train"]),
+        "--test_path",
+        str(paths["test"]),
+        "--mapped_path",
+        str(paths["mapped"]),
+        "--test_fraction",
+        "0.2",
+        *SMOKE,
+    ]
     assert run_script(OURS, argv) == 0
     run = tmp_path / "paper"
     round_dir = run / "round_1"
-    for name in ("responses.jsonl", "scored.jsonl", "pairs.jsonl", "dpo_config.json", "metrics.json",
-                 "adapter/adapter_config.json", "adapter/tokenizer_config.json", "merged/config.json",
-                 "merged/tokenizer_config.json"):  # fmt: skip
+    for name in (
+        "responses.jsonl",
+        "scored.jsonl",
+        "pairs.jsonl",
+        "dpo_config.json",
+        "metrics.json",
+        "adapter/adapter_config.json",
+        "adapter/tokenizer_config.json",
+        "merged/config.json",
+        "merged/tokenizer_config.json",
+    ):
         assert (round_dir / name).is_file(), name
     for name in ("config.json", "metrics.json", "results.md"):
         assert (run / name).is_file(), name
@@ -95,9 +164,15 @@ def test_the_papers_command_end_to_end(tiny_model_dir, prompts_file, tmp_path, m
     assert len(json.loads(paths["mapped"].read_text())) == 10
     metrics = json.loads((run / "metrics.json").read_text())
     round_metrics = metrics["rounds"][0]
-    assert round_metrics["pairs"] == {"n_prompts": 10, "n_pairs": 10, "n_train": 8, "n_test": 2, "dropped": {},
-                                      "kept_degenerate": round_metrics["pairs"]["kept_degenerate"],
-                                      "n_unscored_responses": 0}  # fmt: skip
+    assert round_metrics["pairs"] == {
+        "n_prompts": 10,
+        "n_pairs": 10,
+        "n_train": 8,
+        "n_test": 2,
+        "dropped": {},
+        "kept_degenerate": round_metrics["pairs"]["kept_degenerate"],
+        "n_unscored_responses": 0,
+    }
     assert round_metrics["training"]["n_train"] == 8 and "eval_loss" in round_metrics["training"]
     # --merge_adapters merged; --push_to_hub uploaded the merged model, once
     assert metrics["final_model"] == str(round_dir / "merged")
@@ -114,8 +189,19 @@ def test_nothing_is_uploaded_without_push_to_hub(tiny_model_dir, prompts_file, t
 
     monkeypatch.setattr(hub, "push_folder", refuse)
     monkeypatch.setattr(hub, "push_records", refuse)
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--prompt_format", "chat", "--merge_adapters", "--judge_after", *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--prompt_format",
+        "chat",
+        "--merge_adapters",
+        "--judge_after",
+        *SMOKE,
+    ]
     assert run_script(OURS, argv) == 0
     run = tmp_path / f"dpo-{tiny_model_dir.name}-chat"
     round_metrics = json.loads((run / "round_1" / "metrics.json").read_text())
@@ -127,8 +213,17 @@ def test_nothing_is_uploaded_without_push_to_hub(tiny_model_dir, prompts_file, t
 
 
 def test_just_sample_then_train_resumes_the_same_run(tiny_model_dir, prompts_file, tmp_path):
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--run_name", "two_steps", *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "two_steps",
+        *SMOKE,
+    ]
     assert run_script(OURS, [*argv, "--just_sample"]) == 0
     round_dir = tmp_path / "two_steps" / "round_1"
     assert (round_dir / "pairs.jsonl").is_file() and not (round_dir / "adapter").exists()
@@ -142,12 +237,30 @@ def test_just_sample_then_train_resumes_the_same_run(tiny_model_dir, prompts_fil
 
 
 def test_every_stage_resumes_what_is_missing(tiny_model_dir, prompts_file, tmp_path):
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--run_name", "r", "--prompt_format", "chat", "--merge_adapters", "--sample_batch_size", "3",
-            *EXACT, *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--prompt_format",
+        "chat",
+        "--merge_adapters",
+        "--sample_batch_size",
+        "3",
+        *EXACT,
+        *SMOKE,
+    ]
     assert run_script(OURS, argv) == 0
     rd = tmp_path / "r" / "round_1"
-    responses, scored, pairs = by_id(rd / "responses.jsonl"), by_id(rd / "scored.jsonl"), (rd / "pairs.jsonl").read_text()
+    responses, scored, pairs = (
+        by_id(rd / "responses.jsonl"),
+        by_id(rd / "scored.jsonl"),
+        (rd / "pairs.jsonl").read_text(),
+    )
     adapter = (rd / "adapter" / "adapter_model.safetensors").read_bytes()
     # A kill leaves: 4 sampled prompts and half a line, 2 scored prompts, no pairs, checkpoint-1 only, no merge.
     lines = (rd / "responses.jsonl").read_text().splitlines(keepends=True)
@@ -179,8 +292,21 @@ def test_every_stage_resumes_what_is_missing(tiny_model_dir, prompts_file, tmp_p
 
 
 def test_two_rounds(tiny_model_dir, prompts_file, tmp_path):
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--run_name", "r", "--rounds", "2", "--test_fraction", "0", *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        "--rounds",
+        "2",
+        "--test_fraction",
+        "0",
+        *SMOKE,
+    ]
     assert run_script(OURS, argv) == 0
     run = tmp_path / "r"
     round_1, round_2 = run / "round_1", run / "round_2"
@@ -209,13 +335,44 @@ def test_two_processes_shard_the_prompts_and_write_once(tiny_model_dir, prompts_
 
     from helpers import REPO
 
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--prompt_format", "chat", "--merge_adapters", "--sample_batch_size", "3", *EXACT, *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--prompt_format",
+        "chat",
+        "--merge_adapters",
+        "--sample_batch_size",
+        "3",
+        *EXACT,
+        *SMOKE,
+    ]
     assert run_script(OURS, [*argv, "--run_name", "one", "--per_device_train_batch_size", "2"]) == 0
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(REPO / OURS), *argv, "--run_name", "two", "--per_device_train_batch_size", "1"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / OURS),
+            *argv,
+            "--run_name",
+            "two",
+            "--per_device_train_batch_size",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = tmp_path / "one" / "round_1", tmp_path / "two" / "round_1"
     for name in ("responses.jsonl", "scored.jsonl", "pairs.jsonl"):
@@ -227,8 +384,9 @@ def test_two_processes_shard_the_prompts_and_write_once(tiny_model_dir, prompts_
     for pid, record in scored_one.items():
         assert scored_two[pid]["p_yes"] == pytest.approx(record["p_yes"], abs=1e-5)
     pairs_one, pairs_two = by_id(one / "pairs.jsonl"), by_id(two / "pairs.jsonl")
-    assert {pid: (p["chosen"], p["rejected"], p["split"]) for pid, p in pairs_one.items()} == \
-        {pid: (p["chosen"], p["rejected"], p["split"]) for pid, p in pairs_two.items()}
+    assert {pid: (p["chosen"], p["rejected"], p["split"]) for pid, p in pairs_one.items()} == {
+        pid: (p["chosen"], p["rejected"], p["split"]) for pid, p in pairs_two.items()
+    }
     from safetensors.torch import load_file
 
     adapter_one, adapter_two = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (one, two))
@@ -241,10 +399,21 @@ def test_two_processes_shard_the_prompts_and_write_once(tiny_model_dir, prompts_
 
 
 def test_sample_responses_matches_round_one(tiny_model_dir, prompts_file, tmp_path):
-    base = ["--dataset_name", str(prompts_file), "--output_dir", str(tmp_path), "--max_new_tokens", "8",
-            "--log_level", "warning", *EXACT]  # fmt: skip
+    base = [
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--max_new_tokens",
+        "8",
+        "--log_level",
+        "warning",
+        *EXACT,
+    ]
     assert run_script("DPO/sample_responses.py", ["--model_name", str(tiny_model_dir), "--run_name", "s", *base]) == 0
-    assert run_script(OURS, ["--model_id", str(tiny_model_dir), "--run_name", "o", "--stop_after", "sample", *base]) == 0
+    assert (
+        run_script(OURS, ["--model_id", str(tiny_model_dir), "--run_name", "o", "--stop_after", "sample", *base]) == 0
+    )
     alone, in_loop = by_id(tmp_path / "s" / "responses.jsonl"), by_id(tmp_path / "o" / "round_1" / "responses.jsonl")
     assert alone == in_loop and len(alone) == 10
     assert not (tmp_path / "o" / "round_1" / "scored.jsonl").exists()
@@ -253,10 +422,13 @@ def test_sample_responses_matches_round_one(tiny_model_dir, prompts_file, tmp_pa
 # ---------------------------------------------------------------------------------------------------
 # Bad input: one line, non-zero exit, nothing else touched
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("rows, message", [
-    ([{"prompt": "q", "category": "chat"}], "has no column 'instruction'"),
-    ([], "no prompts"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"prompt": "q", "category": "chat"}], "has no column 'instruction'"),
+        ([], "no prompts"),
+    ],
+)
 def test_bad_prompt_files(tiny_model_dir, tmp_path, capsys, rows, message):
     path = write_jsonl(tmp_path / "prompts.jsonl", rows)
     argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(path), "--output_dir", str(tmp_path / "out")]
@@ -268,16 +440,38 @@ def test_bad_prompt_files(tiny_model_dir, tmp_path, capsys, rows, message):
 
 def test_rounds_zero(tiny_model_dir, prompts_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_script(OURS, ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--rounds", "0",
-                          "--output_dir", str(tmp_path / "out")])  # fmt: skip
+        run_script(
+            OURS,
+            [
+                "--model_id",
+                str(tiny_model_dir),
+                "--dataset_name",
+                str(prompts_file),
+                "--rounds",
+                "0",
+                "--output_dir",
+                str(tmp_path / "out"),
+            ],
+        )
     assert exit_info.value.code == 2 and "--rounds must be positive" in last_error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
 def test_test_path_equal_to_train_path_is_refused(tiny_model_dir, prompts_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run_script(OURS, ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file),
-                          "--train_path", "a.json", "--test_path", "./a.json"])  # fmt: skip
+        run_script(
+            OURS,
+            [
+                "--model_id",
+                str(tiny_model_dir),
+                "--dataset_name",
+                str(prompts_file),
+                "--train_path",
+                "a.json",
+                "--test_path",
+                "./a.json",
+            ],
+        )
     assert "evaluation would run on the training pairs" in last_error_line(capsys)
 
 
@@ -291,8 +485,17 @@ def test_a_model_that_cannot_generate(prompts_file, tmp_path, capsys):
 def test_a_later_failure_leaves_earlier_files_intact(tiny_model_dir, prompts_file, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    argv = ["--model_id", str(model), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--run_name", "r", *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(model),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "r",
+        *SMOKE,
+    ]
     assert run_script(OURS, [*argv, "--just_sample"]) == 0
     rd = tmp_path / "r" / "round_1"
     before = {name: (rd / name).read_bytes() for name in ("responses.jsonl", "scored.jsonl", "pairs.jsonl")}
@@ -308,9 +511,15 @@ def test_merge_peft(tiny_model_dir, tmp_path, capsys):
     from ipo.training.options import TrainingOptions
 
     pairs = [{"prompt": f"[INST] q{i} [/INST]", "chosen": "Yes", "rejected": "No"} for i in range(4)]
-    adapter = train_dpo(str(tiny_model_dir), pairs, TrainingOptions(max_steps=1, per_device_train_batch_size=2,
-                        lora_r=4, lora_alpha=8, learning_rate=1e-2, warmup_ratio=0.0), tmp_path / "run",
-                        device="cpu").adapter_dir  # fmt: skip
+    adapter = train_dpo(
+        str(tiny_model_dir),
+        pairs,
+        TrainingOptions(
+            max_steps=1, per_device_train_batch_size=2, lora_r=4, lora_alpha=8, learning_rate=1e-2, warmup_ratio=0.0
+        ),
+        tmp_path / "run",
+        device="cpu",
+    ).adapter_dir
     assert run_script("DPO/merge_peft.py", ["--model_dir", str(adapter), "--mode", "merge", "--save"]) == 0
     merged = tmp_path / "run" / "adapter-merged"
     assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
@@ -331,11 +540,15 @@ def test_merge_peft(tiny_model_dir, tmp_path, capsys):
 # Evals
 # ---------------------------------------------------------------------------------------------------
 MMLU_ROWS = [
-    {"question": "What is the capital of France?", "choices": ["Paris", "London", "Berlin", "Rome"], "answer": 0,
-     "subject": "geography"},
+    {
+        "question": "What is the capital of France?",
+        "choices": ["Paris", "London", "Berlin", "Rome"],
+        "answer": 0,
+        "subject": "geography",
+    },
     {"question": "2 + 2 = ?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "math"},
     {"question": "Which is a mammal?", "choices": ["Shark", "Trout", "Whale", "Eel"], "answer": "C", "subject": "bio"},
-]  # fmt: skip
+]
 
 
 def test_create_subset_is_seeded(tmp_path, capsys):
@@ -343,16 +556,37 @@ def test_create_subset_is_seeded(tmp_path, capsys):
     source = write_jsonl(tmp_path / "all.jsonl", rows)
 
     def subset(seed, out):
-        assert run_script("DPO/Evals/create_subset.py", ["--dataset_name", str(source), "--num_samples", "5",
-                                                         "--seed", str(seed), "--output", str(tmp_path / out)]) == 0
+        assert (
+            run_script(
+                "DPO/Evals/create_subset.py",
+                [
+                    "--dataset_name",
+                    str(source),
+                    "--num_samples",
+                    "5",
+                    "--seed",
+                    str(seed),
+                    "--output",
+                    str(tmp_path / out),
+                ],
+            )
+            == 0
+        )
         return read_jsonl(tmp_path / out)
 
     first, again, other = subset(1, "a.jsonl"), subset(1, "b.jsonl"), subset(2, "c.jsonl")
     assert first == again and first != other and len(first) == 5
-    assert all(r["source_config"] == "default" and r in [{**x, "source_config": "default"} for x in rows] for r in first)
+    assert all(
+        r["source_config"] == "default" and r in [{**x, "source_config": "default"} for x in rows] for r in first
+    )
     assert len({r["question"] for r in first}) == 5
-    assert run_script("DPO/Evals/create_subset.py", ["--dataset_name", str(source), "--num_samples", "31",
-                                                     "--output", str(tmp_path / "d.jsonl")]) == 1  # fmt: skip
+    assert (
+        run_script(
+            "DPO/Evals/create_subset.py",
+            ["--dataset_name", str(source), "--num_samples", "31", "--output", str(tmp_path / "d.jsonl")],
+        )
+        == 1
+    )
     assert "more than the 30 rows" in last_error_line(capsys) and not (tmp_path / "d.jsonl").exists()
 
 
@@ -360,19 +594,36 @@ def test_sample_mmlu_generates_and_grades(tiny_model_dir, tmp_path, monkeypatch)
     from ipo.selfimprove import sampling
 
     source = write_jsonl(tmp_path / "mmlu.jsonl", MMLU_ROWS)
-    argv = ["--model_name", str(tiny_model_dir), "--dataset_name", str(source), "--output_dir", str(tmp_path),
-            "--run_name", "m", "--max_new_tokens", "6", "--log_level", "warning"]  # fmt: skip
+    argv = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(source),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "m",
+        "--max_new_tokens",
+        "6",
+        "--log_level",
+        "warning",
+    ]
     assert run_script("DPO/Evals/sample_mmlu.py", argv) == 0
     run = tmp_path / "m"
     predictions = read_jsonl(run / "predictions.jsonl")
     assert [p["answer"] for p in predictions] == [0, 1, 2]
     assert predictions[0]["formatted_input"].startswith("[INST] Answer the following multiple-choice question")
-    assert predictions[0]["formatted_input"].endswith("### Instruction: Choose the correct answer from the given options. [/INST]")
+    assert predictions[0]["formatted_input"].endswith(
+        "### Instruction: Choose the correct answer from the given options. [/INST]"
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n"] == 3 and metrics["accuracy"] == sum(p["correct"] for p in predictions) / 3
     # grading on known answers: a model that answers "2. ..." gets exactly the second question right
-    monkeypatch.setattr(sampling.Sampler, "_generate", lambda self, prompts: [
-        sampling.Sample(pid, ["2. that one"], [3], [True]) for pid, _ in prompts])  # fmt: skip
+    monkeypatch.setattr(
+        sampling.Sampler,
+        "_generate",
+        lambda self, prompts: [sampling.Sample(pid, ["2. that one"], [3], [True]) for pid, _ in prompts],
+    )
     assert run_script("DPO/Evals/sample_mmlu.py", [*argv, "--run_name", "fixed"]) == 0
     fixed = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
     assert fixed["accuracy"] == pytest.approx(1 / 3) and fixed["parsed"] == 1.0
@@ -381,8 +632,25 @@ def test_sample_mmlu_generates_and_grades(tiny_model_dir, tmp_path, monkeypatch)
 
 def test_bench_sampling_smoke(tiny_model_dir, capsys):
     bench = load_script("benchmarks/bench_sampling.py")
-    assert bench.main(["--model", str(tiny_model_dir), "--num_prompts", "2", "--num_return_sequences", "2",
-                       "--max_new_tokens", "4", "--lora_r", "4", "--dpo_batch_size", "1"]) == 0
+    assert (
+        bench.main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--num_prompts",
+                "2",
+                "--num_return_sequences",
+                "2",
+                "--max_new_tokens",
+                "4",
+                "--lora_r",
+                "4",
+                "--dpo_batch_size",
+                "1",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("upstream_tokens_per_s", "batched_tokens_per_s", "ratio", "dpo_step_s", "dpo_peak_memory_mb"):
         assert report[key] > 0, key

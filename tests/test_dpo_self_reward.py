@@ -26,8 +26,9 @@ UNREADABLE = " I cannot say."
 @pytest.fixture
 def prompts_file(tmp_path):
     # No category column: the 5-point judge asks the same question whatever the category.
-    return write_jsonl(tmp_path / "prompts.jsonl", [{k: v for k, v in r.items() if k != "category"}
-                                                    for r in prompt_rows()])  # fmt: skip
+    return write_jsonl(
+        tmp_path / "prompts.jsonl", [{k: v for k, v in r.items() if k != "category"} for r in prompt_rows()]
+    )
 
 
 def reply_for(response: str) -> str:
@@ -39,7 +40,7 @@ def reply_for(response: str) -> str:
 def judged_response(tokenizer, prompt_ids) -> str:
     text = tokenizer.decode(prompt_ids)
     start = text.rindex("<response>") + len("<response>")
-    return text[start:text.rindex("</response>")]
+    return text[start : text.rindex("</response>")]
 
 
 @pytest.fixture
@@ -53,8 +54,9 @@ def scripted_judge(monkeypatch):
             for ids in prompts:
                 response = judged_response(self.tokenizer, ids)
                 judged.append(response)
-                out.append(self.tokenizer(reply(response), add_special_tokens=False).input_ids
-                           + [self.tokenizer.eos_token_id])  # fmt: skip
+                out.append(
+                    self.tokenizer(reply(response), add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                )
             return out
 
         monkeypatch.setattr(SelfRewardScorer, "generate", generate)
@@ -97,8 +99,12 @@ def judge_records(tiny_model, scoring, rows):
     records = {}
     for batch in scorer.score(examples):
         for example, scores, extra in batch:
-            records[example.id] = {"id": example.id, "prompt": example.prompt, "responses": example.responses,
-                                   **spec.fields(scores, extra)}  # fmt: skip
+            records[example.id] = {
+                "id": example.id,
+                "prompt": example.prompt,
+                "responses": example.responses,
+                **spec.fields(scores, extra),
+            }
     return spec, [records[r["id"]] for r in rows]
 
 
@@ -110,7 +116,7 @@ def tie_rows():
     scores = {r: reply_for(r) for r in RESPONSES}
     rows = []
     for k in range(8):
-        responses = RESPONSES[5 * k:5 * k + 5]
+        responses = RESPONSES[5 * k : 5 * k + 5]
         rows.append({"id": f"q{k}", "prompt": f"Question {k}: say something.", "responses": responses})
     assert any(UNREADABLE == scores[r] for r in RESPONSES) and len(set(scores.values())) == 4
     return rows
@@ -120,18 +126,22 @@ def test_upstream_pairs_reproduce_upstreams_sort(tiny_model, scripted_judge):
     scripted_judge()
     spec, records = judge_records(tiny_model, "upstream", tie_rows())
     assert (spec.tie_break, spec.judge_text_field) == ("judge_text", "upstream_sort_text")
-    pairs, dropped = build_pairs(records, spec.score_field, spec.tie_break, drop_degenerate=False, seed=0,
-                                 judge_text_field=spec.judge_text_field)  # fmt: skip
+    pairs, dropped = build_pairs(
+        records, spec.score_field, spec.tie_break, drop_degenerate=False, seed=0, judge_text_field=spec.judge_text_field
+    )
     assert len(pairs) == len(records) and not dropped  # upstream keeps every pair; an unreadable reply is a 0
     decided_by_text = 0
     for record, pair in zip(records, pairs):
-        assert record["score"] == [parse_score_upstream(render_upstream(record["prompt"], r) + reply_for(r))
-                                   for r in record["responses"]]  # fmt: skip
+        assert record["score"] == [
+            parse_score_upstream(render_upstream(record["prompt"], r) + reply_for(r)) for r in record["responses"]
+        ]
         assert record["parse_failed"] == [reply_for(r) == UNREADABLE for r in record["responses"]]
         expected = upstream_choice(record["prompt"], record["responses"], record["score"], record["judge_text"])
         assert (pair["chosen_index"], pair["rejected_index"]) == expected
-        generation_order = (record["score"].index(max(record["score"])),
-                            len(record["score"]) - 1 - record["score"][::-1].index(min(record["score"])))  # fmt: skip
+        generation_order = (
+            record["score"].index(max(record["score"])),
+            len(record["score"]) - 1 - record["score"][::-1].index(min(record["score"])),
+        )
         decided_by_text += expected != generation_order
     assert decided_by_text  # the fixture has ties that the judge text, not the sample order, decides
 
@@ -148,6 +158,7 @@ def test_chat_pairs_skip_unreadable_scores_and_draw_ties_with_the_seed(tiny_mode
         scores = [s for s in pair["scores"] if s is not None]
         assert pair["score_chosen"] == max(scores) > pair["score_rejected"] == min(scores)
     assert (pairs, dropped) == build_pairs(records, "score", "random", drop_degenerate=True, seed=3)
+
     # Over seeds, every tied best response is drawn as chosen (no positional preference).
     def tied_best(record):
         readable = [s for s in record["score"] if s is not None]
@@ -179,13 +190,17 @@ def test_upstream_sampler_cuts_responses_at_a_literal_eot_marker(tiny_model, tmp
 
     class FixedSampler:
         def sample(self, encoded):
-            yield [Sample(pid, ["Paris. <|eot_id|> Extra text", "  Lyon  ", "<|eot_id|>"], [5, 2, 1], [True] * 3)
-                   for pid, _ in encoded]  # fmt: skip
+            yield [
+                Sample(pid, ["Paris. <|eot_id|> Extra text", "  Lyon  ", "<|eot_id|>"], [5, 2, 1], [True] * 3)
+                for pid, _ in encoded
+            ]
 
     _, tokenizer = tiny_model
     prompts = [Prompt("a", "Name a French city.", "")]
-    for cut_at, expected in [("<|eot_id|>", ["Paris.", "  Lyon  ", ""]),
-                             (None, ["Paris. <|eot_id|> Extra text", "  Lyon  ", "<|eot_id|>"])]:  # fmt: skip
+    for cut_at, expected in [
+        ("<|eot_id|>", ["Paris.", "  Lyon  ", ""]),
+        (None, ["Paris. <|eot_id|> Extra text", "  Lyon  ", "<|eot_id|>"]),
+    ]:
         log = RecordLog(tmp_path / f"{cut_at is None}.jsonl")
         sample_into_log(FixedSampler(), tokenizer, prompts, log, "upstream", cut_at=cut_at)
         assert [r["responses"] for r in log.ordered(["a"])] == [expected]
@@ -218,16 +233,33 @@ def test_ours_judge_uses_the_judges_default_token_budget(tiny_model):
 
 def test_upstream_mode_end_to_end_with_the_tiny_models_own_judgements(tiny_model_dir, prompts_file, tmp_path):
     """The real chain: sample -> the model's own 5-point judgements -> pairs -> DPO -> merge."""
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--run_name", "real", "--merge_adapters", "--test_fraction", "0.2", *JUDGE_SMOKE, *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "real",
+        "--merge_adapters",
+        "--test_fraction",
+        "0.2",
+        *JUDGE_SMOKE,
+        *SMOKE,
+    ]
     assert run_script(SELF_REWARD, argv) == 0
     run, round_dir = tmp_path / "real", tmp_path / "real" / "round_1"
-    assert (round_dir / "adapter" / "adapter_config.json").is_file() and (round_dir / "merged" / "config.json").is_file()
+    assert (round_dir / "adapter" / "adapter_config.json").is_file() and (
+        round_dir / "merged" / "config.json"
+    ).is_file()
     scored = by_id(round_dir / "scored.jsonl")
     for record in scored.values():
         # upstream read the score from the decoded prompt + generation, 0 when nothing matched
-        assert record["score"] == [parse_score_upstream(render_upstream(record["prompt"], r) + t)
-                                   for r, t in zip(record["responses"], record["judge_text"])]  # fmt: skip
+        assert record["score"] == [
+            parse_score_upstream(render_upstream(record["prompt"], r) + t)
+            for r, t in zip(record["responses"], record["judge_text"])
+        ]
     pairs = read_jsonl(round_dir / "pairs.jsonl")
     assert len(pairs) == 10  # upstream mode keeps every pair, ties included
     metrics = json.loads((run / "metrics.json").read_text())["rounds"][0]
@@ -239,18 +271,34 @@ def test_upstream_mode_end_to_end_with_the_tiny_models_own_judgements(tiny_model
     assert "parse failures" in (run / "results.md").read_text()
 
 
-def test_chat_mode_counts_parse_failures_and_resumes_a_killed_judge(tiny_model_dir, prompts_file, tmp_path,
-                                                                  scripted_judge, monkeypatch):  # fmt: skip
+def test_chat_mode_counts_parse_failures_and_resumes_a_killed_judge(
+    tiny_model_dir, prompts_file, tmp_path, scripted_judge, monkeypatch
+):
     judged = scripted_judge()
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            "--prompt_format", "chat", "--test_fraction", "0.2", *JUDGE_SMOKE, *EXACT, *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        "--prompt_format",
+        "chat",
+        "--test_fraction",
+        "0.2",
+        *JUDGE_SMOKE,
+        *EXACT,
+        *SMOKE,
+    ]
     assert run_script(SELF_REWARD, [*argv, "--run_name", "whole"]) == 0
     whole = tmp_path / "whole" / "round_1"
     scored = by_id(whole / "scored.jsonl")
     assert len(judged) == 40
     n_unreadable = sum(reply_for(r) == UNREADABLE for s in scored.values() for r in s["responses"])
-    assert n_unreadable and all(s["score"] == [None if reply_for(r) == UNREADABLE else int(reply_for(r)[-1])
-                                               for r in s["responses"]] for s in scored.values())  # fmt: skip
+    assert n_unreadable and all(
+        s["score"] == [None if reply_for(r) == UNREADABLE else int(reply_for(r)[-1]) for r in s["responses"]]
+        for s in scored.values()
+    )
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["pairs"]["n_unscored_responses"] == metrics["judge"]["all"]["n_parse_failures"] == n_unreadable
     assert metrics["judge"]["all"]["n_unscored"] == n_unreadable
@@ -288,11 +336,20 @@ def test_chat_mode_counts_parse_failures_and_resumes_a_killed_judge(tiny_model_d
     assert (killed / "pairs.jsonl").read_bytes() == (whole / "pairs.jsonl").read_bytes()
 
 
-def test_no_readable_score_stops_with_one_line_and_keeps_the_judgements(tiny_model_dir, prompts_file, tmp_path,
-                                                                       scripted_judge, capsys):  # fmt: skip
+def test_no_readable_score_stops_with_one_line_and_keeps_the_judgements(
+    tiny_model_dir, prompts_file, tmp_path, scripted_judge, capsys
+):
     scripted_judge(lambda response: UNREADABLE)
-    argv = ["--model_id", str(tiny_model_dir), "--dataset_name", str(prompts_file), "--output_dir", str(tmp_path),
-            *JUDGE_SMOKE, *SMOKE]  # fmt: skip
+    argv = [
+        "--model_id",
+        str(tiny_model_dir),
+        "--dataset_name",
+        str(prompts_file),
+        "--output_dir",
+        str(tmp_path),
+        *JUDGE_SMOKE,
+        *SMOKE,
+    ]
     assert run_script(SELF_REWARD, [*argv, "--run_name", "mute", "--prompt_format", "chat"]) == 1
     line = last_error_line(capsys)
     assert line.startswith("error: no training pairs in round 1: 10 prompts, 0 pairs")
@@ -307,8 +364,10 @@ def test_no_readable_score_stops_with_one_line_and_keeps_the_judgements(tiny_mod
     assert run_script(SELF_REWARD, [*argv, "--run_name", "mute-upstream", "--prompt_format", "upstream"]) == 0
     round_dir = tmp_path / "mute-upstream" / "round_1"
     scored = read_jsonl(round_dir / "scored.jsonl")
-    assert all(r["score"] == [parse_score_upstream(render_upstream(r["prompt"], x) + UNREADABLE) for x in r["responses"]]
-               for r in scored)  # fmt: skip
+    assert all(
+        r["score"] == [parse_score_upstream(render_upstream(r["prompt"], x) + UNREADABLE) for x in r["responses"]]
+        for r in scored
+    )
     metrics = json.loads((round_dir / "metrics.json").read_text())
     assert metrics["pairs"]["n_pairs"] == 10 and metrics["pairs"]["dropped"] == {}
     assert metrics["judge"]["all"]["n_parse_failures"] == sum(s == 0 for r in scored for s in r["score"])

@@ -20,10 +20,16 @@ from ipo.selfimprove.sampling import (
     row_seed,
     sample_batch_tokens,
     stop_token_ids,
-)  # fmt: skip
+)
 
-INSTRUCTIONS = ["What is 2 plus 2?", "Hello, how are you today?", "Answer Yes/No: is the sky blue?",
-                "def add(a, b):", "The answer is 42.", "Review the user's question."]  # fmt: skip
+INSTRUCTIONS = [
+    "What is 2 plus 2?",
+    "Hello, how are you today?",
+    "Answer Yes/No: is the sky blue?",
+    "def add(a, b):",
+    "The answer is 42.",
+    "Review the user's question.",
+]
 
 
 class FakeTokenizer:
@@ -115,15 +121,21 @@ def test_samples_do_not_depend_on_batching(tiny_model):
 
 def test_greedy_matches_plain_generate_cut_by_token_ids(tiny_model):
     model, tokenizer = tiny_model
-    sampler = Sampler(model, tokenizer, SamplingSettings(num_return_sequences=2, temperature=0.0, max_new_tokens=10),
-                      batch_size=4)  # fmt: skip
+    sampler = Sampler(
+        model, tokenizer, SamplingSettings(num_return_sequences=2, temperature=0.0, max_new_tokens=10), batch_size=4
+    )
     prompts = [(i, encode_prompt(tokenizer, x, "upstream")) for i, x in enumerate(INSTRUCTIONS[:4])]
     samples = sample_all(sampler, prompts)
     for pid, ids in prompts:
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=10,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=sampler.stop_ids)  # fmt: skip
-        new, _ = cut_at_stop(out[0, len(ids):].tolist(), sampler.stop_ids)
+            out = model.generate(
+                torch.tensor([ids]),
+                do_sample=False,
+                max_new_tokens=10,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sampler.stop_ids,
+            )
+        new, _ = cut_at_stop(out[0, len(ids) :].tolist(), sampler.stop_ids)
         expected = tokenizer.decode(new, skip_special_tokens=True).strip()
         assert samples[pid].responses == [expected, expected] and samples[pid].n_tokens == [len(new)] * 2
     assert sampler.resolved()["greedy"] is True
@@ -174,8 +186,9 @@ def test_generation_config_processors_force_generate(tiny_model):
     model, tokenizer = tiny_model
     original = model.generation_config
     try:
-        model.generation_config = GenerationConfig(eos_token_id=original.eos_token_id, no_repeat_ngram_size=3,
-                                                   repetition_penalty=1.1)  # fmt: skip
+        model.generation_config = GenerationConfig(
+            eos_token_id=original.eos_token_id, no_repeat_ngram_size=3, repetition_penalty=1.1
+        )
         sampler = Sampler(model, tokenizer, SamplingSettings(max_new_tokens=4))
         assert sampler.generate_only == ["no_repeat_ngram_size"] and sampler.repetition_penalty == 1.1
         assert sampler.resolved()["decoding"].startswith("model.generate")
@@ -192,8 +205,9 @@ def per_row_gumbel(scores, generators):
     """The former gumbel_perturb: one torch.rand per row on the scores' device, then a scatter by index."""
     rows, cols = (scores > -torch.inf).nonzero(as_tuple=True)
     counts = torch.bincount(rows, minlength=scores.shape[0]).tolist()
-    uniform = torch.cat([torch.rand(c, generator=g, device=scores.device, dtype=torch.float32)
-                         for g, c in zip(generators, counts)])  # fmt: skip
+    uniform = torch.cat(
+        [torch.rand(c, generator=g, device=scores.device, dtype=torch.float32) for g, c in zip(generators, counts)]
+    )
     gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
     out = torch.full_like(scores, -torch.inf)
     out[rows, cols] = scores[rows, cols] + gumbel.to(scores.dtype)
@@ -240,8 +254,9 @@ def test_the_batch_budget_counts_the_key_value_cache():
     assert sample_batch_tokens(32 * 8 * 128 * 2 * 2) == MAX_SAMPLE_BATCH_TOKENS  # 8 GiB exactly
     assert sample_batch_tokens(512) == MAX_SAMPLE_BATCH_TOKENS  # small models keep the cap
     assert sample_batch_tokens(None) == MAX_SAMPLE_BATCH_TOKENS  # a config that does not say
-    gemma_like = LlamaConfig(hidden_size=2048, num_attention_heads=8, num_key_value_heads=1, head_dim=256,
-                             num_hidden_layers=18)  # fmt: skip
+    gemma_like = LlamaConfig(
+        hidden_size=2048, num_attention_heads=8, num_key_value_heads=1, head_dim=256, num_hidden_layers=18
+    )
     assert kv_cache_bytes_per_token(gemma_like, torch.bfloat16) == 18 * 1 * 256 * 2 * 2  # head_dim as configured
 
 
@@ -254,21 +269,33 @@ def test_the_sampler_batches_within_its_cache_budget(tiny_model):
     assert (resolved["max_batch_tokens"], resolved["kv_cache_bytes_per_token"]) == (MAX_SAMPLE_BATCH_TOKENS, per_token)
     prompts = [(f"p{i}", encode_prompt(tokenizer, x, "upstream")) for i, x in enumerate(INSTRUCTIONS)]
     longest = max(len(ids) for _, ids in prompts) + 6
-    small = Sampler(model, tokenizer, SamplingSettings(num_return_sequences=2, max_new_tokens=6), salt="b",
-                    kv_cache_bytes=per_token * 2 * longest)  # room for one prompt's 2 rows  # fmt: skip
+    small = Sampler(
+        model,
+        tokenizer,
+        SamplingSettings(num_return_sequences=2, max_new_tokens=6),
+        salt="b",
+        kv_cache_bytes=per_token * 2 * longest,
+    )  # room for one prompt's 2 rows
     assert small.max_batch_tokens == 2 * longest
     batches = list(small.sample(prompts))
     assert [len(b) for b in batches] == [1] * len(prompts)
-    assert {s.prompt_id: s.responses for b in batches for s in b} == \
-        {pid: s.responses for pid, s in sample_all(sampler, prompts).items()}
+    assert {s.prompt_id: s.responses for b in batches for s in b} == {
+        pid: s.responses for pid, s in sample_all(sampler, prompts).items()
+    }
     assert Sampler(model, tokenizer, SamplingSettings(), max_batch_tokens=100).max_batch_tokens == 100
 
 
-@pytest.mark.parametrize("settings, message", [
-    (SamplingSettings(top_p=2.0), "--top_p must be in"), (SamplingSettings(top_p=0.0), "--top_p must be in"),
-    (SamplingSettings(top_k=-1), "--top_k must be >= 0"), (SamplingSettings(temperature=-1.0), "--temperature"),
-    (SamplingSettings(temperature=math.nan), "--temperature"), (SamplingSettings(max_new_tokens=0), "at least one"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (SamplingSettings(top_p=2.0), "--top_p must be in"),
+        (SamplingSettings(top_p=0.0), "--top_p must be in"),
+        (SamplingSettings(top_k=-1), "--top_k must be >= 0"),
+        (SamplingSettings(temperature=-1.0), "--temperature"),
+        (SamplingSettings(temperature=math.nan), "--temperature"),
+        (SamplingSettings(max_new_tokens=0), "at least one"),
+    ],
+)
 def test_sampling_settings_are_checked(settings, message):
     with pytest.raises(IpoError, match=message):
         check_sampling_settings(settings)

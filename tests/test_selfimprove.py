@@ -26,19 +26,34 @@ from ipo.selfimprove.prompts_pool import judge_key, load_prompts
 # ---------------------------------------------------------------------------------------------------
 # Categories
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("category, key", [
-    ("chat", "chat"), ("Safety", "Safety"), ("Math", "Math"),
-    # upstream's keys are case-sensitive and everything else falls back to the coding prompt
-    ("safety", "General"), ("math", "General"), ("Chat", "General"), ("code", "General"), ("poetry", "General"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "category, key",
+    [
+        ("chat", "chat"),
+        ("Safety", "Safety"),
+        ("Math", "Math"),
+        # upstream's keys are case-sensitive and everything else falls back to the coding prompt
+        ("safety", "General"),
+        ("math", "General"),
+        ("Chat", "General"),
+        ("code", "General"),
+        ("poetry", "General"),
+    ],
+)
 def test_upstream_category_keys(category, key):
     assert judge_key(category, "upstream") == key
 
 
-@pytest.mark.parametrize("category, prompt", [
-    ("chat", DPO_CHAT_PROMPT), ("Chat", DPO_CHAT_PROMPT), (" SAFETY ", SAFE_RESPONSE_PROMPT),
-    ("Math", MATH_PROMPT), ("code", CODE_PROMPT),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "category, prompt",
+    [
+        ("chat", DPO_CHAT_PROMPT),
+        ("Chat", DPO_CHAT_PROMPT),
+        (" SAFETY ", SAFE_RESPONSE_PROMPT),
+        ("Math", MATH_PROMPT),
+        ("code", CODE_PROMPT),
+    ],
+)
 def test_chat_mode_normalises_categories(category, prompt):
     assert DPO_CATEGORY_PROMPTS[judge_key(category, "chat")] == prompt
 
@@ -55,20 +70,25 @@ def test_load_prompts(tmp_path, caplog):
     rows = [{"instruction": f"q{i}", "category": c} for i, c in enumerate(["chat", "Math", "poetry", "code"])]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     prompts = load_prompts(str(path), None, "upstream")
-    assert [(p.id, p.instruction, p.category) for p in prompts] == [(i, f"q{i}", r["category"]) for i, r in enumerate(rows)]
+    assert [(p.id, p.instruction, p.category) for p in prompts] == [
+        (i, f"q{i}", r["category"]) for i, r in enumerate(rows)
+    ]
     assert "poetry" in caplog.text and "code" in caplog.text  # upstream mode warns about the fallback
     assert len(load_prompts(str(path), None, "upstream", max_prompts=2)) == 2
     with pytest.raises(IpoError, match=r"row id 2: unknown category 'poetry'"):
         load_prompts(str(path), None, "chat")
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"prompt": "q", "category": "chat"}], "has no column 'instruction'"),
-    ([{"instruction": "q"}], "has no column 'category'"),
-    ([{"instruction": "  ", "category": "chat"}], "empty instruction"),
-    ([{"instruction": 3, "category": "chat"}], "must be text"),
-    ([], "empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"prompt": "q", "category": "chat"}], "has no column 'instruction'"),
+        ([{"instruction": "q"}], "has no column 'category'"),
+        ([{"instruction": "  ", "category": "chat"}], "empty instruction"),
+        ([{"instruction": 3, "category": "chat"}], "must be text"),
+        ([], "empty"),
+    ],
+)
 def test_bad_prompt_files(tmp_path, rows, message):
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(IpoError, match=message):
@@ -139,9 +159,11 @@ def test_non_finite_scores_never_rank(tmp_path):
     from ipo.selfimprove.loop import RoundDir, select_pairs
 
     nan, inf = float("nan"), float("inf")
-    scored = [scored_record("a", ["r0", "r1", "r2", "r3"], [0.2, nan, 0.9, 0.1]),
-              scored_record("b", ["x", "y", "z"], [nan, 0.5, inf]),  # one finite score left: no pair
-              scored_record("c", ["u", "v"], [-inf, 0.4])]  # fmt: skip
+    scored = [
+        scored_record("a", ["r0", "r1", "r2", "r3"], [0.2, nan, 0.9, 0.1]),
+        scored_record("b", ["x", "y", "z"], [nan, 0.5, inf]),  # one finite score left: no pair
+        scored_record("c", ["u", "v"], [-inf, 0.4]),
+    ]
     for tie_break in ("generation_order", "random"):
         pairs, dropped = build_pairs(scored, "p_yes", tie_break, drop_degenerate=False, seed=0)
         assert [(p["id"], p["chosen_index"], p["rejected_index"]) for p in pairs] == [("a", 2, 3)]
@@ -149,8 +171,9 @@ def test_non_finite_scores_never_rank(tmp_path):
     assert count_non_finite(scored, "p_yes") == 4
     with pytest.raises(ValueError, match="non-finite"):
         rank_responses([0.3, nan, 0.1])
-    pairs, stats = select_pairs(RoundDir(tmp_path, 1), scored, yes_no_judge_spec("upstream", "upstream"), "upstream",
-                                0, set())  # fmt: skip
+    pairs, stats = select_pairs(
+        RoundDir(tmp_path, 1), scored, yes_no_judge_spec("upstream", "upstream"), "upstream", 0, set()
+    )
     assert stats["n_non_finite_scores"] == 4 and stats["dropped"] == {"too_few_scored": 2} and len(pairs) == 1
     assert "n_non_finite_scores" not in pair_stats(pairs, Counter(), 1)  # only where there are some
     summary = judge_summary(scored, "p_yes", set())["all"]
@@ -171,12 +194,21 @@ def test_held_out_split_is_seeded_and_never_everything():
 # ---------------------------------------------------------------------------------------------------
 # Records and exported files
 # ---------------------------------------------------------------------------------------------------
-PAIR = {"id": 1, "prompt": "  What is 2+2? ", "chosen": " It is 4.<|eot_id|>junk", "rejected": "Five.", "split": "train"}
+PAIR = {
+    "id": 1,
+    "prompt": "  What is 2+2? ",
+    "chosen": " It is 4.<|eot_id|>junk",
+    "rejected": "Five.",
+    "split": "train",
+}
 
 
 def test_upstream_dpo_record():
     assert dpo_record(PAIR, "upstream") == {
-        "prompt": "[INST] What is 2+2? [/INST]", "chosen": "It is 4.<|eot_id|>", "rejected": "Five.<|eot_id|>"}
+        "prompt": "[INST] What is 2+2? [/INST]",
+        "chosen": "It is 4.<|eot_id|>",
+        "rejected": "Five.<|eot_id|>",
+    }
 
 
 def test_chat_dpo_record_is_conversational():
@@ -187,8 +219,10 @@ def test_chat_dpo_record_is_conversational():
 
 
 def test_mapped_record_keeps_upstreams_spacing():
-    assert mapped_record(PAIR) == {"chosen": f"Assistant: {PAIR['prompt']}\n Response:{PAIR['chosen']}",
-                                   "rejected": f"Assistant:{PAIR['prompt']}\n Response:Five."}  # fmt: skip
+    assert mapped_record(PAIR) == {
+        "chosen": f"Assistant: {PAIR['prompt']}\n Response:{PAIR['chosen']}",
+        "rejected": f"Assistant:{PAIR['prompt']}\n Response:Five.",
+    }
 
 
 def test_export_pairs_keeps_test_apart(tmp_path):
@@ -211,8 +245,13 @@ def test_training_sees_the_prompt_the_sampler_used(tiny_model_dir, tmp_path, pro
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     pair = {"prompt": "What is 2 plus 2?", "chosen": "The answer is 4.", "rejected": "No"}
-    trainer, _, _ = build_trainer(str(tiny_model_dir), [dpo_record(pair, prompt_format)],
-                                  TrainingOptions(lora_r=4, lora_alpha=8), tmp_path, device="cpu")  # fmt: skip
+    trainer, _, _ = build_trainer(
+        str(tiny_model_dir),
+        [dpo_record(pair, prompt_format)],
+        TrainingOptions(lora_r=4, lora_alpha=8),
+        tmp_path,
+        device="cpu",
+    )
     row = trainer.train_dataset[0]
     if prompt_format == "chat":
         assert row["prompt_ids"] == encode_prompt(tokenizer, pair["prompt"], "chat")

@@ -31,7 +31,7 @@ BAD_FLAGS = [
     (["--load_in_4bit", "--no_lora"], "drop --no_lora"),
     (["--max_new_tokens", "0"], "--max_new_tokens must be positive"),
     (["--test_fraction", "1"], "--test_fraction must be in [0, 1)"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture
@@ -53,14 +53,26 @@ def no_model_loads(monkeypatch):
 
 
 def argv_for(model, prompts, out, *extra):
-    return ["--model_id", str(model), "--dataset_name", str(prompts), "--output_dir", str(out), "--run_name", "r",
-            *SMOKE, *EXACT, *extra]  # fmt: skip
+    return [
+        "--model_id",
+        str(model),
+        "--dataset_name",
+        str(prompts),
+        "--output_dir",
+        str(out),
+        "--run_name",
+        "r",
+        *SMOKE,
+        *EXACT,
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("flags, message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
-def test_bad_flags_stop_before_anything_loads(script, flags, message, tiny_model_dir, prompts_file, tmp_path, capsys,
-                                              no_model_loads):  # fmt: skip
+def test_bad_flags_stop_before_anything_loads(
+    script, flags, message, tiny_model_dir, prompts_file, tmp_path, capsys, no_model_loads
+):
     with pytest.raises(SystemExit) as exit_info:
         run_script(script, argv_for(tiny_model_dir, prompts_file, tmp_path / "out", *flags))
     assert exit_info.value.code == 2
@@ -83,7 +95,7 @@ def test_a_bad_flag_leaves_an_existing_run_untouched(tiny_model_dir, prompts_fil
                 run_script(OURS, [*argv, *flags])
             assert message in last_error_line(capsys)
     assert before == {name: (run / name).read_bytes() for name in before}
-    assert run_script(OURS, [*argv[: argv.index("--stop_after")], *argv[argv.index("--stop_after") + 2:]]) == 0
+    assert run_script(OURS, [*argv[: argv.index("--stop_after")], *argv[argv.index("--stop_after") + 2 :]]) == 0
     assert (run / "round_1" / "adapter" / "adapter_config.json").is_file()
 
 
@@ -124,8 +136,13 @@ def test_a_second_run_on_the_same_folder_stops_at_once(tiny_model_dir, prompts_f
     ready, go = tmp_path / "ready", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, str(ready), str(go), str(REPO / OURS), *argv],
-                             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_RUN, str(ready), str(go), str(REPO / OURS), *argv],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 300
         while not ready.exists():

@@ -33,21 +33,45 @@ def add_sampling_args(parser: argparse.ArgumentParser, defaults: dict | None = N
     """Sampling flags of DPO/ours.py, DPO/self_reward.py, DPO/sample_responses.py and DPO/Evals/sample_mmlu.py."""
     d = {**vars(SamplingSettings()), **(defaults or {})}
     group = parser.add_argument_group("sampling")
-    cli.add_prompt_format_arg(group, "prompt_format", default=d.get("prompt_format", "upstream"),
-                              help="upstream: the raw instruction, as the paper sampled (and [INST] DPO records); "
-                                   "chat: the tokenizer's chat template for sampling and training")  # fmt: skip
-    group.add_argument("--num_return_sequences", "--num_responses", dest="num_return_sequences", type=int,
-                       default=d["num_return_sequences"], help="responses sampled per prompt (paper: 4)")  # fmt: skip
-    group.add_argument("--temperature", type=float, default=d["temperature"],
-                       help="sampling temperature (paper: 0.7); 0 = greedy")  # fmt: skip
-    group.add_argument("--max_new_tokens", type=int, default=d["max_new_tokens"],
-                       help="max tokens per response (paper: 256)")  # fmt: skip
-    group.add_argument("--top_k", type=int, default=d["top_k"],
-                       help="top-k filter; default: the model's generation config, else 50 (what upstream ran with)")
-    group.add_argument("--top_p", type=float, default=d["top_p"],
-                       help="nucleus filter; default: the model's generation config, else 1.0")
-    group.add_argument("--sample_batch_size", type=int, default=d.get("sample_batch_size", 16),
-                       help="prompts per generate call (x num_return_sequences rows); samples do not depend on it")
+    cli.add_prompt_format_arg(
+        group,
+        "prompt_format",
+        default=d.get("prompt_format", "upstream"),
+        help="upstream: the raw instruction, as the paper sampled (and [INST] DPO records); "
+        "chat: the tokenizer's chat template for sampling and training",
+    )
+    group.add_argument(
+        "--num_return_sequences",
+        "--num_responses",
+        dest="num_return_sequences",
+        type=int,
+        default=d["num_return_sequences"],
+        help="responses sampled per prompt (paper: 4)",
+    )
+    group.add_argument(
+        "--temperature", type=float, default=d["temperature"], help="sampling temperature (paper: 0.7); 0 = greedy"
+    )
+    group.add_argument(
+        "--max_new_tokens", type=int, default=d["max_new_tokens"], help="max tokens per response (paper: 256)"
+    )
+    group.add_argument(
+        "--top_k",
+        type=int,
+        default=d["top_k"],
+        help="top-k filter; default: the model's generation config, else 50 (what upstream ran with)",
+    )
+    group.add_argument(
+        "--top_p",
+        type=float,
+        default=d["top_p"],
+        help="nucleus filter; default: the model's generation config, else 1.0",
+    )
+    group.add_argument(
+        "--sample_batch_size",
+        type=int,
+        default=d.get("sample_batch_size", 16),
+        help="prompts per generate call (x num_return_sequences rows); samples do not depend on it",
+    )
 
 
 def check_sampling_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -61,63 +85,108 @@ def check_sampling_args(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def sampling_settings_from_args(args: argparse.Namespace) -> SamplingSettings:
     """The values of the add_sampling_args flags (and --seed), for the core."""
-    return SamplingSettings(num_return_sequences=args.num_return_sequences, temperature=args.temperature,
-                            max_new_tokens=args.max_new_tokens, top_k=args.top_k, top_p=args.top_p,
-                            seed=args.seed)  # fmt: skip
+    return SamplingSettings(
+        num_return_sequences=args.num_return_sequences,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # The loop scripts: DPO/ours.py and DPO/self_reward.py (everything but the judge)
 # ---------------------------------------------------------------------------------------------------
-def add_loop_args(parser: argparse.ArgumentParser, default_model: str, judge_args: Callable | None = None,
-                  training_defaults: dict | None = None) -> None:  # fmt: skip
+def add_loop_args(
+    parser: argparse.ArgumentParser,
+    default_model: str,
+    judge_args: Callable | None = None,
+    training_defaults: dict | None = None,
+) -> None:
     """The flags of a self-improvement script: model, prompts and pair files, sampling, ``judge_args(parser)``
     (the script's judge group), training (``training_defaults`` override TrainingOptions' values), the
     loop, outputs and the Hub. Upstream's flags are all accepted."""
     cli.add_model_args(parser, default_model=default_model)
-    parser.add_argument("--model_id", dest="model_name", default=argparse.SUPPRESS,
-                        help="upstream's name for --model_name: policy, judge and DPO reference of round 1")  # fmt: skip
+    parser.add_argument(
+        "--model_id",
+        dest="model_name",
+        default=argparse.SUPPRESS,
+        help="upstream's name for --model_name: policy, judge and DPO reference of round 1",
+    )
     data = parser.add_argument_group("prompts and pair files")
-    data.add_argument("--dataset_name", default=DEFAULT_PROMPTS,
-                      help="prompt pool: a Hub dataset or a local json/jsonl/parquet file with a column "
-                           "'instruction' and, where the judge's question depends on it, 'category' (chat, code, "
-                           "math, safety)")  # fmt: skip
+    data.add_argument(
+        "--dataset_name",
+        default=DEFAULT_PROMPTS,
+        help="prompt pool: a Hub dataset or a local json/jsonl/parquet file with a column "
+        "'instruction' and, where the judge's question depends on it, 'category' (chat, code, "
+        "math, safety)",
+    )
     data.add_argument("--split_name", default=DEFAULT_SPLIT, help="split of a Hub --dataset_name")
     data.add_argument("--max_prompts", type=int, default=None, help="use only the first N prompts (smoke runs)")
-    data.add_argument("--test_fraction", type=float, default=0.1,
-                      help="seeded fraction of prompts held out of training; their pairs are the eval set "
-                           "(upstream evaluated on the training pairs); 0 = no eval set")  # fmt: skip
-    data.add_argument("--train_path", default=None,
-                      help="also write round 1's training pairs here, as upstream's DPO-format JSON list")
-    data.add_argument("--test_path", default=None,
-                      help="also write round 1's held-out pairs here (never the training pairs)")
-    data.add_argument("--mapped_path", default=None,
-                      help="also write upstream's intermediate 'Assistant:/Response:' JSON here")
-    data.add_argument("--dataset_id", default=None,
-                      help="accepted for upstream's command and unused: upstream read it only in a fallback that "
-                           "trained on human UltraFeedback labels; train on a preference dataset with "
-                           "DPO/train_preferences.py")  # fmt: skip
+    data.add_argument(
+        "--test_fraction",
+        type=float,
+        default=0.1,
+        help="seeded fraction of prompts held out of training; their pairs are the eval set "
+        "(upstream evaluated on the training pairs); 0 = no eval set",
+    )
+    data.add_argument(
+        "--train_path",
+        default=None,
+        help="also write round 1's training pairs here, as upstream's DPO-format JSON list",
+    )
+    data.add_argument(
+        "--test_path", default=None, help="also write round 1's held-out pairs here (never the training pairs)"
+    )
+    data.add_argument(
+        "--mapped_path", default=None, help="also write upstream's intermediate 'Assistant:/Response:' JSON here"
+    )
+    data.add_argument(
+        "--dataset_id",
+        default=None,
+        help="accepted for upstream's command and unused: upstream read it only in a fallback that "
+        "trained on human UltraFeedback labels; train on a preference dataset with "
+        "DPO/train_preferences.py",
+    )
     add_sampling_args(parser)
     if judge_args is not None:
         judge_args(parser)
     add_training_args(parser, training_defaults)
     loop = parser.add_argument_group("the loop")
-    loop.add_argument("--rounds", type=int, default=1,
-                      help="self-improvement rounds; round k samples and judges with round k-1's merged model "
-                           "(the paper ran 1)")  # fmt: skip
-    loop.add_argument("--stop_after", choices=list(STAGES), default=None,
-                      help="run the stages up to this one (those already done are skipped), then stop")
-    loop.add_argument("--just_sample", action="store_true",
-                      help="upstream's flag: stop once the pairs are written (= --stop_after pairs)")
-    loop.add_argument("--judge_after", action="store_true",
-                      help="after training, sample the same prompts from the trained model and judge them with "
-                           "the round's judge: before/after scores in metrics.json")  # fmt: skip
+    loop.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="self-improvement rounds; round k samples and judges with round k-1's merged model (the paper ran 1)",
+    )
+    loop.add_argument(
+        "--stop_after",
+        choices=list(STAGES),
+        default=None,
+        help="run the stages up to this one (those already done are skipped), then stop",
+    )
+    loop.add_argument(
+        "--just_sample",
+        action="store_true",
+        help="upstream's flag: stop once the pairs are written (= --stop_after pairs)",
+    )
+    loop.add_argument(
+        "--judge_after",
+        action="store_true",
+        help="after training, sample the same prompts from the trained model and judge them with "
+        "the round's judge: before/after scores in metrics.json",
+    )
     cli.add_output_args(parser)
     hub_group = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
-    hub_group.add_argument("--push_to_hub", action="store_true",
-                           help="upload the last round's merged model (or its adapter) with its tokenizer")
-    hub_group.add_argument("--hub_repo_id", default=None,
-                           help="target repo, 'user/name' or 'name' (upstream: dpo-ultrafeedback-<model>)")
+    hub_group.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="upload the last round's merged model (or its adapter) with its tokenizer",
+    )
+    hub_group.add_argument(
+        "--hub_repo_id", default=None, help="target repo, 'user/name' or 'name' (upstream: dpo-ultrafeedback-<model>)"
+    )
 
 
 def check_loop_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -130,8 +199,10 @@ def check_loop_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if not 0 <= args.test_fraction < 1:
         parser.error(f"--test_fraction must be in [0, 1), got {args.test_fraction}")
     if args.test_path and args.train_path and same_path(args.test_path, args.train_path):
-        parser.error("--test_path equals --train_path: the evaluation would run on the training pairs; "
-                     "give another file, or omit --test_path")  # fmt: skip
+        parser.error(
+            "--test_path equals --train_path: the evaluation would run on the training pairs; "
+            "give another file, or omit --test_path"
+        )
     if args.test_path and args.test_fraction == 0:
         parser.error("--test_path needs held-out pairs: set --test_fraction > 0")
     if args.just_sample and args.stop_after not in (None, "pairs"):
@@ -149,25 +220,42 @@ def same_path(a: str, b: str) -> bool:
 def note_unused_args(args: argparse.Namespace) -> None:
     """A warning for upstream's flags that are accepted and do nothing here."""
     if args.dataset_id:
-        logger.warning("--dataset_id %s is not used: the pairs are self-generated from --dataset_name "
-                       "(upstream used it only in a fallback on human labels)", args.dataset_id)  # fmt: skip
+        logger.warning(
+            "--dataset_id %s is not used: the pairs are self-generated from --dataset_name "
+            "(upstream used it only in a fallback on human labels)",
+            args.dataset_id,
+        )
 
 
 def loop_settings(args: argparse.Namespace, run_name: str, cut_responses_at: str | None = None) -> LoopSettings:
     """The values of the add_loop_args flags, for ipo.selfimprove.loop.Loop."""
     return LoopSettings(
-        model=args.model_name, prompt_format=args.prompt_format, sampling=sampling_settings_from_args(args),
-        training=options_from_args(args), rounds=args.rounds,
-        stop_after=args.stop_after or ("pairs" if args.just_sample else None), test_fraction=args.test_fraction,
-        seed=args.seed, merge_final=args.merge_adapters, judge_after=args.judge_after, dtype=args.dtype,
-        device=args.device, quantized=args.quantized, trust_remote_code=args.trust_remote_code,
-        sample_batch_size=args.sample_batch_size, cut_responses_at=cut_responses_at, run_name=run_name,
-        train_path=args.train_path, test_path=args.test_path, mapped_path=args.mapped_path,
-    )  # fmt: skip
+        model=args.model_name,
+        prompt_format=args.prompt_format,
+        sampling=sampling_settings_from_args(args),
+        training=options_from_args(args),
+        rounds=args.rounds,
+        stop_after=args.stop_after or ("pairs" if args.just_sample else None),
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        merge_final=args.merge_adapters,
+        judge_after=args.judge_after,
+        dtype=args.dtype,
+        device=args.device,
+        quantized=args.quantized,
+        trust_remote_code=args.trust_remote_code,
+        sample_batch_size=args.sample_batch_size,
+        cut_responses_at=cut_responses_at,
+        run_name=run_name,
+        train_path=args.train_path,
+        test_path=args.test_path,
+        mapped_path=args.mapped_path,
+    )
 
 
-def start_run(args: argparse.Namespace, judge: JudgeSpec, n_prompts: int, run_prefix: str,
-              cut_responses_at: str | None = None) -> tuple[RunDir, LoopSettings]:  # fmt: skip
+def start_run(
+    args: argparse.Namespace, judge: JudgeSpec, n_prompts: int, run_prefix: str, cut_responses_at: str | None = None
+) -> tuple[RunDir, LoopSettings]:
     """Check that the model can end a response, then open the run folder (resumed when its settings match;
     refused while another run holds it) and write its config.json. The default folder is
     <run_prefix>-<model>-<prompt_format>. Under several processes the main one opens the folder and the
@@ -177,14 +265,22 @@ def start_run(args: argparse.Namespace, judge: JudgeSpec, n_prompts: int, run_pr
         logger.setLevel(logging.WARNING)
     stop_ids = check_can_generate(args.model_name, args.trust_remote_code)
     model_short = cli.model_short_name(args.model_name)
-    run = RunDir(args.output_dir, args.run_name or f"{run_prefix}-{model_short}-{args.prompt_format}",
-                 overwrite=args.overwrite)  # fmt: skip
+    run = RunDir(
+        args.output_dir, args.run_name or f"{run_prefix}-{model_short}-{args.prompt_format}", overwrite=args.overwrite
+    )
     settings = loop_settings(args, run.path.name, cut_responses_at)
     if ranks.main:
         run.check(cli.public_args(args))
-        run.start(cli.public_args(args), resolved={"n_prompts": n_prompts, "stop_token_ids": stop_ids,
-                                                    "judge": judge.name, "tie_break": judge.tie_break,
-                                                    "cut_responses_at": cut_responses_at})  # fmt: skip
+        run.start(
+            cli.public_args(args),
+            resolved={
+                "n_prompts": n_prompts,
+                "stop_token_ids": stop_ids,
+                "judge": judge.name,
+                "tie_break": judge.tie_break,
+                "cut_responses_at": cut_responses_at,
+            },
+        )
     ranks.wait()
     return run, settings
 

@@ -44,8 +44,14 @@ class JudgeSpec:
         return {self.score_field: [float(s) for s in scores], **extra}
 
 
-def yes_no_judge_spec(prompt_format: str, scoring: str, max_length: int = 1024, batch_size: int = 8,
-                      max_batch_tokens: int | None = None, prefix_sharing: bool = True) -> JudgeSpec:  # fmt: skip
+def yes_no_judge_spec(
+    prompt_format: str,
+    scoring: str,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    max_batch_tokens: int | None = None,
+    prefix_sharing: bool = True,
+) -> JudgeSpec:
     """The paper's judge: P(Yes) with the category's question (ipo.prompts.DPO_CATEGORY_PROMPTS, the questions
     of upstream DPO/ours.py), in the layout of the RewardBench scripts.
 
@@ -54,11 +60,19 @@ def yes_no_judge_spec(prompt_format: str, scoring: str, max_length: int = 1024, 
     spec = JudgeSpec("yes_no", "p_yes", "generation_order" if prompt_format == "upstream" else "random", build=None)
 
     def build(model, tokenizer):
-        judge = YesNoJudge(model, tokenizer, scoring=scoring, max_length=max_length, batch_size=batch_size,
-                           max_batch_tokens=max_batch_tokens, prefix_sharing=prefix_sharing)  # fmt: skip
+        judge = YesNoJudge(
+            model,
+            tokenizer,
+            scoring=scoring,
+            max_length=max_length,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            prefix_sharing=prefix_sharing,
+        )
         spec.resolved.update(scoring=scoring, yes_no_tokens=judge.tokens.as_dict())
-        return YesNoScorer(judge, REWARDBENCH_LAYOUT,
-                           lambda e: DPO_CATEGORY_PROMPTS[judge_key(e.domain, prompt_format)])  # fmt: skip
+        return YesNoScorer(
+            judge, REWARDBENCH_LAYOUT, lambda e: DPO_CATEGORY_PROMPTS[judge_key(e.domain, prompt_format)]
+        )
 
     spec.build = build
     return spec
@@ -69,15 +83,24 @@ def self_reward_fields(scores: Sequence, extra: dict) -> dict:
     None), parse_failed, judge_text (the judge's own generation), truncated, and in upstream mode
     upstream_sort_text: the decoded judge prompt + generation that upstream sorted tied scores by, from
     where this prompt's texts first differ (the shared rubric and instruction are cut; the order is kept)."""
-    fields = {"score": list(scores), "parse_failed": list(extra["parse_failed"]),
-              "judge_text": list(extra["generated"]), "truncated": extra["truncated"]}  # fmt: skip
+    fields = {
+        "score": list(scores),
+        "parse_failed": list(extra["parse_failed"]),
+        "judge_text": list(extra["generated"]),
+        "truncated": extra["truncated"],
+    }
     if "decoded" in extra:
         fields["upstream_sort_text"] = strip_common_prefix(extra["decoded"])
     return fields
 
 
-def self_reward_judge_spec(scoring: str, max_length: int = 2048, max_new_tokens: int = 128,
-                           batch_size: int = DEFAULT_BATCH_SIZE, max_batch_tokens: int | None = None) -> JudgeSpec:  # fmt: skip
+def self_reward_judge_spec(
+    scoring: str,
+    max_length: int = 2048,
+    max_new_tokens: int = 128,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_tokens: int | None = None,
+) -> JudgeSpec:
     """The Self-Rewarding judge (Yuan et al. 2024; ipo/judges/self_reward.py): a greedy justification and a 1-5
     score under the additive 5-point prompt (ipo.prompts.SELF_REWARD_PROMPT) for every response, whatever its
     category.
@@ -87,34 +110,60 @@ def self_reward_judge_spec(scoring: str, max_length: int = 2048, max_new_tokens:
     chat template, the last "Score: N" of the generation; a failure is None (no candidate); ties at random.
     """
     upstream = scoring == "upstream"  # upstream passed the category to its judge and ignored it
-    spec = JudgeSpec("self_reward_5_point", "score", "judge_text" if upstream else "random", build=None,
-                     judge_text_field="upstream_sort_text" if upstream else None, failure_field="parse_failed",
-                     record_fields=self_reward_fields, uses_category=False)  # fmt: skip
+    spec = JudgeSpec(
+        "self_reward_5_point",
+        "score",
+        "judge_text" if upstream else "random",
+        build=None,
+        judge_text_field="upstream_sort_text" if upstream else None,
+        failure_field="parse_failed",
+        record_fields=self_reward_fields,
+        uses_category=False,
+    )
 
     def build(model, tokenizer):
-        scorer = SelfRewardScorer(model, tokenizer, scoring=scoring, max_length=max_length,
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  max_batch_tokens=max_batch_tokens, regex_set="rewardbench")  # fmt: skip
-        spec.resolved.update(scoring=scoring, decoding="greedy", max_length=max_length, max_new_tokens=max_new_tokens,
-                             regex_set="rewardbench" if upstream else "last 'Score: N' of the generation",
-                             eos_token_ids=sorted(scorer.eos_ids))  # fmt: skip
+        scorer = SelfRewardScorer(
+            model,
+            tokenizer,
+            scoring=scoring,
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            regex_set="rewardbench",
+        )
+        spec.resolved.update(
+            scoring=scoring,
+            decoding="greedy",
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            regex_set="rewardbench" if upstream else "last 'Score: N' of the generation",
+            eos_token_ids=sorted(scorer.eos_ids),
+        )
         return scorer
 
     spec.build = build
     return spec
 
 
-def score_responses_into_log(scorer, responses: Sequence[dict], log: RecordLog, judge: JudgeSpec,
-                             desc: str = "judging") -> int:  # fmt: skip
+def score_responses_into_log(
+    scorer, responses: Sequence[dict], log: RecordLog, judge: JudgeSpec, desc: str = "judging"
+) -> int:
     """Judge every response of the records ``log`` lacks; one scored record per prompt (``judge.fields``)."""
     by_id = {str(r["id"]): r for r in responses}
-    examples = [Example(id=r["id"], prompt=r["prompt"], responses=r["responses"], domain=r["category"])
-                for r in responses]  # fmt: skip
+    examples = [
+        Example(id=r["id"], prompt=r["prompt"], responses=r["responses"], domain=r["category"]) for r in responses
+    ]
 
     def make_record(example, scores, extra):
         record = by_id[str(example.id)]
-        return {"id": record["id"], "prompt": record["prompt"], "category": record["category"],
-                "responses": record["responses"], **judge.fields(scores, extra)}  # fmt: skip
+        return {
+            "id": record["id"],
+            "prompt": record["prompt"],
+            "category": record["category"],
+            "responses": record["responses"],
+            **judge.fields(scores, extra),
+        }
 
     return score_into_log(scorer, examples, log, make_record, unit="prompt", desc=desc)
 
@@ -128,16 +177,23 @@ def judge_summary(
     ``failure_field`` the parse failures are counted too (upstream mode's 0 is such a failure, and still in
     the means).
     """
+
     def part(records):
         scored_lists = [[s for s in r[score_field] if is_score(s)] for r in records]
-        summary = {"n_prompts": len(records), "n_responses": sum(len(r[score_field]) for r in records),
-                   "n_unscored": sum(len(r[score_field]) - len(s) for r, s in zip(records, scored_lists)),
-                   "mean": mean(s for scores in scored_lists for s in scores),
-                   "mean_best": mean(max(scores) for scores in scored_lists if scores),
-                   "mean_worst": mean(min(scores) for scores in scored_lists if scores)}  # fmt: skip
+        summary = {
+            "n_prompts": len(records),
+            "n_responses": sum(len(r[score_field]) for r in records),
+            "n_unscored": sum(len(r[score_field]) - len(s) for r, s in zip(records, scored_lists)),
+            "mean": mean(s for scores in scored_lists for s in scores),
+            "mean_best": mean(max(scores) for scores in scored_lists if scores),
+            "mean_worst": mean(min(scores) for scores in scored_lists if scores),
+        }
         if failure_field:
             summary["n_parse_failures"] = sum(sum(map(bool, r[failure_field])) for r in records)
         return summary
 
-    return {"all": part(scored), "train": part([r for r in scored if str(r["id"]) not in test_ids]),
-            "test": part([r for r in scored if str(r["id"]) in test_ids])}  # fmt: skip
+    return {
+        "all": part(scored),
+        "train": part([r for r in scored if str(r["id"]) not in test_ids]),
+        "test": part([r for r in scored if str(r["id"]) in test_ids]),
+    }

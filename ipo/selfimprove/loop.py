@@ -134,34 +134,61 @@ class RoundDir:
         return all(p.id in log for p in prompts)
 
 
-def select_pairs(round_dir: RoundDir, scored: Sequence[dict], judge: JudgeSpec, prompt_format: str, seed: int,
-                 test_ids: set[str]) -> tuple[list[dict], dict]:  # fmt: skip
+def select_pairs(
+    round_dir: RoundDir, scored: Sequence[dict], judge: JudgeSpec, prompt_format: str, seed: int, test_ids: set[str]
+) -> tuple[list[dict], dict]:
     """The round's pairs from its scored records (pure and seeded), and their statistics; one line when no
     training pair is left."""
-    pairs, dropped = build_pairs(scored, judge.score_field, judge.tie_break, drop_degenerate=prompt_format == "chat",
-                                 seed=seed, test_ids=test_ids, judge_text_field=judge.judge_text_field)  # fmt: skip
+    pairs, dropped = build_pairs(
+        scored,
+        judge.score_field,
+        judge.tie_break,
+        drop_degenerate=prompt_format == "chat",
+        seed=seed,
+        test_ids=test_ids,
+        judge_text_field=judge.judge_text_field,
+    )
     n_unscored = sum(score is None for record in scored for score in record[judge.score_field])
     n_non_finite = count_non_finite(scored, judge.score_field)
     stats = pair_stats(pairs, dropped, len(scored), n_unscored, n_non_finite)
     if n_non_finite:
-        logger.warning("%d of %d responses have a NaN or infinite score (a half-precision overflow?) and are never "
-                       "chosen or rejected", n_non_finite, sum(len(r["responses"]) for r in scored))  # fmt: skip
+        logger.warning(
+            "%d of %d responses have a NaN or infinite score (a half-precision overflow?) and are never "
+            "chosen or rejected",
+            n_non_finite,
+            sum(len(r["responses"]) for r in scored),
+        )
     if n_unscored:
-        logger.warning("%d of %d responses have no score (the judge's text had none) and are never chosen or "
-                       "rejected", n_unscored, sum(len(r["responses"]) for r in scored))  # fmt: skip
+        logger.warning(
+            "%d of %d responses have no score (the judge's text had none) and are never chosen or rejected",
+            n_unscored,
+            sum(len(r["responses"]) for r in scored),
+        )
     if dropped:
-        logger.info("dropped %d of %d pairs: %s", sum(dropped.values()), len(scored),
-                    ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items())))  # fmt: skip
+        logger.info(
+            "dropped %d of %d pairs: %s",
+            sum(dropped.values()),
+            len(scored),
+            ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items())),
+        )
     kept_degenerate = sum(1 for p in pairs if p["degenerate"])
     if kept_degenerate:
-        logger.warning("%d pairs have tied scores or identical texts; kept, as upstream did (chat mode drops them)",
-                       kept_degenerate)  # fmt: skip
+        logger.warning(
+            "%d pairs have tied scores or identical texts; kept, as upstream did (chat mode drops them)",
+            kept_degenerate,
+        )
     if not any(p["split"] == "train" for p in pairs):
         reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items())) or "none"
-        hint = (f"; {n_unscored} responses had no readable score: the judge model does not follow the rubric "
-                f"(see judge_text in {round_dir.scored})" if n_unscored else "")  # fmt: skip
-        raise IpoError(f"no training pairs in round {round_dir.index}: {len(scored)} prompts, {len(pairs)} pairs "
-                       f"({stats['n_test']} held out), dropped: {reasons}{hint}")  # fmt: skip
+        hint = (
+            f"; {n_unscored} responses had no readable score: the judge model does not follow the rubric "
+            f"(see judge_text in {round_dir.scored})"
+            if n_unscored
+            else ""
+        )
+        raise IpoError(
+            f"no training pairs in round {round_dir.index}: {len(scored)} prompts, {len(pairs)} pairs "
+            f"({stats['n_test']} held out), dropped: {reasons}{hint}"
+        )
     return pairs, stats
 
 
@@ -177,17 +204,21 @@ def check_loop_settings(settings: LoopSettings) -> None:
     options = settings.training
     check_options(options)  # learning rate, beta, LoRA rank, --max_steps 0, ... (ipo/training/options.py)
     if options.loss_type in UNPAIRED_LOSS_TYPES:
-        raise IpoError(f"--loss_type {options.loss_type} trains on unpaired examples; the loop makes pairs: "
-                       "choose a paired loss")  # fmt: skip
+        raise IpoError(
+            f"--loss_type {options.loss_type} trains on unpaired examples; the loop makes pairs: choose a paired loss"
+        )
     if options.load_in_4bit and not options.use_lora:
         raise IpoError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base; drop --no_lora")
     if settings.stop_after in ("sample", "score", "pairs"):
         return
     if split_gguf(settings.model)[1]:
-        raise IpoError("training needs a model folder or Hub id, not a .gguf file; convert it first, or stop "
-                       "before training (--stop_after pairs)")  # fmt: skip
-    build_dpo_config(options, Path(settings.run_name) / CHECKPOINT_DIR, device=settings.device,
-                     has_eval=settings.test_fraction > 0)  # creates nothing  # fmt: skip
+        raise IpoError(
+            "training needs a model folder or Hub id, not a .gguf file; convert it first, or stop "
+            "before training (--stop_after pairs)"
+        )
+    build_dpo_config(
+        options, Path(settings.run_name) / CHECKPOINT_DIR, device=settings.device, has_eval=settings.test_fraction > 0
+    )  # creates nothing
     if options.use_lora:
         build_lora_config(options)
 
@@ -210,8 +241,15 @@ class Loop:
     hands the next (its merged model). ``on_resolved`` receives settings found on the way (sampler and judge
     details) for the run's config.json."""
 
-    def __init__(self, run_path: Path, prompts: Sequence[Prompt], settings: LoopSettings, judge: JudgeSpec,
-                 on_resolved: Callable[[dict], None] | None = None, ranks: Ranks | None = None):  # fmt: skip
+    def __init__(
+        self,
+        run_path: Path,
+        prompts: Sequence[Prompt],
+        settings: LoopSettings,
+        judge: JudgeSpec,
+        on_resolved: Callable[[dict], None] | None = None,
+        ranks: Ranks | None = None,
+    ):
         self.run_path, self.prompts, self.settings, self.judge = Path(run_path), prompts, settings, judge
         self.on_resolved = on_resolved  # called in the main process only
         self.ranks = ranks or current_ranks()
@@ -237,8 +275,13 @@ class Loop:
         """Model and tokenizer for sampling and judging (4-bit with ``quantized``), on this process's device."""
         s = self.settings
         tokenizer = load_tokenizer(path, trust_remote_code=s.trust_remote_code)
-        model, _, _ = load_model(path, dtype=s.dtype, device=self.ranks.device(s.device), quantized=s.quantized,
-                                 trust_remote_code=s.trust_remote_code)  # fmt: skip
+        model, _, _ = load_model(
+            path,
+            dtype=s.dtype,
+            device=self.ranks.device(s.device),
+            quantized=s.quantized,
+            trust_remote_code=s.trust_remote_code,
+        )
         return model, tokenizer
 
 
@@ -250,8 +293,7 @@ class Round:
         self.dir = RoundDir(loop.run_path / f"round_{index}", index)
         self.dir.path.mkdir(parents=True, exist_ok=True)
         self.metrics = _read_metrics(self.dir.metrics) or {"round": index}
-        self.metrics.update(round=index, policy=loop.policy, n_prompts=len(loop.prompts),
-                            n_held_out=len(loop.test_ids))  # fmt: skip
+        self.metrics.update(round=index, policy=loop.policy, n_prompts=len(loop.prompts), n_held_out=len(loop.test_ids))
         self.salt = f"round{index}"  # the random streams of this round's samples
         self.policy_model = None  # (model, tokenizer), loaded by sample() for judge() when both have work
         self.pairs: list[dict] = []
@@ -284,13 +326,21 @@ class Round:
         s = self.loop.settings
 
         def work(prompts, log):
-            return sample_into_log(sampler, tokenizer, prompts, log, s.prompt_format, desc=f"round {self.k}: {what}",
-                                   cut_at=s.cut_responses_at)  # fmt: skip
+            return sample_into_log(
+                sampler,
+                tokenizer,
+                prompts,
+                log,
+                s.prompt_format,
+                desc=f"round {self.k}: {what}",
+                cut_at=s.cut_responses_at,
+            )
 
         return work
 
     def _judging(self, scorer, what: str) -> Callable[[Sequence[dict], RecordLog], int]:
         """A judging stage's work on (some of) the sampled records, for run_sharded."""
+
         def work(records, log):
             return score_responses_into_log(scorer, records, log, self.loop.judge, desc=f"round {self.k}: {what}")
 
@@ -340,8 +390,13 @@ class Round:
         loop.ranks.wait()
         self.pairs = read_jsonl(rd.pairs)
         if loop.ranks.main:
-            export_pairs(self.pairs, s.prompt_format, export_path(s.train_path, self.k),
-                         export_path(s.test_path, self.k), export_path(s.mapped_path, self.k))  # fmt: skip
+            export_pairs(
+                self.pairs,
+                s.prompt_format,
+                export_path(s.train_path, self.k),
+                export_path(s.test_path, self.k),
+                export_path(s.mapped_path, self.k),
+            )
 
     def train(self) -> None:
         """adapter/: DPO with a LoRA adapter on this round's policy (held-out pairs as the eval set)."""
@@ -349,8 +404,15 @@ class Round:
         train = [dpo_record(p, s.prompt_format) for p in self.pairs if p["split"] == "train"]
         test = [dpo_record(p, s.prompt_format) for p in self.pairs if p["split"] == "test"]
         options = replace(s.training, run_name=f"{s.run_name}-round{self.k}")
-        result = train_dpo(loop.policy, train, options, rd.path, eval_records=test or None, device=s.device,
-                           extra_config={"round": self.k, "prompt_format": s.prompt_format})  # fmt: skip
+        result = train_dpo(
+            loop.policy,
+            train,
+            options,
+            rd.path,
+            eval_records=test or None,
+            device=s.device,
+            extra_config={"round": self.k, "prompt_format": s.prompt_format},
+        )
         if not result.skipped:
             training = {key: v for key, v in result.metrics.items() if isinstance(v, (int, float))}
             training.update(n_train=result.n_train, n_eval=result.n_eval, resumed_from=result.resumed_from)
@@ -382,19 +444,26 @@ class Round:
                 model, _ = load_peft_model(rd.adapter, dtype=s.dtype, device=loop.ranks.device(s.device))
                 tokenizer = load_tokenizer(str(rd.adapter))
             sampler = Sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
-            run_sharded(loop.ranks, rd.after_responses, loop.prompts,
-                        self._sampling(sampler, tokenizer, "sampling after DPO"))  # fmt: skip
+            run_sharded(
+                loop.ranks, rd.after_responses, loop.prompts, self._sampling(sampler, tokenizer, "sampling after DPO")
+            )
             del model, sampler
             free_memory()
         if not rd.complete(rd.after_scored, loop.prompts):
             model, tokenizer = loop.load(loop.policy)
             scorer = judge.build(model, tokenizer)
-            run_sharded(loop.ranks, rd.after_scored, RecordLog(rd.after_responses).ordered(loop.order),
-                        self._judging(scorer, "judging after DPO"), key=lambda r: r["id"])  # fmt: skip
+            run_sharded(
+                loop.ranks,
+                rd.after_scored,
+                RecordLog(rd.after_responses).ordered(loop.order),
+                self._judging(scorer, "judging after DPO"),
+                key=lambda r: r["id"],
+            )
             del model, scorer
             free_memory()
-        after = judge_summary(RecordLog(rd.after_scored).ordered(loop.order), judge.score_field, loop.test_ids,
-                              judge.failure_field)  # fmt: skip
+        after = judge_summary(
+            RecordLog(rd.after_scored).ordered(loop.order), judge.score_field, loop.test_ids, judge.failure_field
+        )
         self.metrics["after"] = {"judge": "this round's policy", "before": self.metrics["judge"], "after": after}
         self.save()
 
@@ -422,12 +491,14 @@ def push_final_model(result: LoopResult, repo: str) -> None:
     """Upload the last round's merged model (or its adapter) with its tokenizer to the Hub repo ``repo``."""
     if result.stopped_after or not result.final_model:
         raise IpoError("--push_to_hub: nothing trained yet to upload (the run stopped before training)")
-    hub.push_model(result.final_model, repo,
-                   what="merged model" if result.final_model.endswith("merged") else "LoRA adapter")  # fmt: skip
+    hub.push_model(
+        result.final_model, repo, what="merged model" if result.final_model.endswith("merged") else "LoRA adapter"
+    )
 
 
 def loop_markdown(rounds: Sequence[dict], title: str) -> str:
     """results.md: one row per round (pairs, judge scores, training, before/after)."""
+
     def num(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 
@@ -437,23 +508,49 @@ def loop_markdown(rounds: Sequence[dict], title: str) -> str:
         pairs, judge, training = m.get("pairs", {}), m.get("judge", {}).get("all", {}), m.get("training", {})
         after = m.get("after", {})
         dropped = sum(pairs.get("dropped", {}).values()) if pairs else None
-        rows.append([
-            m["round"], m.get("n_prompts", "-"),
-            f"{pairs['n_train']}/{pairs['n_test']}" if pairs else "-", "-" if dropped is None else dropped,
-            *([f"{judge['n_parse_failures']}/{judge['n_responses']}" if "n_parse_failures" in judge else "-"]
-              if failures else []),
-            num(judge.get("mean")), num(judge.get("mean_best")), num(judge.get("mean_worst")),
-            num(training.get("train_loss")), num(training.get("eval_rewards/accuracies"), 2),
-            num(after.get("before", {}).get("all", {}).get("mean")),
-            num(after.get("after", {}).get("all", {}).get("mean")),
-        ])  # fmt: skip
-    headers = ["round", "prompts", "pairs train/test", "dropped", *(["parse failures"] if failures else []),
-               "judge mean", "best", "worst", "train loss", "eval reward acc", "judge before", "judge after"]  # fmt: skip
-    notes = ("Judge scores are the mean P(Yes) (or the scorer's score) over all sampled responses, and over each "
-             "prompt's best and worst. 'judge before/after': the round's judge on the responses of the model "
-             "before and after this round's DPO, same prompts and random streams.\n")  # fmt: skip
+        rows.append(
+            [
+                m["round"],
+                m.get("n_prompts", "-"),
+                f"{pairs['n_train']}/{pairs['n_test']}" if pairs else "-",
+                "-" if dropped is None else dropped,
+                *(
+                    [f"{judge['n_parse_failures']}/{judge['n_responses']}" if "n_parse_failures" in judge else "-"]
+                    if failures
+                    else []
+                ),
+                num(judge.get("mean")),
+                num(judge.get("mean_best")),
+                num(judge.get("mean_worst")),
+                num(training.get("train_loss")),
+                num(training.get("eval_rewards/accuracies"), 2),
+                num(after.get("before", {}).get("all", {}).get("mean")),
+                num(after.get("after", {}).get("all", {}).get("mean")),
+            ]
+        )
+    headers = [
+        "round",
+        "prompts",
+        "pairs train/test",
+        "dropped",
+        *(["parse failures"] if failures else []),
+        "judge mean",
+        "best",
+        "worst",
+        "train loss",
+        "eval reward acc",
+        "judge before",
+        "judge after",
+    ]
+    notes = (
+        "Judge scores are the mean P(Yes) (or the scorer's score) over all sampled responses, and over each "
+        "prompt's best and worst. 'judge before/after': the round's judge on the responses of the model "
+        "before and after this round's DPO, same prompts and random streams.\n"
+    )
     if failures:
-        notes += ("'parse failures': judgements without a readable score, of all responses. Upstream mode scores "
-                  "them 0 (as upstream did, a 0 counts in the means and can be a pair's rejected side); chat mode "
-                  "leaves them out of the means and of the pairs.\n")  # fmt: skip
+        notes += (
+            "'parse failures': judgements without a readable score, of all responses. Upstream mode scores "
+            "them 0 (as upstream did, a 0 counts in the means and can be a pair's rejected side); chat mode "
+            "leaves them out of the means and of the pairs.\n"
+        )
     return f"# {title}\n\n" + markdown_table(headers, rows) + "\n" + notes

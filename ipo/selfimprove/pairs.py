@@ -34,8 +34,12 @@ def held_out_ids(prompt_ids: Sequence, fraction: float, seed: int) -> set[str]:
     return {str(i) for i in random.Random(f"held-out/{seed}").sample([str(i) for i in prompt_ids], count)}
 
 
-def rank_responses(scores: Sequence[float], tie_break: str = "generation_order",
-                   judge_texts: Sequence[str] | None = None, rng: random.Random | None = None) -> list[int]:  # fmt: skip
+def rank_responses(
+    scores: Sequence[float],
+    tie_break: str = "generation_order",
+    judge_texts: Sequence[str] | None = None,
+    rng: random.Random | None = None,
+) -> list[int]:
     """Response indices from best to worst score.
 
     tie_break:
@@ -84,8 +88,15 @@ def degenerate_reason(responses: Sequence[str], scores: Sequence[float], chosen:
     return None
 
 
-def build_pairs(scored: Iterable[dict], score_field: str, tie_break: str, drop_degenerate: bool, seed: int,
-                test_ids: set[str] = frozenset(), judge_text_field: str | None = None) -> tuple[list[dict], Counter]:  # fmt: skip
+def build_pairs(
+    scored: Iterable[dict],
+    score_field: str,
+    tie_break: str,
+    drop_degenerate: bool,
+    seed: int,
+    test_ids: set[str] = frozenset(),
+    judge_text_field: str | None = None,
+) -> tuple[list[dict], Counter]:
     """One pair per scored prompt: chosen = best score, rejected = worst. Returns (pairs, dropped counts).
 
     A None score (no score could be read) or a NaN or infinite one (count_non_finite) takes no part: the
@@ -101,20 +112,33 @@ def build_pairs(scored: Iterable[dict], score_field: str, tie_break: str, drop_d
             dropped["too_few_scored"] += 1
             continue
         rng = random.Random(f"ties/{seed}/{record['id']}")
-        order = rank_responses([scores[i] for i in candidates], tie_break, rng=rng,
-                               judge_texts=[texts[i] for i in candidates] if texts is not None else None)  # fmt: skip
+        order = rank_responses(
+            [scores[i] for i in candidates],
+            tie_break,
+            rng=rng,
+            judge_texts=[texts[i] for i in candidates] if texts is not None else None,
+        )
         chosen, rejected = candidates[order[0]], candidates[order[-1]]
         reason = degenerate_reason(responses, scores, chosen, rejected)
         if reason and drop_degenerate:
             dropped[reason] += 1
             continue
-        pairs.append({
-            "id": record["id"], "prompt": record["prompt"], "category": record.get("category"),
-            "chosen": responses[chosen], "rejected": responses[rejected],
-            "score_chosen": scores[chosen], "score_rejected": scores[rejected],
-            "chosen_index": chosen, "rejected_index": rejected, "scores": scores,
-            "degenerate": reason, "split": "test" if str(record["id"]) in test_ids else "train",
-        })  # fmt: skip
+        pairs.append(
+            {
+                "id": record["id"],
+                "prompt": record["prompt"],
+                "category": record.get("category"),
+                "chosen": responses[chosen],
+                "rejected": responses[rejected],
+                "score_chosen": scores[chosen],
+                "score_rejected": scores[rejected],
+                "chosen_index": chosen,
+                "rejected_index": rejected,
+                "scores": scores,
+                "degenerate": reason,
+                "split": "test" if str(record["id"]) in test_ids else "train",
+            }
+        )
     return pairs, dropped
 
 
@@ -127,11 +151,15 @@ def dpo_record(pair: dict, prompt_format: str) -> dict:
     chat template and the template closes each turn with the model's own end token.
     """
     if prompt_format == "upstream":
+
         def with_marker(text):
             return f"{text.strip().split(UPSTREAM_END_MARKER)[0]}{UPSTREAM_END_MARKER}"
 
-        return {"prompt": UPSTREAM_INST_PROMPT.format(instruction=pair["prompt"].strip()),
-                "chosen": with_marker(pair["chosen"]), "rejected": with_marker(pair["rejected"])}  # fmt: skip
+        return {
+            "prompt": UPSTREAM_INST_PROMPT.format(instruction=pair["prompt"].strip()),
+            "chosen": with_marker(pair["chosen"]),
+            "rejected": with_marker(pair["rejected"]),
+        }
     return {
         "prompt": [{"role": "user", "content": pair["prompt"]}],
         "chosen": [{"role": "assistant", "content": pair["chosen"]}],
@@ -141,32 +169,41 @@ def dpo_record(pair: dict, prompt_format: str) -> dict:
 
 def mapped_record(pair: dict) -> dict:
     """Upstream's intermediate mapped_path row (kept as an artefact only; note its missing space)."""
-    return {"chosen": f"Assistant: {pair['prompt']}\n Response:{pair['chosen']}",
-            "rejected": f"Assistant:{pair['prompt']}\n Response:{pair['rejected']}"}  # fmt: skip
+    return {
+        "chosen": f"Assistant: {pair['prompt']}\n Response:{pair['chosen']}",
+        "rejected": f"Assistant:{pair['prompt']}\n Response:{pair['rejected']}",
+    }
 
 
 def strip_common_prefix(texts: Sequence[str]) -> list[str]:
     """The texts without the start they all share: string order (and equality) is unchanged, and what is
     kept is only the part that can decide it."""
     prefix = os.path.commonprefix(list(texts))
-    return [text[len(prefix):] for text in texts]
+    return [text[len(prefix) :] for text in texts]
 
 
-def pair_stats(pairs: Sequence[dict], dropped: Counter, n_prompts: int, n_unscored: int = 0,
-               n_non_finite: int = 0) -> dict:  # fmt: skip
+def pair_stats(
+    pairs: Sequence[dict], dropped: Counter, n_prompts: int, n_unscored: int = 0, n_non_finite: int = 0
+) -> dict:
     """dropped counts prompts without a pair, by reason; n_unscored_responses counts responses without a score,
     n_non_finite_scores (present only when there are some) those whose score is NaN or infinite."""
-    stats = {"n_prompts": n_prompts, "n_pairs": len(pairs),
-             "n_train": sum(p["split"] == "train" for p in pairs), "n_test": sum(p["split"] == "test" for p in pairs),
-             "dropped": dict(sorted(dropped.items())), "kept_degenerate": sum(1 for p in pairs if p["degenerate"]),
-             "n_unscored_responses": n_unscored}  # fmt: skip
+    stats = {
+        "n_prompts": n_prompts,
+        "n_pairs": len(pairs),
+        "n_train": sum(p["split"] == "train" for p in pairs),
+        "n_test": sum(p["split"] == "test" for p in pairs),
+        "dropped": dict(sorted(dropped.items())),
+        "kept_degenerate": sum(1 for p in pairs if p["degenerate"]),
+        "n_unscored_responses": n_unscored,
+    }
     if n_non_finite:
         stats["n_non_finite_scores"] = n_non_finite
     return stats
 
 
-def export_pairs(pairs: Sequence[dict], prompt_format: str, train_path: str | None, test_path: str | None,
-                 mapped_path: str | None) -> None:  # fmt: skip
+def export_pairs(
+    pairs: Sequence[dict], prompt_format: str, train_path: str | None, test_path: str | None, mapped_path: str | None
+) -> None:
     """Upstream's files, for whoever reads them: the DPO-format train/test JSON lists and the mapped JSON."""
     if train_path:
         atomic_write_json(train_path, [dpo_record(p, prompt_format) for p in pairs if p["split"] == "train"])

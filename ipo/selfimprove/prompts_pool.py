@@ -42,13 +42,16 @@ def judge_key(category: str, prompt_format: str) -> str:
         return category if category in DPO_CATEGORY_PROMPTS else DPO_FALLBACK_CATEGORY
     key = CHAT_CATEGORY_KEYS.get(str(category).strip().lower())
     if key is None:
-        raise IpoError(f"unknown category {category!r}; chat mode knows {', '.join(CHAT_CATEGORY_KEYS)} "
-                       "(any case); --prompt_format upstream judges unknown categories with the code prompt")  # fmt: skip
+        raise IpoError(
+            f"unknown category {category!r}; chat mode knows {', '.join(CHAT_CATEGORY_KEYS)} "
+            "(any case); --prompt_format upstream judges unknown categories with the code prompt"
+        )
     return key
 
 
-def load_prompts(source: str, split: str | None, prompt_format: str, max_prompts: int | None = None,
-                 require_category: bool = True) -> list[Prompt]:  # fmt: skip
+def load_prompts(
+    source: str, split: str | None, prompt_format: str, max_prompts: int | None = None, require_category: bool = True
+) -> list[Prompt]:
     """Instructions and categories from a Hub dataset split or a local json/jsonl/parquet file.
 
     ``require_category=False`` (sampling only, no judge) allows a file without a category column.
@@ -75,6 +78,8 @@ def load_prompts(source: str, split: str | None, prompt_format: str, max_prompts
     if prompt_format == "upstream" and require_category:
         fallback = Counter(p.category for p in prompts if p.category not in DPO_CATEGORY_PROMPTS)
         if fallback:
-            logger.warning("categories judged with upstream's fallback (the code prompt): %s",
-                           ", ".join(f"{c!r} x{n}" for c, n in fallback.most_common()))  # fmt: skip
+            logger.warning(
+                "categories judged with upstream's fallback (the code prompt): %s",
+                ", ".join(f"{c!r} x{n}" for c, n in fallback.most_common()),
+            )
     return prompts

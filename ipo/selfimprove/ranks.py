@@ -59,8 +59,10 @@ class Ranks:
         if self.count <= 1:
             return device
         if device == SHARD:
-            raise IpoError(f"--device {SHARD} spreads one model over every GPU: run it as one process, not under "
-                           "torchrun / accelerate launch")  # fmt: skip
+            raise IpoError(
+                f"--device {SHARD} spreads one model over every GPU: run it as one process, not under "
+                "torchrun / accelerate launch"
+            )
         resolved = resolve_device(device)
         return f"cuda:{self.local_index}" if resolved.startswith("cuda") else resolved
 
@@ -82,8 +84,11 @@ def merge_parts(log_path: str | Path) -> int:
     process only). Returns how many records were added."""
     log_path = Path(log_path)
     pattern = re.compile(rf"{re.escape(log_path.stem)}\.rank(\d+){re.escape(log_path.suffix)}")
-    parts = sorted((int(m.group(1)), p) for p in log_path.parent.glob(f"{log_path.stem}.rank*{log_path.suffix}")
-                   if (m := pattern.fullmatch(p.name)))  # fmt: skip
+    parts = sorted(
+        (int(m.group(1)), p)
+        for p in log_path.parent.glob(f"{log_path.stem}.rank*{log_path.suffix}")
+        if (m := pattern.fullmatch(p.name))
+    )
     if not parts:
         return 0
     log = RecordLog(log_path)
@@ -94,8 +99,13 @@ def merge_parts(log_path: str | Path) -> int:
     return len(log) - before
 
 
-def run_sharded(ranks: Ranks, log_path: str | Path, items: Sequence, work: Callable[[list, RecordLog], object],
-                key: Callable = lambda item: item.id) -> None:  # fmt: skip
+def run_sharded(
+    ranks: Ranks,
+    log_path: str | Path,
+    items: Sequence,
+    work: Callable[[list, RecordLog], object],
+    key: Callable = lambda item: item.id,
+) -> None:
     """One sharded stage: ``work(my_items, log)`` on every process, with the items ``log_path`` lacks (by
     ``key``) split over the processes and each process's ``log`` its own (the stage's log for the main
     process, a part file for the others); the parts are merged into the log before this returns. ``work``

@@ -126,7 +126,8 @@ def check_can_generate(model_name_or_path: str, trust_remote_code: bool = False)
     except Exception:  # no generation_config.json: transformers derives one from the model config
         try:
             generation_config = GenerationConfig.from_model_config(
-                AutoConfig.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code))
+                AutoConfig.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+            )
         except Exception:
             generation_config = None
     return stop_token_ids(tokenizer, generation_config)
@@ -153,10 +154,13 @@ def encode_prompt(tokenizer, instruction: str, prompt_format: str) -> list[int]:
         return tokenizer(instruction).input_ids
     if prompt_format == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            raise IpoError("this tokenizer has no chat template, so --prompt_format chat cannot be used; "
-                           "use --prompt_format upstream")  # fmt: skip
-        text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                             add_generation_prompt=True)  # fmt: skip
+            raise IpoError(
+                "this tokenizer has no chat template, so --prompt_format chat cannot be used; "
+                "use --prompt_format upstream"
+            )
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+        )
         return tokenizer(text, add_special_tokens=False).input_ids  # the template already holds BOS if any
     raise ValueError(f"unknown prompt format {prompt_format!r}")
 
@@ -184,8 +188,9 @@ def gumbel_perturb(scores, generators, dense: bool | None = None):
     else:
         rows, cols = finite.nonzero(as_tuple=True)  # row-major: row 0's tokens first, by id
         counts = torch.bincount(rows, minlength=scores.shape[0]).tolist()
-    uniform = torch.cat([torch.rand(count, generator=generator, dtype=torch.float32)
-                         for generator, count in zip(generators, counts)])  # fmt: skip
+    uniform = torch.cat(
+        [torch.rand(count, generator=generator, dtype=torch.float32) for generator, count in zip(generators, counts)]
+    )
     gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
     gumbel = gumbel.to(scores.device, scores.dtype)
     if dense:  # masked_scatter fills the finite entries in row-major order, as nonzero lists them
@@ -213,8 +218,9 @@ def kv_cache_bytes_per_token(model_config, dtype) -> int | None:
     return layers * kv_heads * head_dim * 2 * torch.empty((), dtype=dtype).element_size()
 
 
-def sample_batch_tokens(bytes_per_token: int | None, cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                        cap: int = MAX_SAMPLE_BATCH_TOKENS) -> int:  # fmt: skip
+def sample_batch_tokens(
+    bytes_per_token: int | None, cache_bytes: int = DEFAULT_KV_CACHE_BYTES, cap: int = MAX_SAMPLE_BATCH_TOKENS
+) -> int:
     """Token positions per generate call whose key/value cache fits ``cache_bytes`` (at most ``cap``)."""
     if not bytes_per_token:
         return cap
@@ -248,20 +254,36 @@ class GumbelMaxSampling:
 # repetition penalty, which the decode loop applies itself), Sampler runs its own decode loop, which drops
 # finished rows from the batch; otherwise it calls model.generate, which applies them all.
 _GENERATE_ONLY_SETTINGS = {
-    "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0,
-    "bad_words_ids": None, "min_length": 0, "min_new_tokens": None, "forced_bos_token_id": None,
-    "forced_eos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
-    "exponential_decay_length_penalty": None, "renormalize_logits": False, "guidance_scale": None,
-    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "watermarking_config": None, "remove_invalid_values": False,
-}  # fmt: skip
+    "no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+    "renormalize_logits": False,
+    "guidance_scale": None,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "watermarking_config": None,
+    "remove_invalid_values": False,
+}
 
 
 def needs_generate(generation_config) -> list[str]:
     """The generation-config settings (other than repetition_penalty) that only model.generate applies."""
     if generation_config is None:
         return []
-    return [name for name, default in _GENERATE_ONLY_SETTINGS.items()
-            if getattr(generation_config, name, None) not in (None, default)]  # fmt: skip
+    return [
+        name
+        for name, default in _GENERATE_ONLY_SETTINGS.items()
+        if getattr(generation_config, name, None) not in (None, default)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,9 +292,16 @@ def needs_generate(generation_config) -> list[str]:
 class Sampler:
     """Batched, seeded sampling of ``settings.num_return_sequences`` responses per prompt."""
 
-    def __init__(self, model, tokenizer, settings: SamplingSettings, batch_size: int = 16,
-                 max_batch_tokens: int | None = None, salt: str = "",
-                 kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        settings: SamplingSettings,
+        batch_size: int = 16,
+        max_batch_tokens: int | None = None,
+        salt: str = "",
+        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+    ):
         check_sampling_settings(settings)
         self.model = model
         self.tokenizer = tokenizer
@@ -299,16 +328,27 @@ class Sampler:
         """What sampling actually used, for config.json."""
         s = self.settings
         return {
-            "num_return_sequences": s.num_return_sequences, "temperature": s.temperature,
-            "greedy": s.temperature == 0, "max_new_tokens": s.max_new_tokens, "top_k": self.top_k,
-            "top_p": self.top_p, "seed": s.seed, "salt": self.salt, "stop_token_ids": self.stop_ids,
-            "stop_tokens": self.tokenizer.convert_ids_to_tokens(self.stop_ids), "pad_token_id": self.pad_id,
+            "num_return_sequences": s.num_return_sequences,
+            "temperature": s.temperature,
+            "greedy": s.temperature == 0,
+            "max_new_tokens": s.max_new_tokens,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "seed": s.seed,
+            "salt": self.salt,
+            "stop_token_ids": self.stop_ids,
+            "stop_tokens": self.tokenizer.convert_ids_to_tokens(self.stop_ids),
+            "pad_token_id": self.pad_id,
             "method": "greedy" if s.temperature == 0 else "gumbel-max, one random stream per (prompt, sample)",
-            "repetition_penalty": self.repetition_penalty, "max_batch_tokens": self.max_batch_tokens,
+            "repetition_penalty": self.repetition_penalty,
+            "max_batch_tokens": self.max_batch_tokens,
             "kv_cache_bytes_per_token": self.kv_bytes_per_token,
-            "decoding": (f"model.generate (the generation config sets {', '.join(self.generate_only)})"
-                         if self.generate_only else "own loop, finished rows leave the batch"),
-        }  # fmt: skip
+            "decoding": (
+                f"model.generate (the generation config sets {', '.join(self.generate_only)})"
+                if self.generate_only
+                else "own loop, finished rows leave the batch"
+            ),
+        }
 
     def _generation_config(self, model_config):
         from transformers import GenerationConfig
@@ -316,17 +356,30 @@ class Sampler:
         config = copy.deepcopy(model_config) if model_config is not None else GenerationConfig()
         # Sampling happens in our logits processor; the built-in sampler and warpers are switched off, and
         # the N copies of each prompt are made before generate (greedy generate refuses num_return_sequences).
-        config.update(do_sample=False, temperature=None, top_k=None, top_p=None, min_p=None, typical_p=None,
-                      num_beams=1, num_return_sequences=1,
-                      max_new_tokens=self.settings.max_new_tokens, max_length=None,
-                      eos_token_id=self.stop_ids, pad_token_id=self.pad_id)  # fmt: skip
+        config.update(
+            do_sample=False,
+            temperature=None,
+            top_k=None,
+            top_p=None,
+            min_p=None,
+            typical_p=None,
+            num_beams=1,
+            num_return_sequences=1,
+            max_new_tokens=self.settings.max_new_tokens,
+            max_length=None,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
         return config
 
     def _logits_processors(self, seeds, with_repetition_penalty: bool = False):
         from transformers import LogitsProcessorList
         from transformers.generation.logits_process import (
-            RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
-        )  # fmt: skip
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         processors = []
         if with_repetition_penalty and self.repetition_penalty:  # model.generate adds it itself
@@ -370,7 +423,7 @@ class Sampler:
         samples = []
         for p, (prompt_id, _) in enumerate(prompts):
             texts, counts, finished = [], [], []
-            for ids, stopped in rows[p * n:(p + 1) * n]:
+            for ids, stopped in rows[p * n : (p + 1) * n]:
                 texts.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
                 counts.append(len(ids))
                 finished.append(stopped)
@@ -383,10 +436,13 @@ class Sampler:
 
     def _with_generate(self, input_ids, attention_mask, seeds) -> list[tuple[list[int], bool]]:
         """model.generate: every row stays in the batch until the longest one ends."""
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                     generation_config=self.generation_config,
-                                     logits_processor=self._logits_processors(seeds))  # fmt: skip
-        new_tokens = output[:, input_ids.shape[1]:]
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=self.generation_config,
+            logits_processor=self._logits_processors(seeds),
+        )
+        new_tokens = output[:, input_ids.shape[1] :]
         self.stats["row_steps"] += new_tokens.numel()
         return [cut_at_stop(row, self.stop_ids) for row in new_tokens.tolist()]
 
@@ -408,8 +464,9 @@ class Sampler:
         active = list(range(input_ids.shape[0]))  # original row of each batch row
         sequences = input_ids  # prompt + tokens so far, for the repetition penalty
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                         use_cache=True, **forward_kwargs)  # fmt: skip
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **forward_kwargs
+        )
         cache = out.past_key_values
         for step in range(self.settings.max_new_tokens):
             scores = processors(sequences, out.logits[:, -1, :].float())
@@ -434,9 +491,14 @@ class Sampler:
                         processor.keep_rows(keep)
             sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
-            out = self.model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
-                             position_ids=attention_mask.sum(-1, keepdim=True) - 1, past_key_values=cache,
-                             use_cache=True, **forward_kwargs)  # fmt: skip
+            out = self.model(
+                input_ids=next_tokens[:, None],
+                attention_mask=attention_mask,
+                position_ids=attention_mask.sum(-1, keepdim=True) - 1,
+                past_key_values=cache,
+                use_cache=True,
+                **forward_kwargs,
+            )
         return [(row_tokens, ended) for row_tokens, ended in zip(tokens, finished)]
 
 
@@ -444,12 +506,25 @@ class Sampler:
 # Sampling into a record log (resumable: a prompt already in the log is not sampled again)
 # ---------------------------------------------------------------------------------------------------
 def _progress(total: int, done: int, desc: str, unit: str):
-    return tqdm(total=total, initial=done, desc=desc, unit=unit, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 30)  # fmt: skip
+    return tqdm(
+        total=total,
+        initial=done,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
 
 
-def sample_into_log(sampler, tokenizer, prompts: Sequence[Prompt], log: RecordLog, prompt_format: str,
-                    desc: str = "sampling", cut_at: str | None = None) -> int:  # fmt: skip
+def sample_into_log(
+    sampler,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    log: RecordLog,
+    prompt_format: str,
+    desc: str = "sampling",
+    cut_at: str | None = None,
+) -> int:
     """Sample responses for the prompts ``log`` lacks, appending one record per prompt as batches finish.
 
     ``cut_at``: a literal marker each response is cut at (then stripped), as upstream DPO/self_reward.py did
@@ -469,9 +544,16 @@ def sample_into_log(sampler, tokenizer, prompts: Sequence[Prompt], log: RecordLo
                 responses = sample.responses
                 if cut_at:
                     responses = [r.split(cut_at)[0].strip() if cut_at in r else r for r in responses]
-                records.append({"id": prompt.id, "prompt": prompt.instruction, "category": prompt.category,
-                                "responses": responses, "n_tokens": sample.n_tokens,
-                                "finished": sample.finished})  # fmt: skip
+                records.append(
+                    {
+                        "id": prompt.id,
+                        "prompt": prompt.instruction,
+                        "category": prompt.category,
+                        "responses": responses,
+                        "n_tokens": sample.n_tokens,
+                        "finished": sample.finished,
+                    }
+                )
             log.append(records)
             bar.update(len(batch))
     return len(todo)
