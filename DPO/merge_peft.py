@@ -9,7 +9,10 @@ own folder with the tokenizer, and nothing is uploaded without --push. Upstream'
     # and to upload the merged model (token from HF_TOKEN or `hf auth login`):
     python DPO/merge_peft.py --model_dir outputs/dpo-run/round_1/adapter --mode merge --save --push --hf_model_id U/name
 
---mode peft uploads the adapter itself (with --push) and merges nothing.
+--mode peft uploads the adapter itself (with --push) and merges nothing. The merge runs in float32 and the
+model is saved in --dtype (auto: the base checkpoint's dtype, read from its config.json, also for a Hub id). An
+--output_dir that contains the adapter folder (e.g. the adapter's run folder) or lies inside it is refused, so
+--overwrite can never delete the adapter; the leftovers of a killed merge are removed when it is run again.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import sys
 from pathlib import Path
 
 from ipo import IpoError, cli, hub
-from ipo.training.merge import merge_adapter, read_adapter_config
+from ipo.runs import check_output_dir, lock_folder
+from ipo.training.merge import check_merge_output, merge_adapter, read_adapter_config
 
 logger = cli.logger
 
@@ -61,9 +65,17 @@ def main(argv=None) -> int:
         else:
             logger.info("--mode peft without --push: nothing to do")
         return 0
+    ###############
+    # Every check before the base model loads: the output folder apart from the adapter (and its run), writable,
+    # not in use by another merge or run (the lock on the folder it is written into), not there unless --overwrite
+    ###############
     output_dir = Path(args.output_dir) if args.output_dir else adapter_dir.with_name(adapter_dir.name + "-merged")
+    check_merge_output(adapter_dir, output_dir)
+    check_output_dir(output_dir)
     if output_dir.exists() and not args.overwrite:
         raise IpoError(f"{output_dir} exists; pass --overwrite to replace it, or another --output_dir")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_folder(output_dir.parent)  # the adapter's run folder by default: no run or other merge writes there now
     merge_adapter(adapter_dir, output_dir, base_model=args.base_model, dtype=args.dtype)
     print(output_dir)
     if repo:

@@ -6,10 +6,11 @@ policy. Data: a preference dataset (its chosen responses), prompt/completion row
 (Dolly: instruction/context/response; Alpaca: instruction/input/output), a Hub id or a local file. The
 loss is TRL's SFTTrainer NLL on the completion tokens only, with a LoRA adapter (or --no_lora).
 
-Offline, on the embedded SmolLM2-135M-Instruct and 64 Anthropic HH chosen responses (a minute on a CPU):
+On the embedded SmolLM2-135M-Instruct and 64 Anthropic HH chosen responses (a minute on a CPU, offline once the
+data file is here: harmless-base/test.jsonl.gz of the Hub dataset Anthropic/hh-rlhf, downloaded to the current folder):
 
     python DPO/sft.py --model_name_or_path "$(python -m ipo.assets smollm2)" \\
-        --dataset ../shared/data/preference/hh-rlhf_harmless-base_test.jsonl.gz --as_messages \\
+        --dataset test.jsonl.gz --as_messages \\
         --max_steps 3 --per_device_train_batch_size 4 --lora_r 8 --lora_alpha 16 --max_length 256 --limit 64 \\
         --merge_adapters
 
@@ -19,7 +20,7 @@ Then train the preference loss from the merged model (policy and reference):
 
 The run folder <output_dir>/<run_name>/ holds config.json, sft_config.json, checkpoints/, train_log.jsonl,
 adapter/ (model/ with --no_lora), merged/ (--merge_adapters) and train_summary.json; re-running the same
-command resumes from the last checkpoint.
+command resumes from the newest complete checkpoint (one cut off by a kill is skipped, with a log line).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
     run = RunDir(args.output_dir, args.run_name or f"sft-{cli.model_short_name(args.model_name)}-{dataset_name}",
                  overwrite=args.overwrite)  # fmt: skip
     run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
+    repo = hub.model_repo(args.hub_repo_id or run.path.name) if args.push_to_hub else None  # fails before training
     if is_main_process():
         run.start(cli.public_args(args), resolved={"n_train": len(records), "format": data.format},
                   fingerprint_extra={"limit": args.limit})  # fmt: skip
@@ -91,8 +93,8 @@ def main(argv=None) -> int:
         final_model = summary["merged"] = str(merged)
     atomic_write_json(run.file(SUMMARY_FILE), summary)
     print(json.dumps({"final_loss": summary["final_loss"], "steps": summary["steps"], "model": str(final_model)}))
-    if args.push_to_hub:
-        hub.push_model(final_model, args.hub_repo_id or run.path.name, what="SFT model")
+    if repo:
+        hub.push_model(final_model, repo, what="SFT model")
     return 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from ipo import IpoError, cli
 from ipo.cli.training import parse_preference_args
 from ipo.report import markdown_table
-from ipo.runs import atomic_write_json, atomic_write_text
+from ipo.runs import atomic_write_json, atomic_write_text, validate_name
 from ipo.training.recipes import expand_grid, load_recipe
 
 logger = cli.logger
@@ -92,7 +92,8 @@ def plan(args, passthrough: list[str]) -> tuple[Path, list[dict]]:
     settings, grid = load_recipe(args.config)
     if not grid:
         raise IpoError(f"{args.config} has no `sweep:` grid; train a single run with DPO/train_preferences.py")
-    root = Path(args.output_dir or settings.get("output_dir") or "outputs/sweeps") / (args.sweep_name or Path(args.config).stem)
+    name = validate_name(args.sweep_name, "--sweep_name") if args.sweep_name is not None else Path(args.config).stem
+    root = Path(args.output_dir or settings.get("output_dir") or "outputs/sweeps") / name
     points = []
     for name, point in expand_grid(settings, grid):
         argv = ["--config", str(args.config), *point_flags(point, grid), *passthrough,

@@ -6,10 +6,11 @@ rpo_unpaired, rpo_diagonal, rpo_uniform, or any other TRL loss. The dataset is a
 json/jsonl/parquet file (gzip accepted) in TRL's prompt/chosen/rejected format (text or messages),
 Anthropic HH's dialogues, LLaMA-Factory's sharegpt, or unpaired prompt/completion/label rows.
 
-Offline, RPO on the embedded SmolLM2-135M-Instruct and 64 Anthropic HH pairs (a minute on a CPU):
+RPO on the embedded SmolLM2-135M-Instruct and 64 Anthropic HH pairs (a minute on a CPU, offline once the data
+file is here: harmless-base/test.jsonl.gz of the Hub dataset Anthropic/hh-rlhf, downloaded to the current folder):
 
     python DPO/train_preferences.py --model_name_or_path "$(python -m ipo.assets smollm2)" \\
-        --dataset ../shared/data/preference/hh-rlhf_harmless-base_test.jsonl.gz --loss_type rpo_paired \\
+        --dataset test.jsonl.gz --loss_type rpo_paired \\
         --max_steps 3 --per_device_train_batch_size 4 --lora_r 8 --lora_alpha 16 --max_length 256 --limit 64
 
 A recipe gives the settings, flags override it (recipes/README.md):
@@ -19,7 +20,9 @@ A recipe gives the settings, flags override it (recipes/README.md):
 The run folder <output_dir>/<run_name>/ holds config.json, dpo_config.json, checkpoints/, train_log.jsonl,
 adapter/ (the LoRA adapter with its tokenizer; the whole model with --no_lora), merged/ (--merge_adapters)
 and train_summary.json (final loss, reward margin and accuracy, steps, skipped RPO batches). Re-running
-the same command resumes from the last checkpoint; a finished run is not retrained. Several GPUs:
+the same command resumes from the newest complete checkpoint (one cut off by a kill is skipped, with a log line),
+and mean_loss covers the whole run; a finished run is not retrained. One run per folder at a time (a lock).
+Several GPUs:
 `accelerate launch --config_file recipes/accelerate_configs/ddp.yaml DPO/train_preferences.py ...`.
 """
 
@@ -84,6 +87,7 @@ def main(argv=None) -> int:
     evaluation = load_data(args.eval_dataset, args.eval_split, args, "evaluation data") if args.eval_dataset else None
     run = RunDir(args.output_dir, args.run_name or default_run_name(args), overwrite=args.overwrite)
     run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
+    repo = hub.model_repo(args.hub_repo_id or run.path.name) if args.push_to_hub else None  # fails before training
     resolved = {"n_train": len(train.records), "train_format": train.format, "dropped": dict(train.dropped),
                 "n_eval": len(evaluation.records) if evaluation else 0}  # fmt: skip
     if is_main_process():
@@ -119,8 +123,8 @@ def main(argv=None) -> int:
     print(json.dumps({k: summary[k] for k in ("loss_type", "beta", "final_loss", "reward_margin", "reward_accuracy",
                                               "steps", "skipped_rpo_batches")}))  # fmt: skip
     logger.info("outputs in %s", run.path)
-    if args.push_to_hub:
-        hub.push_model(final_model, args.hub_repo_id or run.path.name,
+    if repo:
+        hub.push_model(final_model, repo,
                        what="merged model" if Path(final_model).name == "merged" else f"{ADAPTER_DIR} folder")  # fmt: skip
     return 0
 

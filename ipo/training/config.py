@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import enum
 import json
+import logging
 import os
 import types
 import typing
@@ -37,6 +38,8 @@ from trl import DPOConfig, ModelConfig, SFTConfig
 from ipo import IpoError
 from ipo.modeling import resolve_device
 from ipo.training.options import TrainingOptions, check_options, lora_targets
+
+logger = logging.getLogger("ipo")
 
 TRAINER_CONFIGS = {"dpo": DPOConfig, "sft": SFTConfig}
 # TRL names that the scripts' own flags take (TrainingOptions' fields that are TRL names are taken too:
@@ -223,15 +226,39 @@ def apply_model_settings(model, options: TrainingOptions) -> None:
 def resolve_precision(dtype: str, device: str) -> tuple[str, bool, bool]:
     """(weights dtype name, bf16 autocast, fp16 autocast) for training.
 
-    auto: bf16 on GPUs that have it (the paper), fp16 on older GPUs, fp32 on CPU (TRL's bf16 default fails
-    on CPU, and bf16 matmuls are slow there).
+    auto: bf16 on GPUs that have it natively (compute capability 8.0+; V100 and T4 only emulate it, slowly and
+    without fast attention, so they get fp16, the paper's dtype), fp32 on CPU (TRL's bf16 default fails on
+    CPU, and bf16 matmuls are slow there). The weights dtype is what the model is loaded in, except for full
+    fine-tuning in half precision (training_weights_dtype).
     """
     if dtype == "auto":
         if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
         else:
             dtype = "float32"
     return dtype, dtype == "bfloat16", dtype == "float16"
+
+
+def training_weights_dtype(options: TrainingOptions, device: str, sharded_by: str | None = None) -> str:
+    """The dtype the trained model's weights are loaded in.
+
+    LoRA: the resolved dtype (the frozen base may be bf16; PEFT keeps the adapter weights in float32).
+    Full fine-tuning in bf16 or fp16: float32 master weights, with the Trainer's autocast doing the half-precision
+    compute: an optimizer step on bf16 weights rounds away almost every update at the paper's learning rates
+    (3 DPO steps at lr 5e-7 with RMSprop on CPU moved 0.9% of SmolLM2-135M's weights in bf16, 89% with float32
+    masters; tests/test_training_trust.py checks it on the tiny model). ``sharded_by`` ("DeepSpeed" or "FSDP", ipo.training.distributed.
+    fp32_master_launcher): those keep float32 masters of half-precision weights themselves, so the weights
+    are loaded in the half-precision dtype there (half the memory while loading).
+    """
+    dtype = resolve_precision(options.dtype, device)[0]
+    if options.use_lora or dtype == "float32":
+        return dtype
+    if sharded_by:
+        logger.info("full fine-tuning in %s weights: %s keeps float32 master weights", dtype, sharded_by)
+        return dtype
+    logger.info("full fine-tuning: float32 master weights with %s autocast (half-precision weights would round "
+                "away most updates)", dtype)
+    return "float32"
 
 
 def build_lora_config(options: TrainingOptions):

@@ -35,6 +35,23 @@ def model_load_device(device: str, quantized: bool) -> str:
     return f"cuda:{state.local_process_index}" if quantized else "cpu"
 
 
+def fp32_master_launcher(trainer_overrides: dict | None = None) -> str | None:
+    """"DeepSpeed" or "FSDP" when the run is launched under one of them (accelerate launch with a DeepSpeed or
+    FSDP config, or TRL's ``deepspeed`` / ``fsdp`` settings), else None. Both keep float32 master weights of
+    half-precision weights (DeepSpeed's bf16/fp16 optimizers; accelerate upcasts FSDP's parameters to float32
+    when mixed precision is on), so full fine-tuning may load bf16 weights there."""
+    overrides = trainer_overrides or {}
+
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+    if flag("ACCELERATE_USE_DEEPSPEED") or overrides.get("deepspeed"):
+        return "DeepSpeed"
+    if flag("ACCELERATE_USE_FSDP") or overrides.get("fsdp"):
+        return "FSDP"
+    return None
+
+
 def wait_for_everyone() -> None:
     process_state().wait_for_everyone()
 

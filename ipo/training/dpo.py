@@ -3,6 +3,8 @@
     build_trainer(...)                    -> a DPOTrainer (or any subclass passed as ``trainer_class``)
     train_dpo(...)                        train (resuming from the last checkpoint) and save the adapter
     train_summary(log_history)            the last logged values a sweep compares
+    resume_checkpoint(checkpoint_root)    the newest complete checkpoint (an interrupted save is skipped)
+    train_from(trainer, checkpoint)       train; the metrics' train_loss covers every step, also after a resume
     free_memory()                         release a model before loading the next one
 
 The settings arrive as ``TrainingOptions`` (ipo/training/options.py); the trainer config is built by
@@ -15,8 +17,10 @@ config unchanged. The project's own losses (ipo_sum, kto_pair, rpo_*) are picked
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +35,9 @@ from ipo.training.config import (
     build_dpo_config,
     build_lora_config,
     describe_config,
-    resolve_precision,
+    training_weights_dtype,
 )
-from ipo.training.distributed import model_load_device, save_trained_model
+from ipo.training.distributed import fp32_master_launcher, model_load_device, save_trained_model
 from ipo.training.options import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
@@ -47,6 +51,11 @@ from ipo.training.options import (
 from ipo.training.trainer import RPO_SKIPPED, custom_trainer_class
 
 logger = logging.getLogger("ipo")
+
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last in a checkpoint: its presence marks a complete save
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FOLDERS = ("global_step", "pytorch_model_fsdp")  # DeepSpeed's and FSDP's sharded states
 
 
 @dataclass
@@ -83,7 +92,8 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
     lora_config = build_lora_config(options) if options.use_lora else None
     if options.load_in_4bit and not options.use_lora:
         raise IpoError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base; drop --no_lora")
-    model, _, _ = load_model(str(model_name_or_path), dtype=resolve_precision(options.dtype, device)[0],
+    weights_dtype = training_weights_dtype(options, device, fp32_master_launcher(options.trainer_overrides))
+    model, _, _ = load_model(str(model_name_or_path), dtype=weights_dtype,
                              device=model_load_device(device, options.load_in_4bit),
                              quantized=options.load_in_4bit)  # fmt: skip
     apply_model_settings(model, options)
@@ -112,15 +122,13 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
 def train_dpo(model_name_or_path: str, train_records: Sequence[dict], options: TrainingOptions,
               output_dir: str | os.PathLike, eval_records: Sequence[dict] | None = None,
               trainer_class=None, callbacks=None, device: str = "auto", extra_config: dict | None = None) -> TrainResult:  # fmt: skip
-    """Train an adapter into ``output_dir/adapter`` (with its tokenizer); resume from the last checkpoint.
+    """Train an adapter into ``output_dir/adapter`` (with its tokenizer); resume from the last complete checkpoint.
 
     Writes, in ``output_dir``: ``dpo_config.json`` (resolved settings, before training starts),
     ``checkpoints/checkpoint-N`` every ``save_steps`` steps, ``train_log.jsonl`` (the trainer's log
     history) and finally ``adapter/``, which appears only once it is complete (written to a temporary
     folder, then renamed). An existing ``adapter/`` means the stage is done: nothing is retrained.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     output_dir = Path(output_dir)
     adapter_dir = output_dir / ADAPTER_DIR
     if (adapter_dir / ADAPTER_CONFIG).is_file() or (adapter_dir / "config.json").is_file():
@@ -145,12 +153,10 @@ def train_dpo(model_name_or_path: str, train_records: Sequence[dict], options: T
         weights_dtype=weights_dtype.replace("torch.", ""),
         n_train_pairs=n_train, n_eval_pairs=n_eval, **(extra_config or {}),
     ))  # fmt: skip
-    checkpoint_root = output_dir / CHECKPOINT_DIR
-    last = get_last_checkpoint(str(checkpoint_root)) if checkpoint_root.is_dir() else None
+    last = resume_checkpoint(output_dir / CHECKPOINT_DIR)
     if last:
         logger.info("resuming training from %s", last)
-    train_output = trainer.train(resume_from_checkpoint=last)
-    metrics = dict(train_output.metrics)
+    metrics = train_from(trainer, last)
     if trainer.eval_dataset is not None:
         final_evals = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
         metrics.update({k: v for k, v in final_evals[-1].items() if k.startswith("eval_")} if final_evals
@@ -162,6 +168,105 @@ def train_dpo(model_name_or_path: str, train_records: Sequence[dict], options: T
     del trainer
     free_memory()
     return TrainResult(adapter_dir, metrics, resumed_from=last, n_train=n_train, n_eval=n_eval)
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why ``checkpoint-N/`` cannot be resumed from (a save killed part-way), or None when it is complete: the
+    Trainer writes the weights, the optimizer, the RNG states and, last, trainer_state.json."""
+    folder = Path(folder)
+    try:
+        json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE}"
+    except (OSError, ValueError):
+        return f"{TRAINER_STATE} is cut off"
+    names = set(os.listdir(folder))
+    if names & set(WEIGHT_FILES) or any(name.startswith(WEIGHT_FOLDERS) for name in names):
+        return None
+    for index in (name for name in WEIGHT_INDEXES if name in names):
+        try:
+            shards = set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index} is unreadable"
+        missing = sorted(shard for shard in shards if not (folder / shard).is_file())
+        return f"no {missing[0]}" if missing else None
+    return "no model or adapter weights"
+
+
+def resume_checkpoint(checkpoint_root: str | os.PathLike) -> str | None:
+    """The newest complete ``checkpoint-N`` under ``checkpoint_root``, or None (start from the beginning).
+
+    A kill during a save leaves a newest checkpoint without trainer_state.json (or empty): it is skipped, with
+    one log line naming it and what it lacks, and the resumed run writes that step's checkpoint again.
+    """
+    root = Path(checkpoint_root)
+    if not root.is_dir():
+        return None
+    numbered = ((re.fullmatch(r"checkpoint-(\d+)", entry.name), entry) for entry in root.iterdir())
+    found = sorted(((int(m.group(1)), entry) for m, entry in numbered if m and entry.is_dir()), reverse=True)
+    skipped = []
+    for _, folder in found:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            break
+        skipped.append(f"{folder.name} ({problem})")
+    else:
+        folder = None
+    if skipped:
+        then = f"resuming from {folder.name}" if folder else "starting from the beginning"
+        logger.warning("skipping incomplete checkpoint(s) left by an interrupted save: %s; %s", ", ".join(skipped),
+                       then)
+    return str(folder) if folder else None
+
+
+def whole_run_train_loss(
+    log_history: Sequence[dict], session_loss: float, resumed_step: int, global_step: int
+) -> float | None:
+    """The mean training loss over every step of a run resumed at ``resumed_step``, from its log history.
+
+    The Trainer's own ``train_loss`` covers only the steps run since the resume. Each logged ``loss`` is the
+    mean over its logging window (the steps since the previous log; after a resume, since the resume), and
+    ``session_loss`` (this session's train_loss) gives the steps after the last log. Steps between the last log
+    and the checkpoint of an interrupted session were never logged and are left out (none when save_steps is a
+    multiple of logging_steps, as by default).
+    """
+    total = covered = in_session = 0.0
+    previous = 0
+    for entry in log_history:
+        if "loss" not in entry or "step" not in entry or any(key.startswith("eval_") for key in entry):
+            continue
+        step = entry["step"]
+        if step > resumed_step:
+            previous = max(previous, resumed_step)
+            in_session += entry["loss"] * (step - previous)
+        total += entry["loss"] * (step - previous)
+        covered += step - previous
+        previous = step
+    rest = global_step - max(previous, resumed_step)
+    if rest > 0:
+        total += session_loss * (global_step - resumed_step) - in_session
+        covered += rest
+    return total / covered if covered else None
+
+
+def train_from(trainer, checkpoint: str | None) -> dict:
+    """``trainer.train()`` from ``checkpoint`` (resume_checkpoint's; None: from the start) and its metrics. After a
+    resume, ``train_loss`` (in the metrics and in the log history's last entry, so train_log.jsonl and
+    train_summary agree) covers the whole run, not only this session (whole_run_train_loss)."""
+    resumed_step = 0
+    if checkpoint:  # read now: the checkpoint may be rotated away during training
+        resumed_step = json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"]
+    metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
+    if not checkpoint or "train_loss" not in metrics:
+        return metrics
+    history = trainer.state.log_history
+    whole = whole_run_train_loss(history, metrics["train_loss"], resumed_step, trainer.state.global_step)
+    if whole is not None:
+        metrics["train_loss"] = whole
+        final = [entry for entry in history if "train_loss" in entry]
+        if final:
+            final[-1]["train_loss"] = whole
+    return metrics
 
 
 def free_memory() -> None:

@@ -94,6 +94,14 @@ def check_options(options: TrainingOptions) -> None:
                  "logging_steps", "save_steps", "eval_steps", "num_train_epochs"):  # fmt: skip
         if getattr(options, name) <= 0:
             raise IpoError(f"--{name} must be positive, got {getattr(options, name)}")
+    if options.max_steps == 0 or options.max_steps < -1:  # the Trainer would silently run whole epochs instead
+        raise IpoError(f"--max_steps must be positive (or -1: run --num_train_epochs), got {options.max_steps}")
+    if not 0 <= options.label_smoothing < 0.5:
+        raise IpoError(f"--label_smoothing must be in [0, 0.5), got {options.label_smoothing}")
+    if options.max_grad_norm < 0:
+        raise IpoError(f"--max_grad_norm must be >= 0 (0: no clipping), got {options.max_grad_norm}")
+    if options.dataloader_num_workers < 0:
+        raise IpoError(f"--dataloader_num_workers must be >= 0, got {options.dataloader_num_workers}")
     if not 0 <= options.warmup_ratio < 1:
         raise IpoError(f"--warmup_ratio must be in [0, 1), got {options.warmup_ratio}")
     if not 0 <= options.lora_dropout < 1:

@@ -1,6 +1,6 @@
 """Preference datasets for training, turned into TRL's records, with one-line errors that name file and row.
 
-Accepted layouts (detected from the first row, or forced with ``format=``):
+Accepted layouts (detected from all the rows, or forced with ``format=``):
 
 | format | columns | becomes |
 |---|---|---|
@@ -11,6 +11,10 @@ Accepted layouts (detected from the first row, or forced with ``format=``):
 | hh | chosen, rejected: Anthropic HH dialogues (``\\n\\nHuman: ...\\n\\nAssistant: ...``) | standard (or conversational with ``hh_messages``) |
 | sharegpt | conversations: [{from, value}], chosen/rejected: {from, value} (LLaMA-Factory) | conversational |
 | unpaired | prompt, completion, label (bool) | the same (TRL's KTO format) |
+
+A file is read in the layout most of its rows have; a row of another layout is refused with one line when it
+would otherwise be read silently in the wrong way (a text prompt ignored, a null prompt taken for an implicit
+one), so the first row alone never decides how the whole file is read.
 
 Content problems (an HH row whose chosen and rejected dialogues differ before the last Assistant turn,
 identical chosen and rejected responses, no common prompt) drop the row and are counted by reason; schema problems (a
@@ -73,13 +77,7 @@ def load_preference_data(
     ``hh_messages`` turns Anthropic HH dialogues into chat messages (user/assistant turns) instead of
     the raw ``Human:``/``Assistant:`` text, so that an instruct model sees its own chat template.
     """
-    if format not in DATASET_FORMATS:
-        raise IpoError(f"unknown dataset format {format!r}; choose one of {', '.join(DATASET_FORMATS)}")
-    rows = read_records(source, split)
-    if not rows:
-        raise IpoError(f"{source}: the dataset is empty")
-    if format == "auto":
-        format = detect_format(rows[0], source)
+    rows, format, detected = _read_rows(source, split, format, DATASET_FORMATS, "dataset format", detect_format)
     dropped: Counter = Counter()
     records = []
     for index, row in enumerate(rows):
@@ -87,6 +85,8 @@ def load_preference_data(
             raise IpoError(f"{source}: row {index} is not a JSON object")
         where = f"{source}: row {index}"
         record = _convert_row(row, format, where, hh_messages)
+        if detected:
+            _refuse_other_layout(row_format(row), format, where)
         if isinstance(record, str):
             dropped[record] += 1
         else:
@@ -97,10 +97,27 @@ def load_preference_data(
     return PreferenceData(records, source, format, paired=format != "unpaired", dropped=dropped)
 
 
-def detect_format(row: dict, source: str) -> str:
-    """The layout of a dataset, from its first row."""
+def _read_rows(source: str, split: str, format: str, formats: Sequence[str], what: str, detect):
+    """(rows, format, whether it was detected): ``format``, or for auto ``detect(rows, source)``."""
+    if format not in formats:
+        raise IpoError(f"unknown {what} {format!r}; choose one of {', '.join(formats)}")
+    rows = read_records(source, split)
+    if not rows:
+        raise IpoError(f"{source}: the dataset is empty")
+    if format != "auto":
+        return rows, format, False
+    return rows, detect(rows, source), True
+
+
+def detect_format(rows: Sequence[dict], source: str) -> str:
+    """The layout of a dataset: the one most of its rows have (on a tie, the one met first)."""
+    return _majority(rows, row_format) or _undetectable(rows[0], source)
+
+
+def row_format(row) -> str | None:
+    """The layout one row has, or None when it fits none (its conversion then names what is missing)."""
     if not isinstance(row, dict):
-        raise IpoError(f"{source}: row 0 is not a JSON object")
+        return None
     if "conversations" in row and "chosen" in row and "rejected" in row:
         return "sharegpt"
     if "completion" in row and "label" in row and "prompt" in row:
@@ -114,10 +131,41 @@ def detect_format(row: dict, source: str) -> str:
         if isinstance(chosen, str) and HH_HUMAN in chosen and HH_ASSISTANT in chosen:
             return "hh"
         return "implicit"
+    return None
+
+
+def _majority(rows: Sequence, detect) -> str | None:
+    """The layout most rows have by ``detect(row)`` (the first met on a tie); None when no row has one."""
+    counts: Counter = Counter()
+    for row in rows:
+        found = detect(row)
+        if found is not None:
+            counts[found] += 1
+    return max(counts, key=counts.get) if counts else None  # max keeps the first of equal counts
+
+
+def _undetectable(row, source: str):
+    if not isinstance(row, dict):
+        raise IpoError(f"{source}: row 0 is not a JSON object")
     raise IpoError(
         f"{source}: cannot tell the dataset format from columns {', '.join(sorted(row)) or '(none)'}; expected "
         "prompt/chosen/rejected, chosen/rejected, conversations/chosen/rejected (LLaMA-Factory sharegpt) or "
         "prompt/completion/label (unpaired)"
+    )
+
+
+# Layouts read the same way: a text pair without a prompt column is split at its HH turns or at its common prefix.
+_SAME_READING = {frozenset({"hh", "implicit"})}
+
+
+def _refuse_other_layout(own: str | None, format: str, where: str) -> None:
+    """One line for a row of another layout than the file's that converted without an error (it would be read
+    the wrong way, or dropped for a wrong reason: a text prompt ignored, a null prompt taken for an implicit one)."""
+    if own is None or own == format or frozenset({own, format}) in _SAME_READING:
+        return
+    raise IpoError(
+        f"{where} is a {own} row, but most rows of the file are {format}: the file mixes layouts; fix the row, or "
+        "pass the layout to read every row in (--dataset_format)"
     )
 
 
@@ -387,13 +435,7 @@ def load_sft_data(source: str, split: str = "train", format: str = "auto", messa
     ``messages`` turns text prompts into chat messages (user turn, assistant completion) so that the model's
     chat template is applied; without it, instruction data uses the Alpaca prompt as plain text.
     """
-    if format not in SFT_FORMATS:
-        raise IpoError(f"unknown SFT data format {format!r}; choose one of {', '.join(SFT_FORMATS)}")
-    rows = read_records(source, split)
-    if not rows:
-        raise IpoError(f"{source}: the dataset is empty")
-    if format == "auto":
-        format = detect_sft_format(rows[0], source)
+    rows, format, detected = _read_rows(source, split, format, SFT_FORMATS, "SFT data format", detect_sft_format)
     if format == "preference":
         data = load_preference_data(source, split, preference_format, hh_messages=messages)
         if not data.paired:
@@ -419,15 +461,24 @@ def load_sft_data(source: str, split: str = "train", format: str = "auto", messa
                 dropped[record] += 1
                 continue
             prompt, completion = record
+        if detected:
+            _refuse_other_layout(sft_row_format(row), format, where)
         records.append({"prompt": prompt, "completion": completion})
     if not records:
         raise IpoError(f"{source}: no usable rows ({'; '.join(f'{k}: {v}' for k, v in dropped.items())})")
     return SftData(records, source, format, dropped)
 
 
-def detect_sft_format(row: dict, source: str) -> str:
-    if not isinstance(row, dict):
+def detect_sft_format(rows: Sequence[dict], source: str) -> str:
+    """The SFT layout most rows have (the first met on a tie); "preference" when none has another."""
+    if not isinstance(rows[0], dict):
         raise IpoError(f"{source}: row 0 is not a JSON object")
+    return _majority(rows, sft_row_format) or "preference"
+
+
+def sft_row_format(row) -> str | None:
+    if not isinstance(row, dict):
+        return None
     if any(all(column in row for column in (c[0], c[2])) for c in INSTRUCTION_COLUMNS):
         return "instruction"
     if "prompt" in row and "completion" in row and "label" not in row:

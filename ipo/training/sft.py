@@ -12,9 +12,9 @@ from pathlib import Path
 from ipo import IpoError
 from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 from ipo.runs import atomic_write_json, atomic_write_jsonl
-from ipo.training.config import apply_model_settings, build_lora_config, build_sft_config, resolve_precision
-from ipo.training.distributed import model_load_device, save_trained_model
-from ipo.training.dpo import TrainResult, free_memory
+from ipo.training.config import apply_model_settings, build_lora_config, build_sft_config, training_weights_dtype
+from ipo.training.distributed import fp32_master_launcher, model_load_device, save_trained_model
+from ipo.training.dpo import TrainResult, free_memory, resume_checkpoint, train_from
 from ipo.training.options import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
@@ -38,7 +38,6 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     presence means the stage is done.
     """
     import datasets
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     output_dir = Path(output_dir)
@@ -56,7 +55,8 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     config = build_sft_config(options, output_dir / CHECKPOINT_DIR, device=device, has_eval=bool(eval_records))
     lora_config = build_lora_config(options) if options.use_lora else None
     # loaded here, as build_trainer does (folders without ``architectures`` in their config work too)
-    model, _, _ = load_model(str(model_name_or_path), dtype=resolve_precision(options.dtype, device)[0],
+    weights_dtype = training_weights_dtype(options, device, fp32_master_launcher(options.trainer_overrides))
+    model, _, _ = load_model(str(model_name_or_path), dtype=weights_dtype,
                              device=model_load_device(device, options.load_in_4bit),
                              quantized=options.load_in_4bit)  # fmt: skip
     apply_model_settings(model, options)
@@ -79,16 +79,15 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     atomic_write_json(output_dir / SFT_CONFIG_FILE, {
         "stage": "sft", "loss": "token-mean NLL on the completion tokens (TRL SFTTrainer)",
         "model": str(model_name_or_path), "max_length": config.max_length, "learning_rate": config.learning_rate,
-        "weights_dtype": (config.model_init_kwargs or {}).get("dtype"), "load_in_4bit": options.load_in_4bit,
+        "weights_dtype": str(model.dtype).replace("torch.", ""), "load_in_4bit": options.load_in_4bit,
         "lora": lora, "n_train_examples": n_train, "n_eval_examples": n_eval, **(extra_config or {}),
         **({"trainer_overrides": dict(options.trainer_overrides)} if options.trainer_overrides else {}),
         "trainer": json.loads(json.dumps(config.to_dict(), default=str)),
     })  # fmt: skip
-    checkpoint_root = output_dir / CHECKPOINT_DIR
-    last = get_last_checkpoint(str(checkpoint_root)) if checkpoint_root.is_dir() else None
+    last = resume_checkpoint(output_dir / CHECKPOINT_DIR)
     if last:
         logger.info("resuming SFT from %s", last)
-    metrics = dict(trainer.train(resume_from_checkpoint=last).metrics)
+    metrics = train_from(trainer, last)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     atomic_write_jsonl(output_dir / TRAIN_LOG_FILE, trainer.state.log_history)

@@ -122,6 +122,28 @@ def _completion_as_pair(row: dict) -> dict:
 _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps", "is_chosen", "ref_logps"})
 
 
+def load_outside_zero3(load):
+    """``load()`` with DeepSpeed ZeRO-3's sharded model init switched off, and back on afterwards.
+
+    Under ZeRO-3, transformers partitions every model loaded while the DeepSpeed config is registered (its
+    global weak reference; ``is_deepspeed_zero3_enabled()``), and RPO's sentence-transformer must stay whole:
+    it is a constant encoder, not an engine-managed model. The config is registered by TrainingArguments when
+    ``deepspeed=`` is given, and by accelerate's DeepSpeed plugin under ``accelerate launch --config_file
+    recipes/accelerate_configs/zero3.yaml`` (then ``args.hf_deepspeed_config`` does not exist), so the check asks
+    transformers, not the arguments.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        return load()
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref  # the registered config, kept alive by its owner
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        return load()
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = reference
+
+
 class PreferenceLossTrainer(DPOTrainer):
     """TRL's DPOTrainer with ipo.training.losses wired in; ``loss_type`` comes from the DPOConfig as usual.
 
@@ -156,19 +178,8 @@ class PreferenceLossTrainer(DPOTrainer):
         self.embedder = None
         if self.custom_loss in EMBEDDING_LOSS_TYPES:
             self.embedder = PromptEmbedder(self.loss_options.rpo_embedding_model, device=str(self.accelerator.device))
-            # Load now (a missing model fails before the first step), and whole: under ZeRO-3, transformers
-            # would otherwise partition any model loaded while the DeepSpeed config is active.
-            zero3 = getattr(self.args, "hf_deepspeed_config", None)
-            zero3 = zero3 if zero3 is not None and zero3.is_zero3() else None
-            if zero3 is not None:
-                from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
-
-                unset_hf_deepspeed_config()
-            try:
-                _ = self.embedder.model  # the property loads the model
-            finally:
-                if zero3 is not None:
-                    set_hf_deepspeed_config(zero3)
+            # Load now (a missing model fails before the first step), and whole (outside ZeRO-3's sharded init).
+            load_outside_zero3(lambda: self.embedder.model)  # the property loads the model
 
     # ---------------------------------------------------------------- data
     def _prepare_dataset(self, dataset, processing_class, config, dataset_name):  # config: the DPOConfig (TRL: args)
