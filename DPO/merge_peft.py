@@ -30,18 +30,32 @@ logger = cli.logger
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="the adapter folder (adapter_config.json inside)")
-    parser.add_argument("--mode", choices=["merge", "peft"], default="merge",
-                        help="merge: write base + adapter as one model; peft: work on the adapter as is "
-                             "(upstream's default was peft, which only uploaded)")  # fmt: skip
-    parser.add_argument("--save", action="store_true",
-                        help="upstream's flag to keep the merged weights; merge mode always saves them, to --output_dir")
-    parser.add_argument("--output_dir", default=None,
-                        help="where the merged model goes (default: <model_dir>-merged next to the adapter); "
-                             "never the adapter folder")  # fmt: skip
-    parser.add_argument("--base_model", default=None,
-                        help="base model folder or Hub id (default: the one named in adapter_config.json)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="dtype of the merged weights; auto = the base checkpoint's (upstream: float16)")
+    parser.add_argument(
+        "--mode",
+        choices=["merge", "peft"],
+        default="merge",
+        help="merge: write base + adapter as one model; peft: work on the adapter as is "
+        "(upstream's default was peft, which only uploaded)",
+    )
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="upstream's flag to keep the merged weights; merge mode always saves them, to --output_dir",
+    )
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help="where the merged model goes (default: <model_dir>-merged next to the adapter); never the adapter folder",
+    )
+    parser.add_argument(
+        "--base_model", default=None, help="base model folder or Hub id (default: the one named in adapter_config.json)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="dtype of the merged weights; auto = the base checkpoint's (upstream: float16)",
+    )
     parser.add_argument("--push", action="store_true", help="upload to the Hub (opt-in)")
     parser.add_argument("--hf_model_id", default=None, help="Hub repo for --push, 'user/name' or 'name'")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing merged folder")

@@ -62,29 +62,51 @@ def main(argv=None) -> int:
     options = options_from_args(args)
     check_options(options)
 
-    data = load_sft_data(args.dataset, args.dataset_split, args.dataset_format, messages=args.as_messages,
-                         preference_format=args.preference_format)  # fmt: skip
+    data = load_sft_data(
+        args.dataset,
+        args.dataset_split,
+        args.dataset_format,
+        messages=args.as_messages,
+        preference_format=args.preference_format,
+    )
     records = data.records[: args.limit] if args.limit else data.records
     logger.info("%s%s", data.summary(), f"; using the first {len(records)}" if args.limit else "")
     dataset_name = Path(args.dataset).name.split(".")[0] if Path(args.dataset).suffix else args.dataset.split("/")[-1]
-    run = RunDir(args.output_dir, args.run_name or f"sft-{cli.model_short_name(args.model_name)}-{dataset_name}",
-                 overwrite=args.overwrite)  # fmt: skip
+    run = RunDir(
+        args.output_dir,
+        args.run_name or f"sft-{cli.model_short_name(args.model_name)}-{dataset_name}",
+        overwrite=args.overwrite,
+    )
     run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
     repo = hub.model_repo(args.hub_repo_id or run.path.name) if args.push_to_hub else None  # fails before training
     if is_main_process():
-        run.start(cli.public_args(args), resolved={"n_train": len(records), "format": data.format},
-                  fingerprint_extra={"limit": args.limit})  # fmt: skip
+        run.start(
+            cli.public_args(args),
+            resolved={"n_train": len(records), "format": data.format},
+            fingerprint_extra={"limit": args.limit},
+        )
     wait_for_everyone()
 
     options.run_name = run.path.name
-    result = train_sft(args.model_name, records, options, run.path, device=args.device,
-                       extra_config={"dataset": args.dataset, "format": data.format})  # fmt: skip
+    result = train_sft(
+        args.model_name,
+        records,
+        options,
+        run.path,
+        device=args.device,
+        extra_config={"dataset": args.dataset, "format": data.format},
+    )
 
     if not is_main_process():
         return 0
     log_history = read_jsonl(run.file(TRAIN_LOG_FILE)) if run.file(TRAIN_LOG_FILE).is_file() else []
-    summary = {"status": "done", "stage": "sft", **train_summary(log_history, result.metrics),
-               "n_train": len(records), "model": str(result.adapter_dir)}  # fmt: skip
+    summary = {
+        "status": "done",
+        "stage": "sft",
+        **train_summary(log_history, result.metrics),
+        "n_train": len(records),
+        "model": str(result.adapter_dir),
+    }
     final_model = result.adapter_dir
     if args.merge_adapters and options.use_lora:
         merged = run.file("merged")

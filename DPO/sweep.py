@@ -44,28 +44,46 @@ SUMMARY_FILE = "train_summary.json"  # written by train_preferences.py in each p
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Any other flag is passed to every point's train_preferences.py.")  # fmt: skip
+    parser = cli.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Any other flag is passed to every point's train_preferences.py."
+    )
     parser.add_argument("--config", required=True, help="the recipe with a `sweep:` grid (recipes/*.yaml)")
-    parser.add_argument("--output_dir", default=None,
-                        help="parent folder of the sweep (default: the recipe's output_dir, else outputs/sweeps)")
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help="parent folder of the sweep (default: the recipe's output_dir, else outputs/sweeps)",
+    )
     parser.add_argument("--sweep_name", default=None, help="the sweep's folder name (default: the recipe's file name)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands (or the SLURM script); run nothing")
-    parser.add_argument("--summary_only", action="store_true",
-                        help="only (re)build the summary table from the points' folders (after a SLURM sweep)")
+    parser.add_argument(
+        "--summary_only",
+        action="store_true",
+        help="only (re)build the summary table from the points' folders (after a SLURM sweep)",
+    )
     slurm = parser.add_argument_group("SLURM (--slurm writes <sweep folder>/sweep.sbatch instead of running)")
     slurm.add_argument("--slurm", action="store_true", help="write an sbatch array script, one task per point")
-    slurm.add_argument("--accelerate_config", default=None,
-                       help="each task runs `accelerate launch --config_file <this>` (recipes/accelerate_configs/); "
-                            "default: plain accelerate launch on the task's GPUs")  # fmt: skip
-    slurm.add_argument("--gpus_per_task", type=int, default=1,
-                       help="GPUs per array task; accelerate launches one process per GPU (the recipes assume 8)")
+    slurm.add_argument(
+        "--accelerate_config",
+        default=None,
+        help="each task runs `accelerate launch --config_file <this>` (recipes/accelerate_configs/); "
+        "default: plain accelerate launch on the task's GPUs",
+    )
+    slurm.add_argument(
+        "--gpus_per_task",
+        type=int,
+        default=1,
+        help="GPUs per array task; accelerate launches one process per GPU (the recipes assume 8)",
+    )
     slurm.add_argument("--cpus_per_task", type=int, default=8, help="CPU cores per array task")
     slurm.add_argument("--time", default="24:00:00", help="wall-clock limit per task (HH:MM:SS)")
     slurm.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
     slurm.add_argument("--max_parallel", type=int, default=None, help="at most N tasks at once (--array=0-N%%K)")
-    slurm.add_argument("--sbatch_option", action="append", default=[],
-                       help="extra '#SBATCH' line content, repeatable, e.g. --sbatch_option=--account=myproj")
+    slurm.add_argument(
+        "--sbatch_option",
+        action="append",
+        default=[],
+        help="extra '#SBATCH' line content, repeatable, e.g. --sbatch_option=--account=myproj",
+    )
     parser.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     args, passthrough = parser.parse_known_args(argv)
     cli.check_positive(parser, args, "gpus_per_task", "cpus_per_task", "max_parallel")
@@ -96,14 +114,23 @@ def plan(args, passthrough: list[str]) -> tuple[Path, list[dict]]:
     root = Path(args.output_dir or settings.get("output_dir") or "outputs/sweeps") / name
     points = []
     for name, point in expand_grid(settings, grid):
-        argv = ["--config", str(args.config), *point_flags(point, grid), *passthrough,
-                "--output_dir", str(root), "--run_name", name]  # fmt: skip
+        argv = [
+            "--config",
+            str(args.config),
+            *point_flags(point, grid),
+            *passthrough,
+            "--output_dir",
+            str(root),
+            "--run_name",
+            name,
+        ]
         try:
             parse_preference_args(argv)  # train_preferences.py's parser: a bad flag stops the sweep here
         except SystemExit as exit:
             raise IpoError(f"point {name}: train_preferences.py rejects its arguments (exit {exit.code}; see above)")
-        points.append({"name": name, "settings": point, "grid": {k: point[k] for k in grid}, "folder": root / name,
-                       "argv": argv})  # fmt: skip
+        points.append(
+            {"name": name, "settings": point, "grid": {k: point[k] for k in grid}, "folder": root / name, "argv": argv}
+        )
     return root, points
 
 
@@ -166,14 +193,32 @@ def summarize(root: Path, points: list[dict], status: dict[str, str]) -> list[di
         summary_file = point["folder"] / SUMMARY_FILE
         summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
         state = status.get(point["name"]) or ("done" if summary else "not run")
-        rows.append({"point": point["name"], **point["grid"], "loss_type": point["settings"].get("loss_type", "sigmoid"),
-                     "beta": point["settings"].get("beta", 0.1), "final_loss": summary.get("final_loss"),
-                     "reward_margin": summary.get("reward_margin"), "reward_accuracy": summary.get("reward_accuracy"),
-                     "steps": summary.get("steps"), "skipped_rpo_batches": summary.get("skipped_rpo_batches"),
-                     "status": state})  # fmt: skip
+        rows.append(
+            {
+                "point": point["name"],
+                **point["grid"],
+                "loss_type": point["settings"].get("loss_type", "sigmoid"),
+                "beta": point["settings"].get("beta", 0.1),
+                "final_loss": summary.get("final_loss"),
+                "reward_margin": summary.get("reward_margin"),
+                "reward_accuracy": summary.get("reward_accuracy"),
+                "steps": summary.get("steps"),
+                "skipped_rpo_batches": summary.get("skipped_rpo_batches"),
+                "status": state,
+            }
+        )
     atomic_write_json(root / "sweep_summary.json", rows)
-    columns = ["point", "loss_type", "beta", *[k for k in points[0]["grid"] if k not in ("loss_type", "beta")],
-               "final_loss", "reward_margin", "reward_accuracy", "steps", "status"]  # fmt: skip
+    columns = [
+        "point",
+        "loss_type",
+        "beta",
+        *[k for k in points[0]["grid"] if k not in ("loss_type", "beta")],
+        "final_loss",
+        "reward_margin",
+        "reward_accuracy",
+        "steps",
+        "status",
+    ]
     table = [[_cell(row[c]) for c in columns] for row in rows]
     markdown = f"# Sweep {root.name}\n\n" + markdown_table(columns, table) + "\n"
     atomic_write_text(root / "sweep_summary.md", markdown)

@@ -88,8 +88,12 @@ def main(argv=None) -> int:
     run = RunDir(args.output_dir, args.run_name or default_run_name(args), overwrite=args.overwrite)
     run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
     repo = hub.model_repo(args.hub_repo_id or run.path.name) if args.push_to_hub else None  # fails before training
-    resolved = {"n_train": len(train.records), "train_format": train.format, "dropped": dict(train.dropped),
-                "n_eval": len(evaluation.records) if evaluation else 0}  # fmt: skip
+    resolved = {
+        "n_train": len(train.records),
+        "train_format": train.format,
+        "dropped": dict(train.dropped),
+        "n_eval": len(evaluation.records) if evaluation else 0,
+    }
     if is_main_process():
         run.start(cli.public_args(args), resolved=resolved, fingerprint_extra={"limit": args.limit})
     wait_for_everyone()
@@ -98,12 +102,22 @@ def main(argv=None) -> int:
     # Training (resumes from the last checkpoint; a finished run is not retrained)
     ###############
     options.run_name = run.path.name
-    result = train_dpo(args.model_name, train.records, options, run.path,
-                       eval_records=evaluation.records if evaluation else None, device=args.device,
-                       extra_config={"dataset": args.dataset, "dataset_format": train.format,
-                                     "unpaired": args.unpaired, "rpo_distance_temperature": options.rpo_distance_temperature,
-                                     "rpo_embedding_model": options.rpo_embedding_model,
-                                     "rpo_diagonal_weight": options.rpo_diagonal_weight})  # fmt: skip
+    result = train_dpo(
+        args.model_name,
+        train.records,
+        options,
+        run.path,
+        eval_records=evaluation.records if evaluation else None,
+        device=args.device,
+        extra_config={
+            "dataset": args.dataset,
+            "dataset_format": train.format,
+            "unpaired": args.unpaired,
+            "rpo_distance_temperature": options.rpo_distance_temperature,
+            "rpo_embedding_model": options.rpo_embedding_model,
+            "rpo_diagonal_weight": options.rpo_diagonal_weight,
+        },
+    )
 
     ###############
     # Outputs (main process only)
@@ -111,8 +125,14 @@ def main(argv=None) -> int:
     if not is_main_process():
         return 0
     log_history = read_jsonl(run.file(TRAIN_LOG_FILE)) if run.file(TRAIN_LOG_FILE).is_file() else []
-    summary = {"status": "done", "loss_type": args.loss_type, "beta": args.beta, **train_summary(log_history, result.metrics),
-               "n_train": len(train.records), "adapter": str(result.adapter_dir)}  # fmt: skip
+    summary = {
+        "status": "done",
+        "loss_type": args.loss_type,
+        "beta": args.beta,
+        **train_summary(log_history, result.metrics),
+        "n_train": len(train.records),
+        "adapter": str(result.adapter_dir),
+    }
     final_model = result.adapter_dir
     if args.merge_adapters and options.use_lora:
         merged = run.file("merged")
@@ -120,12 +140,27 @@ def main(argv=None) -> int:
             merge_adapter(result.adapter_dir, merged)
         final_model = summary["merged"] = str(merged)
     atomic_write_json(run.file(SUMMARY_FILE), summary)
-    print(json.dumps({k: summary[k] for k in ("loss_type", "beta", "final_loss", "reward_margin", "reward_accuracy",
-                                              "steps", "skipped_rpo_batches")}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "loss_type",
+                    "beta",
+                    "final_loss",
+                    "reward_margin",
+                    "reward_accuracy",
+                    "steps",
+                    "skipped_rpo_batches",
+                )
+            }
+        )
+    )
     logger.info("outputs in %s", run.path)
     if repo:
-        hub.push_model(final_model, repo,
-                       what="merged model" if Path(final_model).name == "merged" else f"{ADAPTER_DIR} folder")  # fmt: skip
+        hub.push_model(
+            final_model, repo, what="merged model" if Path(final_model).name == "merged" else f"{ADAPTER_DIR} folder"
+        )
     return 0
 
 

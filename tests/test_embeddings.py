@@ -23,8 +23,12 @@ def test_default_name_resolves_to_the_offline_copy():
 
 
 def test_encode_shapes_similarities_and_cache(embedder):
-    texts = ["How do I bake bread?", "What is a good recipe for a loaf of bread?", "How do I bake bread?",
-             "Explain the tax rules for capital gains."]  # fmt: skip
+    texts = [
+        "How do I bake bread?",
+        "What is a good recipe for a loaf of bread?",
+        "How do I bake bread?",
+        "Explain the tax rules for capital gains.",
+    ]
     embeddings = embedder.encode(texts)
     assert embeddings.shape == (4, 384) and embeddings.dtype == torch.float32
     assert embeddings.device.type == "cpu" and not embeddings.requires_grad

@@ -159,9 +159,11 @@ class _LogProbModel:
         rows, length = input_ids.shape
         zeros = torch.zeros(rows, length - 1, dtype=torch.float64)
         return SimpleNamespace(
-            log_probs=self.per_token_logps, entropy=zeros, mean_logits=zeros,
+            log_probs=self.per_token_logps,
+            entropy=zeros,
+            mean_logits=zeros,
             is_top1=torch.zeros(rows, length - 1, dtype=torch.bool),
-        )  # fmt: skip
+        )
 
 
 def trl_loss(loss_type: str) -> tuple[float, dict]:
@@ -193,10 +195,20 @@ def trl_loss(loss_type: str) -> tuple[float, dict]:
     metrics = {"train": defaultdict(list)}
     accelerator = SimpleNamespace(device=torch.device("cpu"), gather=lambda t: t, gather_for_metrics=lambda t: t)
     trainer = SimpleNamespace(
-        model=_LogProbModel(per_token_logps), accelerator=accelerator, aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
-        beta=BETA, use_weighting=False, _metrics=metrics, _total_train_tokens=0, _tp_size=1,
-    )  # fmt: skip
+        model=_LogProbModel(per_token_logps),
+        accelerator=accelerator,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=BETA,
+        use_weighting=False,
+        _metrics=metrics,
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
     loss = DPOTrainer._compute_loss(trainer, trainer.model, inputs, return_outputs=False)
     return loss.item(), {k: v[-1] for k, v in metrics["train"].items()}
 
@@ -258,8 +270,9 @@ def test_rpo_weights_carry_no_gradient():
 def test_rpo_unpaired_weights_carry_no_gradient():
     policy = f64([-1.0, -2.5, -3.1, -0.7]).requires_grad_(True)
     embeddings = f64([EMBEDDINGS[0], EMBEDDINGS[1], EMBEDDINGS[2], EMBEDDINGS[0]]).requires_grad_(True)
-    result = L.rpo_unpaired_loss(policy, f64([-1.5, -2.0, -3.0, -1.0]), torch.tensor([True, False, True, False]),
-                                 embeddings, BETA)  # fmt: skip
+    result = L.rpo_unpaired_loss(
+        policy, f64([-1.5, -2.0, -3.0, -1.0]), torch.tensor([True, False, True, False]), embeddings, BETA
+    )
     assert torch.autograd.grad(result.losses.mean(), embeddings, allow_unused=True) == (None,)
 
 
@@ -318,8 +331,14 @@ def test_non_positive_temperature_raises(temperature):
     with pytest.raises(ValueError, match="temperature must be > 0"):
         L.rpo_paired_loss(*golden_logps(), f64(EMBEDDINGS), BETA, temperature=temperature)
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        L.rpo_unpaired_loss(f64([-1.0, -2.0]), f64([-1.0, -2.0]), torch.tensor([True, False]),
-                            f64(EMBEDDINGS[:2]), BETA, temperature=temperature)  # fmt: skip
+        L.rpo_unpaired_loss(
+            f64([-1.0, -2.0]),
+            f64([-1.0, -2.0]),
+            torch.tensor([True, False]),
+            f64(EMBEDDINGS[:2]),
+            BETA,
+            temperature=temperature,
+        )
 
 
 def test_shape_mismatches_raise():
@@ -345,12 +364,18 @@ def test_shape_mismatches_raise():
 
 
 def test_paired_preference_loss_dispatches_every_paired_type():
-    extras = dict(chosen_lengths=f64(CHOSEN_LENGTHS), rejected_lengths=f64(REJECTED_LENGTHS),
-                  prompt_embeddings=f64(EMBEDDINGS))  # fmt: skip
+    extras = dict(
+        chosen_lengths=f64(CHOSEN_LENGTHS), rejected_lengths=f64(REJECTED_LENGTHS), prompt_embeddings=f64(EMBEDDINGS)
+    )
     expected_means = {
-        "sigmoid": 0.65097151, "ipo": 23.17811667, "ipo_sum": 17.26, "kto_pair": 0.48584151,
-        "rpo_paired": 0.67902527, "rpo_diagonal": 0.65095404, "rpo_uniform": 0.65091328,
-    }  # fmt: skip
+        "sigmoid": 0.65097151,
+        "ipo": 23.17811667,
+        "ipo_sum": 17.26,
+        "kto_pair": 0.48584151,
+        "rpo_paired": 0.67902527,
+        "rpo_diagonal": 0.65095404,
+        "rpo_uniform": 0.65091328,
+    }
     assert set(expected_means) | L.UNPAIRED_LOSS_TYPES == set(L.LOSS_TYPES)
     for loss_type, expected in expected_means.items():
         result = L.paired_preference_loss(loss_type, *golden_logps(), beta=BETA, **extras)

@@ -71,11 +71,20 @@ def test_implicit_prompt_text_matches_trl_extract_prompt(tmp_path):
 def test_implicit_conversational_ignores_a_text_prompt_column(tmp_path):
     # ultrafeedback_binarized: a text prompt plus whole conversations in chosen/rejected
     conversation = [user("Colour of the sky?")]
-    rows = [{"prompt": "Colour of the sky?", "chosen": conversation + [assistant("Blue.")],
-             "rejected": conversation + [assistant("Green.")]}]  # fmt: skip
+    rows = [
+        {
+            "prompt": "Colour of the sky?",
+            "chosen": conversation + [assistant("Blue.")],
+            "rejected": conversation + [assistant("Green.")],
+        }
+    ]
     data = load_preference_data(str(write_jsonl(tmp_path / "u.jsonl", rows)))
     assert data.format == "conversational_implicit"
-    assert data.records[0] == {"prompt": conversation, "chosen": [assistant("Blue.")], "rejected": [assistant("Green.")]}
+    assert data.records[0] == {
+        "prompt": conversation,
+        "chosen": [assistant("Blue.")],
+        "rejected": [assistant("Green.")],
+    }
 
 
 def test_common_prefix_edge_cases():
@@ -83,7 +92,11 @@ def test_common_prefix_edge_cases():
     assert split_common_prefix("ab", "abc") == ("ab", "", "c")
     assert split_common_prefix("x y", "z y") == ("", "x y", "z y")
     messages = [user("a"), assistant("b")]
-    assert split_common_prefix(messages, [user("a"), assistant("c")]) == ([user("a")], [assistant("b")], [assistant("c")])
+    assert split_common_prefix(messages, [user("a"), assistant("c")]) == (
+        [user("a")],
+        [assistant("b")],
+        [assistant("c")],
+    )
 
 
 def test_implicit_rows_without_a_common_prompt_or_response_are_dropped(tmp_path):
@@ -95,8 +108,9 @@ def test_implicit_rows_without_a_common_prompt_or_response_are_dropped(tmp_path)
     ]
     data = load_preference_data(str(write_jsonl(tmp_path / "d.jsonl", rows)))
     assert len(data.records) == 2 and data.records[1] == {"prompt": "The sky is", "chosen": "", "rejected": " green."}
-    assert data.dropped == Counter({"no common prompt between chosen and rejected": 1,
-                                    "chosen and rejected are identical": 1})  # fmt: skip
+    assert data.dropped == Counter(
+        {"no common prompt between chosen and rejected": 1, "chosen and rejected are identical": 1}
+    )
     assert "dropped 2 rows" in data.summary()
 
 
@@ -123,19 +137,29 @@ def test_hh_dataset_gzip_and_dropped_rows(tmp_path):
     data = load_preference_data(str(path))
     assert data.format == "hh"
     assert data.records == [{"prompt": HH_PROMPT, "chosen": " Hide the cap.", "rejected": " Draw on their face."}]
-    assert data.dropped == Counter({"chosen and rejected dialogues differ before the last Assistant turn": 1,
-                                    "no Assistant turn in chosen or rejected": 1})  # fmt: skip
+    assert data.dropped == Counter(
+        {
+            "chosen and rejected dialogues differ before the last Assistant turn": 1,
+            "no Assistant turn in chosen or rejected": 1,
+        }
+    )
 
 
 def test_hh_as_chat_messages(tmp_path):
-    data = load_preference_data(str(write_jsonl(tmp_path / "hh.jsonl", [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}])),
-                                hh_messages=True)  # fmt: skip
+    data = load_preference_data(
+        str(write_jsonl(tmp_path / "hh.jsonl", [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}])), hh_messages=True
+    )
     assert data.records[0] == {
-        "prompt": [user("what are some pranks with a pen i can do?"), assistant("Are you looking for practical joke ideas?"),
-                   user("yep"), assistant("Ok, here is one."), user("another one?")],
+        "prompt": [
+            user("what are some pranks with a pen i can do?"),
+            assistant("Are you looking for practical joke ideas?"),
+            user("yep"),
+            assistant("Ok, here is one."),
+            user("another one?"),
+        ],
         "chosen": [assistant("Hide the cap.")],
         "rejected": [assistant("Draw on their face.")],
-    }  # fmt: skip
+    }
     assert hh_to_messages("\n\nHuman: a\n\nAssistant:") == [user("a")]
 
 
@@ -147,37 +171,64 @@ def test_implicit_text_can_be_forced_on_hh_dialogues(tmp_path):
 
 def test_llamafactory_sharegpt(tmp_path):
     rows = [
-        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
-                           {"from": "human", "value": "2+2?"}],
-         "chosen": {"from": "gpt", "value": "4"}, "rejected": {"from": "gpt", "value": "5"}},
-        {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Sky?"}],
-         "chosen": {"from": "gpt", "value": "Blue."}, "rejected": {"from": "gpt", "value": "Green."}},
-        {"system": "Top-level system.", "conversations": [{"from": "human", "value": "Sky?"}],
-         "chosen": {"from": "gpt", "value": "Blue."}, "rejected": {"from": "gpt", "value": "Green."}},
-    ]  # fmt: skip
+        {
+            "conversations": [
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello!"},
+                {"from": "human", "value": "2+2?"},
+            ],
+            "chosen": {"from": "gpt", "value": "4"},
+            "rejected": {"from": "gpt", "value": "5"},
+        },
+        {
+            "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Sky?"}],
+            "chosen": {"from": "gpt", "value": "Blue."},
+            "rejected": {"from": "gpt", "value": "Green."},
+        },
+        {
+            "system": "Top-level system.",
+            "conversations": [{"from": "human", "value": "Sky?"}],
+            "chosen": {"from": "gpt", "value": "Blue."},
+            "rejected": {"from": "gpt", "value": "Green."},
+        },
+    ]
     path = tmp_path / "dpo_en_demo.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     data = load_preference_data(str(path))
     assert data.format == "sharegpt" and data.conversational
-    assert data.records[0] == {"prompt": [user("Hi"), assistant("Hello!"), user("2+2?")],
-                               "chosen": [assistant("4")], "rejected": [assistant("5")]}  # fmt: skip
+    assert data.records[0] == {
+        "prompt": [user("Hi"), assistant("Hello!"), user("2+2?")],
+        "chosen": [assistant("4")],
+        "rejected": [assistant("5")],
+    }
     assert data.records[1]["prompt"] == [{"role": "system", "content": "Be brief."}, user("Sky?")]
     assert data.records[2]["prompt"] == [{"role": "system", "content": "Top-level system."}, user("Sky?")]
 
 
 def test_unpaired_rows_and_conversion(tmp_path):
-    rows = [{"prompt": "Sky?", "completion": "Blue.", "label": True}, {"prompt": "Sky?", "completion": "Green.", "label": 0}]
+    rows = [
+        {"prompt": "Sky?", "completion": "Blue.", "label": True},
+        {"prompt": "Sky?", "completion": "Green.", "label": 0},
+    ]
     data = load_preference_data(str(write_jsonl(tmp_path / "u.jsonl", rows)))
     assert data.format == "unpaired" and not data.paired
     assert [r["label"] for r in data.records] == [True, False]
 
-    paired = load_preference_data(str(write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": "A", "chosen": "a1", "rejected": "a2"}, {"prompt": "B", "chosen": "b1", "rejected": "b2"}])))  # fmt: skip
+    paired = load_preference_data(
+        str(
+            write_jsonl(
+                tmp_path / "p.jsonl",
+                [{"prompt": "A", "chosen": "a1", "rejected": "a2"}, {"prompt": "B", "chosen": "b1", "rejected": "b2"}],
+            )
+        )
+    )
     unpaired = to_unpaired(paired)
     assert unpaired.records == [
-        {"prompt": "A", "completion": "a1", "label": True}, {"prompt": "A", "completion": "a2", "label": False},
-        {"prompt": "B", "completion": "b1", "label": True}, {"prompt": "B", "completion": "b2", "label": False},
-    ]  # fmt: skip
+        {"prompt": "A", "completion": "a1", "label": True},
+        {"prompt": "A", "completion": "a2", "label": False},
+        {"prompt": "B", "completion": "b1", "label": True},
+        {"prompt": "B", "completion": "b2", "label": False},
+    ]
     assert not unpaired.paired and paired.paired  # the original is left alone
     assert "each pair split" in unpaired.summary()
     with pytest.raises(IpoError, match="already unpaired"):
@@ -188,7 +239,9 @@ def test_unpaired_rows_and_conversion(tmp_path):
 # Which loss can train on what
 # ---------------------------------------------------------------------------------------------------
 def test_check_data_for_loss(tmp_path):
-    paired = load_preference_data(str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "A", "chosen": "a", "rejected": "b"}])))
+    paired = load_preference_data(
+        str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "A", "chosen": "a", "rejected": "b"}]))
+    )
     check_data_for_loss(paired, "sigmoid")
     check_data_for_loss(paired, "rpo_paired")
     with pytest.raises(IpoError, match="pass --unpaired"):
@@ -222,23 +275,46 @@ def test_balanced_unpaired_batches():
 @pytest.mark.parametrize(
     "rows, message",
     [
-        ([{"prompt": "A", "chosen": "a", "rejected": "b"}, {"prompt": "B", "chosen": "a"}],
-         r"p\.jsonl: row 1 has no column 'rejected'"),
-        ([{"prompt": "A", "chosen": "a", "rejected": "b"}, {"prompt": "B", "chosen": 3, "rejected": "b"}],
-         r"p\.jsonl: row 1: column 'chosen' must be text or a non-empty list of \{role, content\} messages, got int"),
-        ([{"prompt": "A", "chosen": "a", "rejected": "b"}, {"prompt": "B", "chosen": [assistant("a")], "rejected": "b"}],
-         r"row 1: column 'chosen' must be text in a standard dataset"),
+        (
+            [{"prompt": "A", "chosen": "a", "rejected": "b"}, {"prompt": "B", "chosen": "a"}],
+            r"p\.jsonl: row 1 has no column 'rejected'",
+        ),
+        (
+            [{"prompt": "A", "chosen": "a", "rejected": "b"}, {"prompt": "B", "chosen": 3, "rejected": "b"}],
+            r"p\.jsonl: row 1: column 'chosen' must be text or a non-empty list of \{role, content\} messages, got int",
+        ),
+        (
+            [
+                {"prompt": "A", "chosen": "a", "rejected": "b"},
+                {"prompt": "B", "chosen": [assistant("a")], "rejected": "b"},
+            ],
+            r"row 1: column 'chosen' must be text in a standard dataset",
+        ),
         ([{"prompt": "A", "completion": "a", "label": "yes"}], r"row 0: 'label' must be true or false"),
-        ([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}],
-           "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}],
-         r"row 0: 'conversations' must end with a human turn"),
-        ([{"conversations": [{"from": "observation", "value": "{}"}],
-           "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}],
-         r"row 0: 'conversations' has a turn from 'observation'"),
+        (
+            [
+                {
+                    "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}],
+                    "chosen": {"from": "gpt", "value": "a"},
+                    "rejected": {"from": "gpt", "value": "b"},
+                }
+            ],
+            r"row 0: 'conversations' must end with a human turn",
+        ),
+        (
+            [
+                {
+                    "conversations": [{"from": "observation", "value": "{}"}],
+                    "chosen": {"from": "gpt", "value": "a"},
+                    "rejected": {"from": "gpt", "value": "b"},
+                }
+            ],
+            r"row 0: 'conversations' has a turn from 'observation'",
+        ),
         ([{"question": "A", "answer": "a"}], r"cannot tell the dataset format from columns answer, question"),
         ([{"prompt": "A", "chosen": "a", "rejected": "a"}], r"no usable rows \(all 1 dropped: chosen and rejected are"),
     ],
-)  # fmt: skip
+)
 def test_bad_rows_give_one_line_errors(tmp_path, rows, message):
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(IpoError, match=message) as error:

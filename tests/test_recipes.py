@@ -17,8 +17,14 @@ SCAN_BETAS = [0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 def test_there_are_recipes():
     names = {str(p.relative_to(RECIPES)) for p in TRAINING_RECIPES}
-    assert {"pref_align_scan/zephyr.yaml", "pref_align_scan/openhermes.yaml", "rpo/rpo_paired_hh.yaml",
-            "rpo/rpo_unpaired_hh.yaml", "rpo/rpo_diagonal_hh.yaml", "rpo/sft_hh.yaml"} <= names  # fmt: skip
+    assert {
+        "pref_align_scan/zephyr.yaml",
+        "pref_align_scan/openhermes.yaml",
+        "rpo/rpo_paired_hh.yaml",
+        "rpo/rpo_unpaired_hh.yaml",
+        "rpo/rpo_diagonal_hh.yaml",
+        "rpo/sft_hh.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", TRAINING_RECIPES, ids=lambda p: str(p.relative_to(RECIPES)))
@@ -36,9 +42,17 @@ def test_every_recipe_parses_with_known_settings(path):
 def test_pref_align_scan_matches_the_hf_study(name):
     settings, grid = load_recipe(RECIPES / "pref_align_scan" / f"{name}.yaml")
     assert grid == {"loss_type": ["sigmoid", "kto_pair", "ipo"], "beta": SCAN_BETAS}
-    expected = {"learning_rate": 5e-7, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "optim": "adamw_torch",
-                "num_train_epochs": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2,
-                "max_prompt_length": 512, "seed": 42}  # fmt: skip
+    expected = {
+        "learning_rate": 5e-7,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.1,
+        "optim": "adamw_torch",
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 2,
+        "max_prompt_length": 512,
+        "seed": 42,
+    }
     assert {k: settings[k] for k in expected} == expected
     points = expand_grid(settings, grid)
     assert len(points) == 30 and len({name for name, _ in points}) == 30
@@ -48,16 +62,30 @@ def test_pref_align_scan_matches_the_hf_study(name):
 
 def test_rpo_recipe_matches_the_paper_defaults():
     settings, grid = load_recipe(RECIPES / "rpo" / "rpo_paired_hh.yaml")
-    expected = {"loss_type": "rpo_paired", "beta": 0.1, "rpo_distance_temperature": 0.5, "learning_rate": 5e-7,
-                "optim": "rmsprop", "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 150,
-                "max_length": 512, "max_prompt_length": 256, "max_grad_norm": 10.0, "num_train_epochs": 1}  # fmt: skip
+    expected = {
+        "loss_type": "rpo_paired",
+        "beta": 0.1,
+        "rpo_distance_temperature": 0.5,
+        "learning_rate": 5e-7,
+        "optim": "rmsprop",
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 150,
+        "max_length": 512,
+        "max_prompt_length": 256,
+        "max_grad_norm": 10.0,
+        "num_train_epochs": 1,
+    }
     assert {k: settings[k] for k in expected} == expected and grid == {}
 
 
 def test_expand_grid_two_by_two():
     points = expand_grid({"beta": 0.1, "seed": 1}, {"loss_type": ["sigmoid", "ipo"], "beta": [0.1, 0.5]})
-    assert [name for name, _ in points] == ["loss_type-sigmoid__beta-0.1", "loss_type-sigmoid__beta-0.5",
-                                            "loss_type-ipo__beta-0.1", "loss_type-ipo__beta-0.5"]  # fmt: skip
+    assert [name for name, _ in points] == [
+        "loss_type-sigmoid__beta-0.1",
+        "loss_type-sigmoid__beta-0.5",
+        "loss_type-ipo__beta-0.1",
+        "loss_type-ipo__beta-0.5",
+    ]
     assert points[3][1] == {"beta": 0.5, "seed": 1, "loss_type": "ipo"}
     assert expand_grid({"beta": 0.1}, {}) == [("base", {"beta": 0.1})]
     assert expand_grid({}, {"rpo_embedding_model": ["org/model"]})[0][0] == "rpo_embedding_model-org_model"

@@ -18,7 +18,7 @@ DOLLY = [
     {"instruction": "Name a primary colour.", "context": "", "response": "Red.", "category": "open_qa"},
     {"instruction": "Summarise the text.", "context": "The sky is blue.", "response": "Blue sky.", "category": "summ"},
     {"instruction": "Say nothing.", "context": "", "response": "  ", "category": "x"},
-]  # fmt: skip
+]
 
 
 def test_sft_data_layouts(tmp_path):
@@ -26,30 +26,40 @@ def test_sft_data_layouts(tmp_path):
     assert dolly.format == "instruction" and dolly.dropped == {"empty instruction or response": 1}
     assert dolly.records == [
         {"prompt": ALPACA_PROMPT.format(instruction="Name a primary colour."), "completion": "Red."},
-        {"prompt": ALPACA_PROMPT_WITH_INPUT.format(instruction="Summarise the text.", input="The sky is blue."),
-         "completion": "Blue sky."},
-    ]  # fmt: skip
+        {
+            "prompt": ALPACA_PROMPT_WITH_INPUT.format(instruction="Summarise the text.", input="The sky is blue."),
+            "completion": "Blue sky.",
+        },
+    ]
     assert dolly.records[1]["prompt"].endswith("### Input:\nThe sky is blue.\n\n### Response:\n")
     chat = load_sft_data(str(tmp_path / "dolly.jsonl"), messages=True)
-    assert chat.records[1] == {"prompt": [{"role": "user", "content": "Summarise the text.\n\nThe sky is blue."}],
-                               "completion": [{"role": "assistant", "content": "Blue sky."}]}  # fmt: skip
-    alpaca = load_sft_data(str(write_jsonl(tmp_path / "alpaca.jsonl", [
-        {"instruction": "Add 1 and 1.", "input": "", "output": "2"}])))  # fmt: skip
+    assert chat.records[1] == {
+        "prompt": [{"role": "user", "content": "Summarise the text.\n\nThe sky is blue."}],
+        "completion": [{"role": "assistant", "content": "Blue sky."}],
+    }
+    alpaca = load_sft_data(
+        str(write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "Add 1 and 1.", "input": "", "output": "2"}]))
+    )
     assert alpaca.records == [{"prompt": ALPACA_PROMPT.format(instruction="Add 1 and 1."), "completion": "2"}]
     preference = load_sft_data(str(write_jsonl(tmp_path / "pairs.jsonl", pairs(3))))
     assert preference.format.startswith("preference") and [r["completion"] for r in preference.records] == [
-        p["chosen"] for p in pairs(3)]  # fmt: skip
+        p["chosen"] for p in pairs(3)
+    ]
     hh = [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}]
     hh_data = load_sft_data(str(write_jsonl(tmp_path / "hh.jsonl", hh)))
     assert hh_data.records == [{"prompt": "\n\nHuman: Hi\n\nAssistant:", "completion": " Hello!"}]
-    unpaired = [{"prompt": "Q", "completion": "good", "label": True}, {"prompt": "Q", "completion": "bad", "label": False}]
+    unpaired = [
+        {"prompt": "Q", "completion": "good", "label": True},
+        {"prompt": "Q", "completion": "bad", "label": False},
+    ]
     kept = load_sft_data(str(write_jsonl(tmp_path / "unpaired.jsonl", unpaired)))
     assert kept.records == [{"prompt": "Q", "completion": "good"}]  # only desirable examples are imitated
     plain = load_sft_data(str(write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "Q", "completion": "A"}])))
     assert plain.format == "prompt_completion" and plain.records == [{"prompt": "Q", "completion": "A"}]
     with pytest.raises(IpoError, match="row 0 has no column 'completion'"):
-        load_sft_data(str(write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "answer": "A"}])),
-                      format="prompt_completion")  # fmt: skip
+        load_sft_data(
+            str(write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "answer": "A"}])), format="prompt_completion"
+        )
     with pytest.raises(IpoError, match="unknown SFT data format"):
         load_sft_data(str(tmp_path / "pc.jsonl"), format="csv")
 
@@ -58,10 +68,33 @@ def test_sft_data_layouts(tmp_path):
 def sft_run(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sft")
     data = write_jsonl(folder / "pairs.jsonl", pairs(8))
-    argv = ["--model_name_or_path", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(folder),
-            "--run_name", "sft", "--max_steps", "2", "--per_device_train_batch_size", "4", "--lora_r", "8",
-            "--lora_alpha", "16", "--learning_rate", "5e-3", "--warmup_ratio", "0", "--logging_steps", "1",
-            "--save_steps", "1", "--merge_adapters"]  # fmt: skip
+    argv = [
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(folder),
+        "--run_name",
+        "sft",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--learning_rate",
+        "5e-3",
+        "--warmup_ratio",
+        "0",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "1",
+        "--merge_adapters",
+    ]
     assert run_script(SCRIPT, argv) == 0
     return folder / "sft", argv
 
@@ -88,9 +121,26 @@ def test_two_sft_steps_save_an_adapter_and_merge(sft_run, tiny_model_dir):
 def test_the_merged_sft_model_is_a_dpo_starting_point(sft_run, tmp_path):
     run, _ = sft_run
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(4))
-    argv = ["--model_name_or_path", str(run / "merged"), "--dataset", str(data), "--output_dir", str(tmp_path),
-            "--run_name", "rpo", "--loss_type", "rpo_diagonal", "--max_steps", "1", "--per_device_train_batch_size",
-            "4", "--lora_r", "8", "--lora_alpha", "16"]  # fmt: skip
+    argv = [
+        "--model_name_or_path",
+        str(run / "merged"),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "rpo",
+        "--loss_type",
+        "rpo_diagonal",
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+    ]
     assert run_script("DPO/train_preferences.py", argv) == 0
     assert json.loads((tmp_path / "rpo" / "train_summary.json").read_text())["steps"] == 1
 
@@ -106,8 +156,21 @@ def test_rerun_is_not_retrained(sft_run, capsys):
 
 def test_full_fine_tuning_saves_a_model(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "dolly.jsonl", DOLLY[:2] * 2)
-    argv = ["--model_name_or_path", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(tmp_path),
-            "--run_name", "full", "--no_lora", "--max_steps", "1", "--per_device_train_batch_size", "2"]  # fmt: skip
+    argv = [
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "full",
+        "--no_lora",
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "2",
+    ]
     assert run_script(SCRIPT, argv) == 0
     assert (tmp_path / "full" / "model" / "config.json").is_file() and not (tmp_path / "full" / "adapter").exists()
 

@@ -11,8 +11,12 @@ from helpers import run_script, write_jsonl
 from test_train_preferences import pairs
 
 SCRIPT = "DPO/sweep.py"
-POINTS = ["loss_type-sigmoid__beta-0.1", "loss_type-sigmoid__beta-0.5", "loss_type-ipo_sum__beta-0.1",
-          "loss_type-ipo_sum__beta-0.5"]  # fmt: skip
+POINTS = [
+    "loss_type-sigmoid__beta-0.1",
+    "loss_type-sigmoid__beta-0.5",
+    "loss_type-ipo_sum__beta-0.1",
+    "loss_type-ipo_sum__beta-0.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -20,22 +24,36 @@ def grid(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     data = write_jsonl(folder / "pairs.jsonl", pairs(8))
     recipe = folder / "grid.yaml"
-    recipe.write_text(f"dataset: {data}\nlearning_rate: 5.0e-3\nper_device_train_batch_size: 4\nlora_r: 8\n"
-                      "lora_alpha: 16\nwarmup_ratio: 0\nlogging_steps: 1\n"
-                      "sweep:\n  loss_type: [sigmoid, ipo_sum]\n  beta: [0.1, 0.5]\n")  # fmt: skip
+    recipe.write_text(
+        f"dataset: {data}\nlearning_rate: 5.0e-3\nper_device_train_batch_size: 4\nlora_r: 8\n"
+        "lora_alpha: 16\nwarmup_ratio: 0\nlogging_steps: 1\n"
+        "sweep:\n  loss_type: [sigmoid, ipo_sum]\n  beta: [0.1, 0.5]\n"
+    )
     return folder, recipe
 
 
 def test_local_two_by_two(grid, tiny_model_dir, capsys):
     folder, recipe = grid
-    argv = ["--config", str(recipe), "--output_dir", str(folder / "out"), "--model_name_or_path", str(tiny_model_dir),
-            "--max_steps", "1"]  # fmt: skip
+    argv = [
+        "--config",
+        str(recipe),
+        "--output_dir",
+        str(folder / "out"),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--max_steps",
+        "1",
+    ]
     assert run_script(SCRIPT, argv) == 0
     root = folder / "out" / "grid"
     rows = json.loads((root / "sweep_summary.json").read_text())
     assert [row["point"] for row in rows] == POINTS
-    assert [(row["loss_type"], row["beta"]) for row in rows] == [("sigmoid", 0.1), ("sigmoid", 0.5),
-                                                                 ("ipo_sum", 0.1), ("ipo_sum", 0.5)]  # fmt: skip
+    assert [(row["loss_type"], row["beta"]) for row in rows] == [
+        ("sigmoid", 0.1),
+        ("sigmoid", 0.5),
+        ("ipo_sum", 0.1),
+        ("ipo_sum", 0.5),
+    ]
     for row in rows:
         assert row["status"] == "done" and row["steps"] == 1 and math.isfinite(row["final_loss"])
         config = json.loads((root / row["point"] / "dpo_config.json").read_text())
@@ -54,15 +72,36 @@ def test_local_two_by_two(grid, tiny_model_dir, capsys):
 
 def test_slurm_script_renders(grid, tmp_path, capsys):
     folder, recipe = grid
-    argv = ["--config", str(recipe), "--output_dir", str(tmp_path), "--model_name_or_path", "org/model",
-            "--slurm", "--accelerate_config", "recipes/accelerate_configs/ddp.yaml", "--gpus_per_task", "4",
-            "--max_parallel", "2", "--partition", "gpu", "--sbatch_option=--account=proj"]  # fmt: skip
+    argv = [
+        "--config",
+        str(recipe),
+        "--output_dir",
+        str(tmp_path),
+        "--model_name_or_path",
+        "org/model",
+        "--slurm",
+        "--accelerate_config",
+        "recipes/accelerate_configs/ddp.yaml",
+        "--gpus_per_task",
+        "4",
+        "--max_parallel",
+        "2",
+        "--partition",
+        "gpu",
+        "--sbatch_option=--account=proj",
+    ]
     assert run_script(SCRIPT, argv) == 0
     script = (tmp_path / "grid" / "sweep.sbatch").read_text()
     assert script.startswith("#!/bin/bash") and (tmp_path / "grid" / "logs").is_dir()
-    for line in ("#SBATCH --array=0-3%2", "#SBATCH --requeue", f"#SBATCH --output={tmp_path}/grid/logs/%x-%A_%a.out",
-                 "#SBATCH --gres=gpu:4", "#SBATCH --partition=gpu", "#SBATCH --account=proj"):
-        assert line in script.splitlines(), line  # fmt: skip
+    for line in (
+        "#SBATCH --array=0-3%2",
+        "#SBATCH --requeue",
+        f"#SBATCH --output={tmp_path}/grid/logs/%x-%A_%a.out",
+        "#SBATCH --gres=gpu:4",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+    ):
+        assert line in script.splitlines(), line
     tasks = [line for line in script.splitlines() if line.strip()[:2] in {"0)", "1)", "2)", "3)"}]
     assert len(tasks) == 4
     for index, (task, point) in enumerate(zip(tasks, POINTS)):

@@ -22,16 +22,22 @@ REJECTED = ["Hello, how are you today?", "No.", "The sky is blue and the weather
 
 def pairs(n=8):
     """Conversational pairs (the tiny model has a ChatML template); rejected answers of varied length."""
-    return [{
-        "prompt": [{"role": "user", "content": f"What is {i} plus {i}?" + " Please explain." * (i % 3)}],
-        "chosen": [{"role": "assistant", "content": f"The answer is {2 * i}."}],
-        "rejected": [{"role": "assistant", "content": REJECTED[i % len(REJECTED)]}],
-    } for i in range(n)]  # fmt: skip
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} plus {i}?" + " Please explain." * (i % 3)}],
+            "chosen": [{"role": "assistant", "content": f"The answer is {2 * i}."}],
+            "rejected": [{"role": "assistant", "content": REJECTED[i % len(REJECTED)]}],
+        }
+        for i in range(n)
+    ]
 
 
 def unpaired(n=8):
-    return [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
-            for p in pairs(n) for side in ("chosen", "rejected")]  # fmt: skip
+    return [
+        {"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+        for p in pairs(n)
+        for side in ("chosen", "rejected")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +46,47 @@ def pairs_file(tmp_path_factory):
 
 
 def small_args(model_dir, data, out, *extra):
-    return ["--model_name_or_path", str(model_dir), "--dataset", str(data), "--output_dir", str(out),
-            "--max_steps", "2", "--per_device_train_batch_size", "4", "--lora_r", "8", "--lora_alpha", "16",
-            "--learning_rate", "5e-3", "--warmup_ratio", "0", "--logging_steps", "1", "--save_steps", "1",
-            "--run_name", "run", *extra]  # fmt: skip
+    return [
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--learning_rate",
+        "5e-3",
+        "--warmup_ratio",
+        "0",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "1",
+        "--run_name",
+        "run",
+        *extra,
+    ]
 
 
 def small_options(**overrides):
-    values = dict(max_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=4, lora_r=8, lora_alpha=16,
-                  learning_rate=5e-3, warmup_ratio=0.0, logging_steps=1, save_steps=100)  # fmt: skip
+    values = dict(
+        max_steps=2,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        save_steps=100,
+    )
     values.update(overrides)
     return TrainingOptions(**values)
 
@@ -56,8 +94,9 @@ def small_options(**overrides):
 # ---------------------------------------------------------------------------------------------------
 # Every loss trains end to end through the script
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "ipo_sum", "kto_pair", "rpo_paired", "rpo_unpaired",
-                                       "rpo_diagonal"])  # fmt: skip
+@pytest.mark.parametrize(
+    "loss_type", ["sigmoid", "ipo", "ipo_sum", "kto_pair", "rpo_paired", "rpo_unpaired", "rpo_diagonal"]
+)
 def test_two_training_steps_per_loss(loss_type, tiny_model_dir, pairs_file, tmp_path, capsys):
     from safetensors.torch import load_file
 
@@ -81,7 +120,8 @@ def test_two_training_steps_per_loss(loss_type, tiny_model_dir, pairs_file, tmp_
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in adapter.items())  # it moved
     config = json.loads((run / "dpo_config.json").read_text())
     assert config["loss_type"] == [loss_type] and config["trainer_class"] == (
-        "DPOTrainer" if loss_type in ("sigmoid", "ipo") else "PreferenceLossTrainer")  # fmt: skip
+        "DPOTrainer" if loss_type in ("sigmoid", "ipo") else "PreferenceLossTrainer"
+    )
     if loss_type.startswith("rpo"):
         assert summary["skipped_rpo_batches"] == 0 and "rpo/skipped_batches" in log[0]
 
@@ -117,6 +157,7 @@ def test_precomputed_reference_log_probs_give_the_same_training(tiny_model_dir, 
 # ---------------------------------------------------------------------------------------------------
 def independent_logps(model, batch):
     """Summed completion log-probs per row from full logits (no fused head), for the policy and the base."""
+
     def summed(m):
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         token_logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
@@ -132,8 +173,13 @@ def independent_logps(model, batch):
 def prompt_embeddings(trainer, prompts):
     """MiniLM embeddings of the prompts as the model sees them: chat template, special tokens dropped."""
     tokenizer = trainer.processing_class
-    texts = [tokenizer.decode(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False),
-                              skip_special_tokens=True) for p in prompts]  # fmt: skip
+    texts = [
+        tokenizer.decode(
+            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False),
+            skip_special_tokens=True,
+        )
+        for p in prompts
+    ]
     from ipo.training.embeddings import PromptEmbedder
 
     return PromptEmbedder().encode(texts)
@@ -153,19 +199,28 @@ def perturbed_trainer(tiny_model_dir, tmp_path, records, **overrides):
 @pytest.mark.parametrize("loss_type", ["ipo_sum", "kto_pair", "rpo_paired", "rpo_diagonal", "rpo_uniform"])
 def test_paired_loss_matches_the_pure_function(loss_type, tiny_model_dir, tmp_path):
     records = pairs(4)
-    trainer = perturbed_trainer(tiny_model_dir, tmp_path, records, loss_type=loss_type, rpo_diagonal_weight=0.7,
-                                rpo_distance_temperature=0.3)  # fmt: skip
+    trainer = perturbed_trainer(
+        tiny_model_dir, tmp_path, records, loss_type=loss_type, rpo_diagonal_weight=0.7, rpo_distance_temperature=0.3
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])  # dataset order = records order
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, dict(batch))
     policy, reference = independent_logps(trainer.model, batch)
     embeddings = prompt_embeddings(trainer, [r["prompt"] for r in records]) if loss_type == "rpo_paired" else None
-    expected = paired_preference_loss(loss_type, *policy.chunk(2), *reference.chunk(2), beta=0.1,
-                                      prompt_embeddings=embeddings, temperature=0.3, diagonal_weight=0.7)  # fmt: skip
+    expected = paired_preference_loss(
+        loss_type,
+        *policy.chunk(2),
+        *reference.chunk(2),
+        beta=0.1,
+        prompt_embeddings=embeddings,
+        temperature=0.3,
+        diagonal_weight=0.7,
+    )
     assert policy[:4].sub(reference[:4]).abs().max() > 0.01  # the check is not trivially at margin 0
     assert loss.item() == pytest.approx(expected.losses.mean().item(), rel=1e-4)
     assert trainer._metrics["eval"]["rewards/margins"][-1] == pytest.approx(
-        (expected.chosen_rewards - expected.rejected_rewards).mean().item(), rel=1e-4)  # fmt: skip
+        (expected.chosen_rewards - expected.rejected_rewards).mean().item(), rel=1e-4
+    )
 
 
 def test_unpaired_loss_matches_the_pure_function(tiny_model_dir, tmp_path):
@@ -200,8 +255,9 @@ def test_a_one_sided_unpaired_batch_is_skipped_and_counted(tiny_model_dir, tmp_p
 
 
 def test_unpaired_training_batches_are_balanced(tiny_model_dir, tmp_path):
-    trainer, _, _ = build_trainer(str(tiny_model_dir), unpaired(6), small_options(loss_type="rpo_unpaired"), tmp_path,
-                                  device="cpu")  # fmt: skip
+    trainer, _, _ = build_trainer(
+        str(tiny_model_dir), unpaired(6), small_options(loss_type="rpo_unpaired"), tmp_path, device="cpu"
+    )
     loader = trainer.get_train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 3  # 6 desirable, 6 undesirable, 2 + 2 per batch
@@ -227,7 +283,9 @@ def test_cut_long_prompt_follows_trl_07_and_rpo():
 def test_long_prompts_are_cut_instead_of_dropped(tiny_model_dir, tmp_path):
     records = pairs(4)
     records[0]["prompt"][0]["content"] = "Please explain. " * 60  # about 180 tokens
-    plain, _, _ = build_trainer(str(tiny_model_dir), records, small_options(max_length=64), tmp_path / "a", device="cpu")
+    plain, _, _ = build_trainer(
+        str(tiny_model_dir), records, small_options(max_length=64), tmp_path / "a", device="cpu"
+    )
     assert len(plain.train_dataset) == 3  # TRL drops a pair whose prompt alone fills max_length
     options = small_options(max_length=64, max_prompt_length=32)
     assert custom_trainer_class(options) is not None
@@ -236,7 +294,8 @@ def test_long_prompts_are_cut_instead_of_dropped(tiny_model_dir, tmp_path):
     # the others: cut only when prompt + longer response exceeds max_length (TRL 0.7 / RPO's rule)
     lengths = [(len(r["prompt_ids"]), max(len(r["chosen_ids"]), len(r["rejected_ids"]))) for r in plain.train_dataset]
     assert [len(cut.train_dataset[i]["prompt_ids"]) for i in (1, 2, 3)] == [
-        32 if p + c > 64 and p > 32 else p for p, c in lengths]  # fmt: skip
+        32 if p + c > 64 and p > 32 else p for p, c in lengths
+    ]
     assert any(p > 32 and p + c <= 64 for p, c in lengths)  # a prompt over 32 tokens whose pair fits: kept whole
     assert any(p + c > 64 for p, c in lengths)
 
@@ -246,8 +305,10 @@ def test_long_prompts_are_cut_instead_of_dropped(tiny_model_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 def test_recipe_values_and_command_line_overrides(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model_name_or_path: some/model\ndataset: d.jsonl\nloss_type: ipo_sum\nbeta: 0.2\n"
-                      "use_peft: false\nwarmup_steps: 150\nmax_prompt_length: 256\n")  # fmt: skip
+    recipe.write_text(
+        "model_name_or_path: some/model\ndataset: d.jsonl\nloss_type: ipo_sum\nbeta: 0.2\n"
+        "use_peft: false\nwarmup_steps: 150\nmax_prompt_length: 256\n"
+    )
     script = load_script(SCRIPT)
     args = script.parse_args(["--config", str(recipe), "--beta", "0.3"])
     assert (args.model_name, args.dataset, args.loss_type, args.beta) == ("some/model", "d.jsonl", "ipo_sum", 0.3)
@@ -304,14 +365,21 @@ def test_resume_after_a_kill_gives_the_same_adapter(tiny_model_dir, pairs_file, 
         load_script(SCRIPT).main(argv + ["--beta", "0.5"])
 
 
-@pytest.mark.parametrize("extra, status, message", [
-    (["--loss_type", "dpo"], 2, "invalid choice: 'dpo'"),
-    (["--loss_type", "rpo_unpaired"], 1, "pass --unpaired to split each pair"),
-    (["--loss_type", "rpo_paired", "--rpo_distance_temperature", "0"], 1, "--rpo_distance_temperature must be > 0"),
-    (["--loss_type", "rpo_paired", "--rpo_distance_temperature", "-1"], 1, "--rpo_distance_temperature must be > 0"),
-    (["--loss_type", "rpo_unpaired", "--unpaired", "--per_device_train_batch_size", "3"], 1, "even"),
-    (["--loss_type", "sigmoid", "--unpaired"], 1, "needs chosen/rejected pairs"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, status, message",
+    [
+        (["--loss_type", "dpo"], 2, "invalid choice: 'dpo'"),
+        (["--loss_type", "rpo_unpaired"], 1, "pass --unpaired to split each pair"),
+        (["--loss_type", "rpo_paired", "--rpo_distance_temperature", "0"], 1, "--rpo_distance_temperature must be > 0"),
+        (
+            ["--loss_type", "rpo_paired", "--rpo_distance_temperature", "-1"],
+            1,
+            "--rpo_distance_temperature must be > 0",
+        ),
+        (["--loss_type", "rpo_unpaired", "--unpaired", "--per_device_train_batch_size", "3"], 1, "even"),
+        (["--loss_type", "sigmoid", "--unpaired"], 1, "needs chosen/rejected pairs"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(extra, status, message, tiny_model_dir, pairs_file, tmp_path, capsys):
     argv = small_args(tiny_model_dir, pairs_file, tmp_path / "out", *extra)
     try:
@@ -336,19 +404,39 @@ def test_help(capsys):
         load_script(SCRIPT).main(["--help"])
     out = capsys.readouterr().out
     assert exit.value.code == 0
-    for flag in ("--model_name_or_path", "--dataset", "--loss_type", "--rpo_distance_temperature",
-                 "--rpo_embedding_model", "--unpaired", "--config", "--max_steps", "--merge_adapters", "--push_to_hub"):
-        assert flag in out, flag  # fmt: skip
+    for flag in (
+        "--model_name_or_path",
+        "--dataset",
+        "--loss_type",
+        "--rpo_distance_temperature",
+        "--rpo_embedding_model",
+        "--unpaired",
+        "--config",
+        "--max_steps",
+        "--merge_adapters",
+        "--push_to_hub",
+    ):
+        assert flag in out, flag
 
 
 def test_train_summary_reads_the_last_logged_values():
-    history = [{"loss": 0.7, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
-               {"loss": 0.6, "rewards/margins": 0.2, "rewards/accuracies": 0.75, "rpo/skipped_batches": 2, "step": 2},
-               {"eval_loss": 0.65, "eval_rewards/margins": 0.1, "step": 2},
-               {"train_loss": 0.65, "step": 2}]  # fmt: skip
+    history = [
+        {"loss": 0.7, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
+        {"loss": 0.6, "rewards/margins": 0.2, "rewards/accuracies": 0.75, "rpo/skipped_batches": 2, "step": 2},
+        {"eval_loss": 0.65, "eval_rewards/margins": 0.1, "step": 2},
+        {"train_loss": 0.65, "step": 2},
+    ]
     summary = train_summary(history)
-    assert summary == {"final_loss": 0.6, "reward_margin": 0.2, "reward_accuracy": 0.75, "mean_loss": 0.65,
-                       "steps": 2, "skipped_rpo_batches": 2, "eval_loss": 0.65, "eval_rewards/margins": 0.1}  # fmt: skip
+    assert summary == {
+        "final_loss": 0.6,
+        "reward_margin": 0.2,
+        "reward_accuracy": 0.75,
+        "mean_loss": 0.65,
+        "steps": 2,
+        "skipped_rpo_batches": 2,
+        "eval_loss": 0.65,
+        "eval_rewards/margins": 0.1,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -362,22 +450,43 @@ def launch(module_argv, script_argv, cwd):
     from helpers import REPO
 
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", *module_argv, str(REPO / SCRIPT), *script_argv],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *module_argv, str(REPO / SCRIPT), *script_argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def test_accelerate_launch_on_one_cpu_process(tiny_model_dir, pairs_file, tmp_path):
     argv = small_args(tiny_model_dir, pairs_file, tmp_path, "--loss_type", "rpo_paired", "--max_steps", "1")
-    result = launch(["accelerate.commands.launch", "--num_processes", "1", "--cpu", "--num_machines", "1",
-                     "--mixed_precision", "no", "--dynamo_backend", "no"], argv, tmp_path)  # fmt: skip
+    result = launch(
+        [
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--cpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ],
+        argv,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["steps"] == 1
 
 
 def test_two_ddp_processes_share_the_data_and_write_once(tiny_model_dir, pairs_file, tmp_path):
     """rpo_unpaired under DDP: each process gets whole balanced micro-batches, one adapter is written."""
-    argv = small_args(tiny_model_dir, pairs_file, tmp_path, "--loss_type", "rpo_unpaired", "--unpaired",
-                      "--merge_adapters")  # fmt: skip
+    argv = small_args(
+        tiny_model_dir, pairs_file, tmp_path, "--loss_type", "rpo_unpaired", "--unpaired", "--merge_adapters"
+    )
     result = launch(["torch.distributed.run", "--standalone", "--nproc_per_node", "2"], argv, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"

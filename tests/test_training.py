@@ -15,16 +15,28 @@ from ipo.training.options import TrainingOptions, check_options
 
 
 def conversational_pairs(n=8):
-    return [{
-        "prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
-        "chosen": [{"role": "assistant", "content": f"The answer is {2 * i}."}],
-        "rejected": [{"role": "assistant", "content": "Hello, how are you today?"}],
-    } for i in range(n)]  # fmt: skip
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+            "chosen": [{"role": "assistant", "content": f"The answer is {2 * i}."}],
+            "rejected": [{"role": "assistant", "content": "Hello, how are you today?"}],
+        }
+        for i in range(n)
+    ]
 
 
 def small_options(**overrides):
-    values = dict(max_steps=2, per_device_train_batch_size=2, per_device_eval_batch_size=2, lora_r=8,
-                  lora_alpha=16, learning_rate=5e-3, warmup_ratio=0.0, logging_steps=1, save_steps=1)  # fmt: skip
+    values = dict(
+        max_steps=2,
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        save_steps=1,
+    )
     values.update(overrides)
     return TrainingOptions(**values)
 
@@ -62,17 +74,21 @@ def test_wandb_project_is_used_only_with_report_to_wandb(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     build_dpo_config(options_from_args(parse(["--wandb_project", "p1"])), tmp_path, device="cpu")
     assert "WANDB_PROJECT" not in __import__("os").environ
-    config = build_dpo_config(options_from_args(parse(["--wandb_project", "p1", "--report_to", "wandb"])),
-                              tmp_path, device="cpu")  # fmt: skip
+    config = build_dpo_config(
+        options_from_args(parse(["--wandb_project", "p1", "--report_to", "wandb"])), tmp_path, device="cpu"
+    )
     assert config.report_to == ["wandb"] and __import__("os").environ["WANDB_PROJECT"] == "p1"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"loss_type": "dpo"}, "unknown --loss_type"),
-    ({"lora_target_modules": "q_proj,lm_head"}, "lm_head"),
-    ({"beta": 0.0}, "--beta must be positive"),
-    ({"warmup_ratio": 1.5}, "--warmup_ratio"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"loss_type": "dpo"}, "unknown --loss_type"),
+        ({"lora_target_modules": "q_proj,lm_head"}, "lm_head"),
+        ({"beta": 0.0}, "--beta must be positive"),
+        ({"warmup_ratio": 1.5}, "--warmup_ratio"),
+    ],
+)
 def test_bad_options_fail_early(overrides, message):
     with pytest.raises(IpoError, match=message):
         check_options(TrainingOptions(**overrides))
@@ -94,16 +110,26 @@ def test_lora_step_freezes_the_base_and_moves_the_adapter(tiny_model_dir, tmp_pa
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
     base = trainer.model.get_base_model().state_dict()
     for name, weight in original.items():
-        peft_name = name.replace(".weight", ".base_layer.weight") if any(
-            m in name for m in ("q_proj", "v_proj", "gate_proj")) else name  # fmt: skip
+        peft_name = (
+            name.replace(".weight", ".base_layer.weight")
+            if any(m in name for m in ("q_proj", "v_proj", "gate_proj"))
+            else name
+        )
         assert torch.equal(weight, base[peft_name]), name
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    result = train_dpo(str(tiny_model_dir), conversational_pairs(8), small_options(max_steps=3), out,
-                       eval_records=conversational_pairs(2), device="cpu", extra_config={"round": 1})  # fmt: skip
+    result = train_dpo(
+        str(tiny_model_dir),
+        conversational_pairs(8),
+        small_options(max_steps=3),
+        out,
+        eval_records=conversational_pairs(2),
+        device="cpu",
+        extra_config={"round": 1},
+    )
     return out, result
 
 
@@ -115,10 +141,19 @@ def test_train_writes_config_adapter_and_log(trained, tiny_model_dir):
     assert (result.adapter_dir / "tokenizer_config.json").is_file()  # the tokenizer travels with the adapter
     config = json.loads((out / "dpo_config.json").read_text())
     assert config["beta"] == 0.1 and config["loss_type"] == ["sigmoid"] and config["max_length"] == 1024
-    assert config["lr_scheduler_type"] == "cosine" and config["max_grad_norm"] == 0.3 and config["weights_dtype"] == "float32"
-    assert config["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "bias": "none",
-                              "resolved_modules": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
-                                                   "up_proj", "v_proj"]}  # never lm_head
+    assert (
+        config["lr_scheduler_type"] == "cosine"
+        and config["max_grad_norm"] == 0.3
+        and config["weights_dtype"] == "float32"
+    )
+    assert config["lora"] == {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": "all-linear",
+        "bias": "none",
+        "resolved_modules": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"],
+    }  # never lm_head
     assert config["round"] == 1 and config["n_eval_pairs"] == 2 and config["trainer"]["beta"] == 0.1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert max(entry["step"] for entry in log) == 3 and any("eval_loss" in entry for entry in log)
@@ -137,11 +172,24 @@ def test_resume_from_the_last_checkpoint_gives_the_same_adapter(trained, tiny_mo
                 raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        train_dpo(str(tiny_model_dir), conversational_pairs(8), small_options(max_steps=3), tmp_path,
-                  eval_records=conversational_pairs(2), device="cpu", callbacks=[Crash()])  # fmt: skip
+        train_dpo(
+            str(tiny_model_dir),
+            conversational_pairs(8),
+            small_options(max_steps=3),
+            tmp_path,
+            eval_records=conversational_pairs(2),
+            device="cpu",
+            callbacks=[Crash()],
+        )
     assert not (tmp_path / "adapter").exists() and (tmp_path / "checkpoints" / "checkpoint-2").is_dir()
-    result = train_dpo(str(tiny_model_dir), conversational_pairs(8), small_options(max_steps=3), tmp_path,
-                       eval_records=conversational_pairs(2), device="cpu")  # fmt: skip
+    result = train_dpo(
+        str(tiny_model_dir),
+        conversational_pairs(8),
+        small_options(max_steps=3),
+        tmp_path,
+        eval_records=conversational_pairs(2),
+        device="cpu",
+    )
     assert result.resumed_from.endswith("checkpoint-2")
     resumed = load_file(result.adapter_dir / "adapter_model.safetensors")
     straight = load_file(trained[1].adapter_dir / "adapter_model.safetensors")
@@ -178,8 +226,9 @@ def test_merge_refuses_bad_adapter_folders(trained, tmp_path):
 
 def test_qlora_4bit_two_steps_on_cpu(tiny_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    trainer, _, _ = build_trainer(str(tiny_model_dir), conversational_pairs(4), small_options(load_in_4bit=True),
-                                  tmp_path, device="cpu")  # fmt: skip
+    trainer, _, _ = build_trainer(
+        str(tiny_model_dir), conversational_pairs(4), small_options(load_in_4bit=True), tmp_path, device="cpu"
+    )
     base = trainer.model.get_base_model()
     assert getattr(base, "is_loaded_in_4bit", False)
     assert type(base.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"

@@ -60,8 +60,12 @@ def parse(argv):
 
 def test_handbook_recipe_reaches_the_dpo_config(tmp_path):
     args = load_script(TRAIN).parse_args(["--config", str(handbook(tmp_path))])
-    assert (args.model_name, args.dataset, args.dtype, args.hub_repo_id) == ("some/model", "pairs.jsonl", "bfloat16",
-                                                                              "my-dpo-model")
+    assert (args.model_name, args.dataset, args.dtype, args.hub_repo_id) == (
+        "some/model",
+        "pairs.jsonl",
+        "bfloat16",
+        "my-dpo-model",
+    )
     options = options_from_args(args)
     assert options.save_total_limit == 1 and options.lora_target_modules == "q_proj,v_proj"
     assert options.trainer_overrides == {"weight_decay": 0.05, "adam_beta2": 0.95, "save_strategy": "steps"}
@@ -84,8 +88,23 @@ def test_handbook_recipe_reaches_the_sft_config(tmp_path):
 
 
 def test_trl_flags_on_the_command_line_reach_the_config(tmp_path):
-    args = parse(["--adam_beta2", "0.95", "--save_total_limit", "2", "--weight-decay", "0.1", "--no_disable_dropout",
-                  "--bf16", "true", "--loss_weights", "1", "--lr_scheduler_kwargs", '{"num_cycles": 2}'])
+    args = parse(
+        [
+            "--adam_beta2",
+            "0.95",
+            "--save_total_limit",
+            "2",
+            "--weight-decay",
+            "0.1",
+            "--no_disable_dropout",
+            "--bf16",
+            "true",
+            "--loss_weights",
+            "1",
+            "--lr_scheduler_kwargs",
+            '{"num_cycles": 2}',
+        ]
+    )
     config = build_dpo_config(options_from_args(args), tmp_path, device="cpu")
     assert (config.adam_beta2, config.save_total_limit, config.weight_decay) == (0.95, 2, 0.1)
     assert config.disable_dropout is False and config.bf16 is True and config.loss_weights == [1.0]
@@ -111,11 +130,14 @@ def test_sft_takes_sft_config_fields_and_dpo_does_not():
     assert "--rpo_alpha" not in sft._option_string_actions and "--disable_dropout" in train._option_string_actions
 
 
-@pytest.mark.parametrize("text, named, closest", [
-    ("adam_beta3: 0.9\n", "'adam_beta3'", "'adam_beta2'"),
-    ("weight_decya: 0.1\n", "'weight_decya'", "'weight_decay'"),
-    ("sweep:\n  adam_betas2: [0.9]\n", "'sweep.adam_betas2'", "'adam_beta2'"),
-])
+@pytest.mark.parametrize(
+    "text, named, closest",
+    [
+        ("adam_beta3: 0.9\n", "'adam_beta3'", "'adam_beta2'"),
+        ("weight_decya: 0.1\n", "'weight_decya'", "'weight_decay'"),
+        ("sweep:\n  adam_betas2: [0.9]\n", "'sweep.adam_betas2'", "'adam_beta2'"),
+    ],
+)
 def test_unknown_recipe_key_is_one_line_naming_the_closest(tmp_path, text, named, closest):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -140,12 +162,15 @@ def test_unknown_flag_is_one_line_naming_the_closest(capsys):
     assert len(errors) == 1 and "--adam_beta3" in errors[0] and "--adam_beta2" in errors[0]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("adam_beta2: fast\n", "adam_beta2 must be a number, got 'fast'"),
-    ("hub_token: hf_x\n", "HF_TOKEN"),
-    ("load_in_8bit: true\n", "load_in_8bit: only False is supported"),
-    ("torch_dtype: bfloat16\ndtype: float32\n", "torch_dtype and dtype are the same setting"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("adam_beta2: fast\n", "adam_beta2 must be a number, got 'fast'"),
+        ("hub_token: hf_x\n", "HF_TOKEN"),
+        ("load_in_8bit: true\n", "load_in_8bit: only False is supported"),
+        ("torch_dtype: bfloat16\ndtype: float32\n", "torch_dtype and dtype are the same setting"),
+    ],
+)
 def test_bad_trl_settings_are_one_line(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -155,7 +180,9 @@ def test_bad_trl_settings_are_one_line(tmp_path, text, message):
 
 
 def test_settings_accepted_at_the_projects_value_only():
-    assert options_from_args(parse(["--bnb_4bit_quant_type", "nf4"])).trainer_overrides == {"bnb_4bit_quant_type": "nf4"}
+    assert options_from_args(parse(["--bnb_4bit_quant_type", "nf4"])).trainer_overrides == {
+        "bnb_4bit_quant_type": "nf4"
+    }
     with pytest.raises(IpoError, match="bnb_4bit_quant_type: only 'nf4'"):
         options_from_args(parse(["--bnb_4bit_quant_type", "fp4"]))
 

@@ -27,16 +27,21 @@ logger = cli.logger
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset_name", required=True, help="Hub dataset id or local json/jsonl/parquet file")
-    parser.add_argument("--config_name", default="default",
-                        help="Hub dataset configuration (upstream: 'default'); ignored for local files")
+    parser.add_argument(
+        "--config_name",
+        default="default",
+        help="Hub dataset configuration (upstream: 'default'); ignored for local files",
+    )
     parser.add_argument("--split", default="test", help="split to sample from (upstream: test)")
     parser.add_argument("--num_samples", type=int, default=500, help="rows in the subset (upstream: 500)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the draw (upstream: unseeded)")
-    parser.add_argument("--output", default=None,
-                        help="local JSONL file (default: outputs/<name>_sampled_<num_samples>.jsonl)")
+    parser.add_argument(
+        "--output", default=None, help="local JSONL file (default: outputs/<name>_sampled_<num_samples>.jsonl)"
+    )
     parser.add_argument("--push_to_hub", action="store_true", help="also upload the subset as a Hub dataset")
-    parser.add_argument("--new_dataset_name", default=None,
-                        help="Hub dataset name (default: <name>_sampled_<num_samples>, as upstream)")
+    parser.add_argument(
+        "--new_dataset_name", default=None, help="Hub dataset name (default: <name>_sampled_<num_samples>, as upstream)"
+    )
     parser.add_argument("--organization", default=None, help="Hub namespace (default: your account)")
     parser.add_argument("--public", action="store_true", help="make the uploaded dataset public (default private)")
     parser.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])

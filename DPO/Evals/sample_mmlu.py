@@ -21,12 +21,12 @@ from pathlib import Path
 
 from ipo import cli, hub
 from ipo.benchmarks.mmlu import answer_index, extract_choice, mmlu_metrics
+from ipo.cli.selfimprove import add_sampling_args, sampling_settings_from_args
 from ipo.data import read_records, require_columns, row_ids
 from ipo.modeling import load_model_and_tokenizer, load_tokenizer
 from ipo.prompts import UPSTREAM_INST_PROMPT, mmlu_instruction
 from ipo.report import markdown_table, pct
 from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, seed_everything
-from ipo.cli.selfimprove import add_sampling_args, sampling_settings_from_args
 from ipo.selfimprove.prompts_pool import Prompt
 from ipo.selfimprove.sampling import Sampler, check_can_generate, sample_into_log
 from ipo.training.merge import read_adapter_config
@@ -62,8 +62,15 @@ def load_questions(args) -> list[dict]:
     questions = []
     for row_id, row in zip(ids, rows):
         choices = [str(c) for c in row["choices"]]
-        questions.append({"id": row_id, "question": row["question"], "choices": choices,
-                          "answer": answer_index(row["answer"], len(choices)), "subject": row.get("subject", "")})  # fmt: skip
+        questions.append(
+            {
+                "id": row_id,
+                "question": row["question"],
+                "choices": choices,
+                "answer": answer_index(row["answer"], len(choices)),
+                "subject": row.get("subject", ""),
+            }
+        )
     return questions[: args.max_examples] if args.max_examples else questions
 
 
@@ -96,9 +103,13 @@ def main(argv=None) -> int:
         model = PeftModel.from_pretrained(model, args.adapter).eval()
         if (Path(args.adapter) / "tokenizer_config.json").is_file():  # the tokenizer trained with the adapter
             tokenizer = load_tokenizer(args.adapter)
-    sampler = Sampler(model, tokenizer, sampling_settings_from_args(args), batch_size=args.sample_batch_size, salt="mmlu")
-    run.start(cli.public_args(args), resolved={"device": device, "dtype": str(dtype), "n_questions": len(questions),
-                                                "sampling": sampler.resolved()})  # fmt: skip
+    sampler = Sampler(
+        model, tokenizer, sampling_settings_from_args(args), batch_size=args.sample_batch_size, salt="mmlu"
+    )
+    run.start(
+        cli.public_args(args),
+        resolved={"device": device, "dtype": str(dtype), "n_questions": len(questions), "sampling": sampler.resolved()},
+    )
 
     ###############
     # Generate (resumable), then grade
@@ -106,29 +117,44 @@ def main(argv=None) -> int:
     # In upstream mode the [INST] text is the raw prompt; in chat mode the instruction goes through the template.
     prompts = [Prompt(q["id"], formatted_input(q, args.prompt_format), q["subject"]) for q in questions]
     log = RecordLog(run.file("responses.jsonl"))
-    sample_into_log(sampler, tokenizer, prompts, log, "upstream" if args.prompt_format == "upstream" else "chat",
-                    desc="MMLU")  # fmt: skip
+    sample_into_log(
+        sampler, tokenizer, prompts, log, "upstream" if args.prompt_format == "upstream" else "chat", desc="MMLU"
+    )
     responses = {str(r["id"]): r["responses"][0] for r in log.ordered(q["id"] for q in questions)}
     predictions = []
     for q in questions:
         response = responses[str(q["id"])]
         predicted = extract_choice(response, q["choices"])
-        predictions.append({"id": q["id"], "subject": q["subject"], "formatted_input": formatted_input(q, args.prompt_format),
-                            "model_response": response, "predicted": predicted, "answer": q["answer"],
-                            "correct": predicted == q["answer"]})  # fmt: skip
+        predictions.append(
+            {
+                "id": q["id"],
+                "subject": q["subject"],
+                "formatted_input": formatted_input(q, args.prompt_format),
+                "model_response": response,
+                "predicted": predicted,
+                "answer": q["answer"],
+                "correct": predicted == q["answer"],
+            }
+        )
     metrics = mmlu_metrics(predictions)
     atomic_write_jsonl(run.file("predictions.jsonl"), predictions)
     atomic_write_json(run.file("metrics.json"), metrics)
     rows = [["all", metrics["n"], pct(metrics["accuracy"]), pct(metrics["parsed"])]]
     rows += [[s, m["n"], pct(m["accuracy"]), pct(m["parsed"])] for s, m in metrics["subjects"].items()]
-    markdown = (f"# MMLU (generative, {args.prompt_format} prompt): {name}\n\n"
-                + markdown_table(["subject", "questions", "accuracy %", "answer parsed %"], rows)
-                + "\nAn answer that names no choice counts as wrong.\n")  # fmt: skip
+    markdown = (
+        f"# MMLU (generative, {args.prompt_format} prompt): {name}\n\n"
+        + markdown_table(["subject", "questions", "accuracy %", "answer parsed %"], rows)
+        + "\nAn answer that names no choice counts as wrong.\n"
+    )
     atomic_write_text(run.file("results.md"), markdown)
     print(markdown)
     if args.push_to_hub:
-        hub.push_records(predictions, args.hub_dataset_id if args.hub_dataset_id and "/" in args.hub_dataset_id
-                         else hub.repo_id(None, args.hub_dataset_id or run.path.name))  # fmt: skip
+        hub.push_records(
+            predictions,
+            args.hub_dataset_id
+            if args.hub_dataset_id and "/" in args.hub_dataset_id
+            else hub.repo_id(None, args.hub_dataset_id or run.path.name),
+        )
     return 0
 
 

@@ -44,12 +44,20 @@ logger = logging.getLogger("ipo")
 TRAINER_CONFIGS = {"dpo": DPOConfig, "sft": SFTConfig}
 # TRL names that the scripts' own flags take (TrainingOptions' fields that are TRL names are taken too:
 # learning_rate, beta, lora_r, save_total_limit, ...): never added a second time.
-SCRIPT_FLAGS = frozenset({
-    "output_dir",  # the parent of the run folder; the trainer's output_dir is <run folder>/checkpoints
-    "run_name", "seed", "log_level", "model_name_or_path", "dtype", "trust_remote_code",
-    "use_peft",  # --use_peft / --no_lora
-    "push_to_hub", "hub_model_id",  # uploads go through ipo.hub after training, not through the Trainer
-})
+SCRIPT_FLAGS = frozenset(
+    {
+        "output_dir",  # the parent of the run folder; the trainer's output_dir is <run folder>/checkpoints
+        "run_name",
+        "seed",
+        "log_level",
+        "model_name_or_path",
+        "dtype",
+        "trust_remote_code",
+        "use_peft",  # --use_peft / --no_lora
+        "push_to_hub",
+        "hub_model_id",  # uploads go through ipo.hub after training, not through the Trainer
+    }
+)
 # Other names the project's flags answer to: alias -> the project's flag.
 ALIASES = {"torch_dtype": "dtype", "dataset_name": "dataset", "hub_model_id": "hub_repo_id"}
 # TRL names that cannot be set here, and why (a one-line error names the reason).
@@ -74,8 +82,12 @@ FIXED = {
     "lora_task_type": "CAUSAL_LM",
 }
 # ModelConfig's other LoRA settings -> peft.LoraConfig's names.
-LORA_FIELDS = {"lora_target_parameters": "target_parameters", "lora_modules_to_save": "modules_to_save",
-               "use_rslora": "use_rslora", "use_dora": "use_dora"}
+LORA_FIELDS = {
+    "lora_target_parameters": "target_parameters",
+    "lora_modules_to_save": "modules_to_save",
+    "use_rslora": "use_rslora",
+    "use_dora": "use_dora",
+}
 MODEL_FIELDS = ("attn_implementation",)  # applied to the loaded model (apply_model_settings)
 
 
@@ -256,21 +268,31 @@ def training_weights_dtype(options: TrainingOptions, device: str, sharded_by: st
     if sharded_by:
         logger.info("full fine-tuning in %s weights: %s keeps float32 master weights", dtype, sharded_by)
         return dtype
-    logger.info("full fine-tuning: float32 master weights with %s autocast (half-precision weights would round "
-                "away most updates)", dtype)
+    logger.info(
+        "full fine-tuning: float32 master weights with %s autocast (half-precision weights would round "
+        "away most updates)",
+        dtype,
+    )
     return "float32"
 
 
 def build_lora_config(options: TrainingOptions):
     """peft.LoraConfig for a causal LM (the paper: r 256, alpha 128, dropout 0.05, all linear layers)."""
-    settings = dict(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
-                    target_modules=lora_targets(options.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    settings = dict(
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules=lora_targets(options.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     lora = {LORA_FIELDS[name]: value for name, value in _picked(options, LORA_FIELDS).items()}
     return _build(LoraConfig, {**settings, **lora})
 
 
-def build_dpo_config(options: TrainingOptions, output_dir: str | os.PathLike, device: str = "auto",
-                     has_eval: bool = False):  # fmt: skip
+def build_dpo_config(
+    options: TrainingOptions, output_dir: str | os.PathLike, device: str = "auto", has_eval: bool = False
+):
     """trl.DPOConfig with every setting explicit, checkpoints every ``save_steps`` under ``output_dir``;
     ``options.trainer_overrides`` last."""
     check_options(options)
@@ -370,15 +392,20 @@ def describe_config(config, lora_config=None, options: TrainingOptions | None = 
     return headline
 
 
-def build_sft_config(options: TrainingOptions, output_dir: str | os.PathLike, device: str = "auto",
-                     has_eval: bool = False):  # fmt: skip
+def build_sft_config(
+    options: TrainingOptions, output_dir: str | os.PathLike, device: str = "auto", has_eval: bool = False
+):
     """trl.SFTConfig with the same Trainer settings as build_dpo_config; the loss is TRL's token-mean NLL on
     the completion only (prompt tokens masked); ``options.trainer_overrides`` last."""
     overrides = trainer_overrides(options, "sft")
     base = replace(options, loss_type="sigmoid", trainer_overrides={})
     dpo_config = build_dpo_config(base, output_dir, device=device, has_eval=has_eval)
     shared = {f.name: getattr(dpo_config, f.name) for f in fields(TrainingArguments) if f.init}
-    settings = dict(**shared, model_init_kwargs=dpo_config.model_init_kwargs, max_length=options.max_length,
-                    truncation_mode="keep_start", completion_only_loss=True)
+    settings = dict(
+        **shared,
+        model_init_kwargs=dpo_config.model_init_kwargs,
+        max_length=options.max_length,
+        truncation_mode="keep_start",
+        completion_only_loss=True,
+    )
     return _build(SFTConfig, {**settings, **overrides})
-

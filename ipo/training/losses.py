@@ -95,9 +95,11 @@ def _check_embeddings(name: str, embeddings: torch.Tensor, rows: int) -> None:
 
 def _paired_logratios(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
     _check_vectors(
-        policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-        reference_chosen_logps=reference_chosen_logps, reference_rejected_logps=reference_rejected_logps,
-    )  # fmt: skip
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        reference_chosen_logps=reference_chosen_logps,
+        reference_rejected_logps=reference_rejected_logps,
+    )
     return policy_chosen_logps - reference_chosen_logps, policy_rejected_logps - reference_rejected_logps
 
 
@@ -158,7 +160,9 @@ def ipo_loss(
     _check_vectors(
         policy_chosen_logps=policy_chosen_logps, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths
     )
-    averaged_margin = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(min=1)
+    averaged_margin = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(
+        min=1
+    )
     losses = (averaged_margin - 1 / (2 * beta)) ** 2
     return PreferenceLoss(losses, *_rewards(beta, chosen_logratios, rejected_logratios))
 
@@ -242,10 +246,14 @@ def rpo_weights(
     Returns: weights (N_c, N_r), float32, on the embeddings' device, ``requires_grad=False``.
     """
     _check_positive("temperature", temperature, "RPO divides the prompt distance by it")
-    for name, embeddings in (("chosen_side_embeddings", chosen_side_embeddings),
-                             ("rejected_side_embeddings", rejected_side_embeddings)):  # fmt: skip
+    for name, embeddings in (
+        ("chosen_side_embeddings", chosen_side_embeddings),
+        ("rejected_side_embeddings", rejected_side_embeddings),
+    ):
         if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"{name} must be a non-empty (N, d) tensor, got {getattr(embeddings, 'shape', embeddings)}")
+            raise ValueError(
+                f"{name} must be a non-empty (N, d) tensor, got {getattr(embeddings, 'shape', embeddings)}"
+            )
     if chosen_side_embeddings.shape[1] != rejected_side_embeddings.shape[1]:
         raise ValueError(
             f"embedding sizes differ: {chosen_side_embeddings.shape[1]} vs {rejected_side_embeddings.shape[1]}"

@@ -124,8 +124,14 @@ def merge_in_float32(peft_model, dtype):
     return model, (lost / update) ** 0.5 if update else 0.0
 
 
-def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, base_model: str | None = None,
-                  dtype: str = "auto", device: str = "cpu", tokenizer_from: str | None = None):  # fmt: skip
+def merge_adapter(
+    adapter_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    base_model: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    tokenizer_from: str | None = None,
+):
     """Merge a LoRA adapter into its (unquantised) base and save model + tokenizer to ``output_dir``.
 
     The merge runs in float32 (merge_in_float32) and the model is saved in ``dtype``; auto: the dtype the base
@@ -159,8 +165,13 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
         logger.log(level, message, save, 100 * lost, "--dtype float32 keeps all of it")
     source = tokenizer_from or (str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base)
     tokenizer = load_tokenizer(source)
-    atomic_write_dir(output_dir, lambda tmp: (merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB"),
-                                              tokenizer.save_pretrained(tmp)))  # fmt: skip
+    atomic_write_dir(
+        output_dir,
+        lambda tmp: (
+            merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB"),
+            tokenizer.save_pretrained(tmp),
+        ),
+    )
     logger.info("merged %s into %s -> %s", adapter_dir, base, output_dir)
     return merged
 
@@ -191,7 +202,7 @@ def clean_merge_leftovers(output_dir: str | os.PathLike) -> int:
         return 0
     removed = 0
     for entry in output.parent.iterdir():
-        rest = entry.name[len(prefix):]
+        rest = entry.name[len(prefix) :]
         own = entry.name.startswith(prefix) and "." not in rest.removesuffix(".tmp")
         if own and TEMPORARY_NAME.fullmatch(entry.name):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()

@@ -16,9 +16,22 @@ from ipo.training.losses import EMBEDDING_LOSS_TYPES, LOSS_TYPES, UNPAIRED_LOSS_
 # TRL 1.16's DPOConfig.loss_type whitelist (trl/trainer/dpo_config.py). TRL only checks it at the first
 # training step, after tokenising the whole dataset, so we check it up front.
 TRL_LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 REPORT_TO = ("none", "wandb", "tensorboard")
 ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -28,9 +41,16 @@ TRAIN_LOG_FILE = "train_log.jsonl"
 SFT_CONFIG_FILE = "sft_config.json"
 FULL_MODEL_DIR = "model"  # SFT without LoRA saves a whole model (with LoRA: ADAPTER_DIR)
 # Options that mean nothing to SFT: their flags are hidden from DPO/sft.py's --help.
-DPO_ONLY_OPTIONS = ("beta", "loss_type", "label_smoothing", "precompute_ref_log_probs", "max_prompt_length",
-                    "rpo_distance_temperature", "rpo_embedding_model", "rpo_diagonal_weight")  # fmt: skip
-
+DPO_ONLY_OPTIONS = (
+    "beta",
+    "loss_type",
+    "label_smoothing",
+    "precompute_ref_log_probs",
+    "max_prompt_length",
+    "rpo_distance_temperature",
+    "rpo_embedding_model",
+    "rpo_diagonal_weight",
+)
 
 
 @dataclass
@@ -84,14 +104,27 @@ class TrainingOptions:
 def check_options(options: TrainingOptions) -> None:
     """One-line errors for settings TRL would reject late (after loading the model and the data)."""
     if options.loss_type not in TRL_LOSS_TYPES and options.loss_type not in LOSS_TYPES:
-        raise IpoError(f"unknown --loss_type {options.loss_type!r}; choose one of "
-                       f"{', '.join(dict.fromkeys((*LOSS_TYPES, *TRL_LOSS_TYPES)))}")  # fmt: skip
+        raise IpoError(
+            f"unknown --loss_type {options.loss_type!r}; choose one of "
+            f"{', '.join(dict.fromkeys((*LOSS_TYPES, *TRL_LOSS_TYPES)))}"
+        )
     check_loss_options(options)
     if options.loss_type == "exo_pair" and options.label_smoothing <= 0:
         raise IpoError("--loss_type exo_pair needs --label_smoothing > 0 (the EXO paper uses 1e-3)")
-    for name in ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-                 "gradient_accumulation_steps", "beta", "max_length", "lora_r", "lora_alpha",
-                 "logging_steps", "save_steps", "eval_steps", "num_train_epochs"):  # fmt: skip
+    for name in (
+        "learning_rate",
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "beta",
+        "max_length",
+        "lora_r",
+        "lora_alpha",
+        "logging_steps",
+        "save_steps",
+        "eval_steps",
+        "num_train_epochs",
+    ):
         if getattr(options, name) <= 0:
             raise IpoError(f"--{name} must be positive, got {getattr(options, name)}")
     if options.max_steps == 0 or options.max_steps < -1:  # the Trainer would silently run whole epochs instead
@@ -117,12 +150,13 @@ def lora_targets(spec: str) -> str | list[str]:
     return [name.strip() for name in spec.split(",") if name.strip()]
 
 
-
 def check_loss_options(options: TrainingOptions) -> None:
     """One-line errors for the custom losses' settings (called by check_options)."""
     if not options.rpo_distance_temperature > 0:
-        raise IpoError(f"--rpo_distance_temperature must be > 0 (RPO divides the prompt distance by it), "
-                       f"got {options.rpo_distance_temperature}")  # fmt: skip
+        raise IpoError(
+            f"--rpo_distance_temperature must be > 0 (RPO divides the prompt distance by it), "
+            f"got {options.rpo_distance_temperature}"
+        )
     if not 0 <= options.rpo_diagonal_weight <= 1:
         raise IpoError(f"--rpo_diagonal_weight must be in [0, 1], got {options.rpo_diagonal_weight}")
     if options.warmup_steps < 0:
@@ -132,8 +166,10 @@ def check_loss_options(options: TrainingOptions) -> None:
     if options.loss_type in UNPAIRED_LOSS_TYPES:
         size = options.per_device_train_batch_size
         if size < 2 or size % 2:
-            raise IpoError(f"--loss_type {options.loss_type} needs an even --per_device_train_batch_size >= 2 (half "
-                           f"desirable, half undesirable examples per micro-batch), got {size}")  # fmt: skip
+            raise IpoError(
+                f"--loss_type {options.loss_type} needs an even --per_device_train_batch_size >= 2 (half "
+                f"desirable, half undesirable examples per micro-batch), got {size}"
+            )
         if options.precompute_ref_log_probs:
             raise IpoError(f"--precompute_ref_log_probs is not supported with --loss_type {options.loss_type}")
     if options.loss_type in EMBEDDING_LOSS_TYPES and not options.rpo_embedding_model.strip():
@@ -146,8 +182,9 @@ def check_records_for_loss(records: Sequence[dict], options: TrainingOptions) ->
         return
     unpaired_rows = "label" in records[0] and "completion" in records[0]
     if options.loss_type in UNPAIRED_LOSS_TYPES and not unpaired_rows:
-        raise IpoError(f"--loss_type {options.loss_type} trains on unpaired (prompt, completion, label) examples; "
-                       "split the pairs first (ipo.training.preference_data.to_unpaired, --unpaired)")  # fmt: skip
+        raise IpoError(
+            f"--loss_type {options.loss_type} trains on unpaired (prompt, completion, label) examples; "
+            "split the pairs first (ipo.training.preference_data.to_unpaired, --unpaired)"
+        )
     if options.loss_type not in UNPAIRED_LOSS_TYPES and unpaired_rows:
         raise IpoError(f"--loss_type {options.loss_type} needs chosen/rejected pairs, not unpaired examples")
-

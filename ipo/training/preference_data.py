@@ -33,8 +33,15 @@ from ipo.data import read_records
 from ipo.training.losses import UNPAIRED_LOSS_TYPES
 
 DATASET_FORMATS = (
-    "auto", "standard", "conversational", "implicit", "conversational_implicit", "hh", "sharegpt", "unpaired",
-)  # fmt: skip
+    "auto",
+    "standard",
+    "conversational",
+    "implicit",
+    "conversational_implicit",
+    "hh",
+    "sharegpt",
+    "unpaired",
+)
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
 # LLaMA-Factory sharegpt role tags (its dataset_info defaults) -> chat roles
@@ -185,8 +192,11 @@ def _convert_row(row: dict, format: str, where: str, hh_messages: bool) -> dict 
         _require(row, ("conversations", "chosen", "rejected"), where)
         prompt, chosen, rejected = _sharegpt_pair(row, where)
     else:
-        _require(row, ("prompt", "chosen", "rejected") if format in ("standard", "conversational") else
-                 ("chosen", "rejected"), where)  # fmt: skip
+        _require(
+            row,
+            ("prompt", "chosen", "rejected") if format in ("standard", "conversational") else ("chosen", "rejected"),
+            where,
+        )
         chosen, rejected = _text_or_messages(row, "chosen", where), _text_or_messages(row, "rejected", where)
         want_messages = format in ("conversational", "conversational_implicit")
         for column, value in (("chosen", chosen), ("rejected", rejected)):
@@ -225,8 +235,12 @@ def _text_or_messages(row: dict, column: str, where: str) -> str | list[dict]:
     value = row[column]
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
     ):
         return [{"role": m["role"], "content": m["content"]} for m in value]
     raise IpoError(
@@ -322,7 +336,7 @@ def _sharegpt_pair(row: dict, where: str) -> tuple[list[dict], list[dict], list[
 
 def _sharegpt_message(turn, where: str, column: str) -> dict:
     if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
-        raise IpoError(f"{where}: {column!r} turns must be {{\"from\": str, \"value\": str}}, got {turn!r:.80}")
+        raise IpoError(f'{where}: {column!r} turns must be {{"from": str, "value": str}}, got {turn!r:.80}')
     role = SHAREGPT_ROLES.get(turn["from"])
     if role is None:
         raise IpoError(
@@ -408,8 +422,10 @@ ALPACA_PROMPT_WITH_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 # instruction datasets: (instruction, optional context, response) column names
-INSTRUCTION_COLUMNS = (("instruction", "context", "response"),  # databricks-dolly-15k
-                       ("instruction", "input", "output"))  # Alpaca  # fmt: skip
+INSTRUCTION_COLUMNS = (
+    ("instruction", "context", "response"),  # databricks-dolly-15k
+    ("instruction", "input", "output"),
+)  # Alpaca
 
 
 @dataclass
@@ -426,8 +442,9 @@ class SftData:
         return text
 
 
-def load_sft_data(source: str, split: str = "train", format: str = "auto", messages: bool = False,
-                  preference_format: str = "auto") -> SftData:  # fmt: skip
+def load_sft_data(
+    source: str, split: str = "train", format: str = "auto", messages: bool = False, preference_format: str = "auto"
+) -> SftData:
     """{prompt, completion} records for SFT from a preference dataset (its chosen responses, as RPO's SFT
     stage), a prompt/completion dataset, or instruction data (Dolly: instruction/context/response; Alpaca:
     instruction/input/output).

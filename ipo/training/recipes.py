@@ -124,8 +124,10 @@ def _checked(path: Path, where: str, value, name: str | None = None):
             known = sorted({*RECIPE_KEYS, *setting_names()})
             close = difflib.get_close_matches(where.rpartition(".")[2], known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise IpoError(f"{path}: unknown setting {where!r}{hint}; a recipe takes the training scripts' flags "
-                           "and TRL's DPOConfig/SFTConfig/ModelConfig fields (recipes/README.md)")
+            raise IpoError(
+                f"{path}: unknown setting {where!r}{hint}; a recipe takes the training scripts' flags "
+                "and TRL's DPOConfig/SFTConfig/ModelConfig fields (recipes/README.md)"
+            )
         try:
             return check_setting(name, value)
         except IpoError as err:

@@ -28,9 +28,16 @@ from ipo.training.options import (
 logger = logging.getLogger("ipo")
 
 
-def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: TrainingOptions,
-              output_dir: str | os.PathLike, eval_records: Sequence[dict] | None = None, callbacks=None,
-              device: str = "auto", extra_config: dict | None = None) -> TrainResult:  # fmt: skip
+def train_sft(
+    model_name_or_path: str,
+    train_records: Sequence[dict],
+    options: TrainingOptions,
+    output_dir: str | os.PathLike,
+    eval_records: Sequence[dict] | None = None,
+    callbacks=None,
+    device: str = "auto",
+    extra_config: dict | None = None,
+) -> TrainResult:
     """SFT on {prompt, completion} records (text or messages) into ``output_dir/adapter``; resumable.
 
     The same outputs and conventions as ``train_dpo``: ``sft_config.json``, ``checkpoints/``,
@@ -56,17 +63,24 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     lora_config = build_lora_config(options) if options.use_lora else None
     # loaded here, as build_trainer does (folders without ``architectures`` in their config work too)
     weights_dtype = training_weights_dtype(options, device, fp32_master_launcher(options.trainer_overrides))
-    model, _, _ = load_model(str(model_name_or_path), dtype=weights_dtype,
-                             device=model_load_device(device, options.load_in_4bit),
-                             quantized=options.load_in_4bit)  # fmt: skip
+    model, _, _ = load_model(
+        str(model_name_or_path),
+        dtype=weights_dtype,
+        device=model_load_device(device, options.load_in_4bit),
+        quantized=options.load_in_4bit,
+    )
     apply_model_settings(model, options)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         trainer = SFTTrainer(
-            model=model, args=config, train_dataset=datasets.Dataset.from_list(list(train_records)),
+            model=model,
+            args=config,
+            train_dataset=datasets.Dataset.from_list(list(train_records)),
             eval_dataset=datasets.Dataset.from_list(list(eval_records)) if eval_records else None,
-            processing_class=load_tokenizer(model_name_or_path), peft_config=lora_config, callbacks=callbacks,
-        )  # fmt: skip
+            processing_class=load_tokenizer(model_name_or_path),
+            peft_config=lora_config,
+            callbacks=callbacks,
+        )
     except (OSError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IpoError(f"could not set up SFT on {model_name_or_path}: {message}")
@@ -74,16 +88,30 @@ def train_sft(model_name_or_path: str, train_records: Sequence[dict], options: T
     n_eval = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     lora = None
     if lora_config is not None:
-        lora = {"r": lora_config.r, "alpha": lora_config.lora_alpha, "dropout": lora_config.lora_dropout,
-                "target_modules": options.lora_target_modules}  # fmt: skip
-    atomic_write_json(output_dir / SFT_CONFIG_FILE, {
-        "stage": "sft", "loss": "token-mean NLL on the completion tokens (TRL SFTTrainer)",
-        "model": str(model_name_or_path), "max_length": config.max_length, "learning_rate": config.learning_rate,
-        "weights_dtype": str(model.dtype).replace("torch.", ""), "load_in_4bit": options.load_in_4bit,
-        "lora": lora, "n_train_examples": n_train, "n_eval_examples": n_eval, **(extra_config or {}),
-        **({"trainer_overrides": dict(options.trainer_overrides)} if options.trainer_overrides else {}),
-        "trainer": json.loads(json.dumps(config.to_dict(), default=str)),
-    })  # fmt: skip
+        lora = {
+            "r": lora_config.r,
+            "alpha": lora_config.lora_alpha,
+            "dropout": lora_config.lora_dropout,
+            "target_modules": options.lora_target_modules,
+        }
+    atomic_write_json(
+        output_dir / SFT_CONFIG_FILE,
+        {
+            "stage": "sft",
+            "loss": "token-mean NLL on the completion tokens (TRL SFTTrainer)",
+            "model": str(model_name_or_path),
+            "max_length": config.max_length,
+            "learning_rate": config.learning_rate,
+            "weights_dtype": str(model.dtype).replace("torch.", ""),
+            "load_in_4bit": options.load_in_4bit,
+            "lora": lora,
+            "n_train_examples": n_train,
+            "n_eval_examples": n_eval,
+            **(extra_config or {}),
+            **({"trainer_overrides": dict(options.trainer_overrides)} if options.trainer_overrides else {}),
+            "trainer": json.loads(json.dumps(config.to_dict(), default=str)),
+        },
+    )
     last = resume_checkpoint(output_dir / CHECKPOINT_DIR)
     if last:
         logger.info("resuming SFT from %s", last)

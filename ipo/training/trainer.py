@@ -46,8 +46,9 @@ def custom_trainer_class(options: TrainingOptions):
     return functools.partial(PreferenceLossTrainer, options=options)
 
 
-def cut_long_prompt(prompt_ids: list[int], longest_response: int, max_prompt_length: int | None,
-                    max_length: int | None) -> list[int]:  # fmt: skip
+def cut_long_prompt(
+    prompt_ids: list[int], longest_response: int, max_prompt_length: int | None, max_length: int | None
+) -> list[int]:
     """The prompt's last ``max_prompt_length`` tokens when prompt + longest response exceed ``max_length``.
 
     TRL <= 0.7 ``DPOTrainer.tokenize_row`` and RPO ``tokenize_batch_element`` (keep_end for HH): only prompts
@@ -192,8 +193,10 @@ class PreferenceLossTrainer(DPOTrainer):
                 dataset = dataset.remove_columns(["rejected_ids", "chosen", "rejected"])
                 dataset = dataset.rename_column("chosen_ids", "completion_ids")
             if not any(dataset["label"]) or all(dataset["label"]):
-                raise IpoError(f"--loss_type {self.custom_loss}: the {dataset_name} data needs desirable and "
-                               "undesirable examples (label true and false)")  # fmt: skip
+                raise IpoError(
+                    f"--loss_type {self.custom_loss}: the {dataset_name} data needs desirable and "
+                    "undesirable examples (label true and false)"
+                )
             return dataset
         return self._prepare_paired(dataset, processing_class, config, dataset_name)
 
@@ -241,11 +244,17 @@ class PreferenceLossTrainer(DPOTrainer):
         dataset = self._remove_unused_columns(dataset, description=description)
         sampler = BalancedBatchSampler(dataset["label"], batch_size, seed=self.args.seed)
         if len(sampler) == 0:
-            raise IpoError(f"--loss_type {self.custom_loss}: fewer than {batch_size // 2} desirable or undesirable "
-                           f"examples for one {batch_size}-example micro-batch ({description.lower()} data)")  # fmt: skip
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers,
-                            pin_memory=self.args.dataloader_pin_memory)  # fmt: skip
+            raise IpoError(
+                f"--loss_type {self.custom_loss}: fewer than {batch_size // 2} desirable or undesirable "
+                f"examples for one {batch_size}-example micro-batch ({description.lower()} data)"
+            )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
         return self.accelerator.prepare(loader)
 
     def evaluate(self, *args, **kwargs):
@@ -271,18 +280,27 @@ class PreferenceLossTrainer(DPOTrainer):
         logps, outputs = self.completion_logps(model, inputs)
         ref_logps = self.reference_logps(inputs)
         if self.unpaired:
-            result = rpo_unpaired_loss(logps, ref_logps, inputs["is_chosen"], embeddings, self.beta,
-                                       options.rpo_distance_temperature)  # fmt: skip
+            result = rpo_unpaired_loss(
+                logps, ref_logps, inputs["is_chosen"], embeddings, self.beta, options.rpo_distance_temperature
+            )
             chosen_logps, rejected_logps = logps[inputs["is_chosen"]], logps[~inputs["is_chosen"]]
         else:
             chosen_logps, rejected_logps = logps.chunk(2)
             ref_chosen, ref_rejected = ref_logps.chunk(2)
             chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).chunk(2)
             result = paired_preference_loss(
-                self.custom_loss, chosen_logps, rejected_logps, ref_chosen, ref_rejected, beta=self.beta,
-                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, prompt_embeddings=embeddings,
-                temperature=options.rpo_distance_temperature, diagonal_weight=options.rpo_diagonal_weight,
-            )  # fmt: skip
+                self.custom_loss,
+                chosen_logps,
+                rejected_logps,
+                ref_chosen,
+                ref_rejected,
+                beta=self.beta,
+                chosen_lengths=chosen_lengths,
+                rejected_lengths=rejected_lengths,
+                prompt_embeddings=embeddings,
+                temperature=options.rpo_distance_temperature,
+                diagonal_weight=options.rpo_diagonal_weight,
+            )
         if result is None:  # no RPO matrix: a zero loss that still reaches every trainable parameter
             loss = 0.0 * logps.sum()
         else:
@@ -308,7 +326,7 @@ class PreferenceLossTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        per_token = outputs.log_probs[:, -(completion_mask.size(1) - 1):]  # zero outside the completion
+        per_token = outputs.log_probs[:, -(completion_mask.size(1) - 1) :]  # zero outside the completion
         return per_token.sum(dim=1), outputs
 
     def reference_logps(self, inputs):
@@ -332,13 +350,26 @@ class PreferenceLossTrainer(DPOTrainer):
                 wins = (chosen[:, None] > rejected[None, :]).float().mean()
             else:
                 wins = (chosen > rejected).float().mean()
-            values = [chosen.mean(), rejected.mean(), wins, chosen.mean() - rejected.mean(),
-                      chosen_logps.detach().float().mean(), rejected_logps.detach().float().mean(), 0.0]  # fmt: skip
+            values = [
+                chosen.mean(),
+                rejected.mean(),
+                wins,
+                chosen.mean() - rejected.mean(),
+                chosen_logps.detach().float().mean(),
+                rejected_logps.detach().float().mean(),
+                0.0,
+            ]
         device = self.accelerator.device
         stats = torch.tensor([float(v) for v in values], device=device)
         stats = self.accelerator.gather(stats[None]).reshape(-1, len(values))
-        names = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                 "logps/chosen", "logps/rejected")  # fmt: skip
+        names = (
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/accuracies",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+        )
         for index, name in enumerate(names):
             column = stats[:, index]
             column = column[~column.isnan()]
