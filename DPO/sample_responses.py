@@ -70,7 +70,12 @@ def main(argv=None) -> int:
     )
     check_can_generate(args.model_name, args.trust_remote_code)
     model_short = cli.model_short_name(args.model_name)
-    run = RunDir(args.output_dir, args.run_name or f"samples-{model_short}-{args.prompt_format}", args.overwrite)
+    run = RunDir(
+        args.output_dir,
+        args.run_name or f"samples-{model_short}-{args.prompt_format}",
+        args.overwrite,
+        inputs={args.dataset_name: "dataset", args.model_name: "model"},
+    )
     run.check(cli.public_args(args))
     model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
     sampler = Sampler(

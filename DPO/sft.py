@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         args.output_dir,
         args.run_name or f"sft-{cli.model_short_name(args.model_name)}-{dataset_name}",
         overwrite=args.overwrite,
+        inputs={args.dataset: "dataset", args.model_name: "model"},
     )
     run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
     repo = hub.model_repo(args.hub_repo_id or run.path.name) if args.push_to_hub else None  # fails before training

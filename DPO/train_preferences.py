@@ -85,7 +85,10 @@ def main(argv=None) -> int:
     ###############
     train = load_data(args.dataset, args.dataset_split, args, "training data")
     evaluation = load_data(args.eval_dataset, args.eval_split, args, "evaluation data") if args.eval_dataset else None
-    run = RunDir(args.output_dir, args.run_name or default_run_name(args), overwrite=args.overwrite)
+    inputs = {args.dataset: "dataset", args.model_name: "model"}
+    if args.eval_dataset:
+        inputs[args.eval_dataset] = "dataset"
+    run = RunDir(args.output_dir, args.run_name or default_run_name(args), overwrite=args.overwrite, inputs=inputs)
     run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
     repo = hub.model_repo(args.hub_repo_id or run.path.name) if args.push_to_hub else None  # fails before training
     resolved = {

@@ -175,3 +175,17 @@ def test_a_second_run_on_the_same_folder_stops_at_once(tiny_model_dir, prompts_f
     responses = by_id(run / "round_1" / "responses.jsonl")
     assert run_script(OURS, argv) == 0
     assert by_id(run / "round_1" / "responses.jsonl") == responses
+
+
+def test_an_edited_prompt_file_is_refused_on_resume(tiny_model_dir, prompts_file, tmp_path, capsys):
+    argv = argv_for(tiny_model_dir, prompts_file, tmp_path, "--stop_after", "sample")
+    assert run_script(OURS, argv) == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert len(config["inputs"][str(prompts_file)]["sha256"]) == 64  # the prompts' content is part of the run
+    responses = (tmp_path / "r" / "round_1" / "responses.jsonl").read_bytes()
+    rows = prompt_rows()
+    write_jsonl(prompts_file, [{**rows[0], "instruction": rows[0]["instruction"] + " (edited)"}, *rows[1:]])
+    capsys.readouterr()
+    assert run_script(OURS, argv) == 1
+    assert f"{prompts_file} changed" in last_error_line(capsys)
+    assert (tmp_path / "r" / "round_1" / "responses.jsonl").read_bytes() == responses  # nothing resampled

@@ -266,7 +266,10 @@ def start_run(
     stop_ids = check_can_generate(args.model_name, args.trust_remote_code)
     model_short = cli.model_short_name(args.model_name)
     run = RunDir(
-        args.output_dir, args.run_name or f"{run_prefix}-{model_short}-{args.prompt_format}", overwrite=args.overwrite
+        args.output_dir,
+        args.run_name or f"{run_prefix}-{model_short}-{args.prompt_format}",
+        overwrite=args.overwrite,
+        inputs={args.dataset_name: "dataset", args.model_name: "model"},
     )
     settings = loop_settings(args, run.path.name, cut_responses_at)
     if ranks.main:

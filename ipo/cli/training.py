@@ -369,7 +369,7 @@ def preference_parser(default_model: str | None = None, description: str | None 
         "--dataset_format",
         default="auto",
         choices=list(DATASET_FORMATS),
-        help="layout of --dataset; auto detects it from the first row (README 'Datasets')",
+        help="layout of --dataset; auto detects it from all its rows (README 'Datasets')",
     )
     data.add_argument(
         "--unpaired",

@@ -68,6 +68,20 @@ class TrainResult:
     n_eval: int = 0
 
 
+def load_policy_model(model_name_or_path: str | os.PathLike, options: TrainingOptions, device: str):
+    """The model to train, in the dtype its weights train in (float32 masters for full fine-tuning outside
+    DeepSpeed/FSDP), on this process's device, with the options' model settings applied."""
+    weights_dtype = training_weights_dtype(options, device, fp32_master_launcher(options.trainer_overrides))
+    model, _, _ = load_model(
+        str(model_name_or_path),
+        dtype=weights_dtype,
+        device=model_load_device(device, options.load_in_4bit),
+        quantized=options.load_in_4bit,
+    )
+    apply_model_settings(model, options)
+    return model
+
+
 def build_trainer(
     model_name_or_path: str,
     train_records: Sequence[dict],
@@ -100,14 +114,7 @@ def build_trainer(
     lora_config = build_lora_config(options) if options.use_lora else None
     if options.load_in_4bit and not options.use_lora:
         raise IpoError("--load_in_4bit trains a LoRA adapter on a frozen 4-bit base; drop --no_lora")
-    weights_dtype = training_weights_dtype(options, device, fp32_master_launcher(options.trainer_overrides))
-    model, _, _ = load_model(
-        str(model_name_or_path),
-        dtype=weights_dtype,
-        device=model_load_device(device, options.load_in_4bit),
-        quantized=options.load_in_4bit,
-    )
-    apply_model_settings(model, options)
+    model = load_policy_model(model_name_or_path, options, device)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_name_or_path)
     train_dataset = datasets.Dataset.from_list(list(train_records))

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ipo import IpoError
-from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
+from ipo.modeling import load_tokenizer, resolve_device, split_gguf
 from ipo.runs import atomic_write_json, atomic_write_jsonl
-from ipo.training.config import apply_model_settings, build_lora_config, build_sft_config, training_weights_dtype
-from ipo.training.distributed import fp32_master_launcher, model_load_device, save_trained_model
-from ipo.training.dpo import TrainResult, free_memory, resume_checkpoint, train_from
+from ipo.training.config import build_lora_config, build_sft_config
+from ipo.training.distributed import save_trained_model
+from ipo.training.dpo import TrainResult, free_memory, load_policy_model, resume_checkpoint, train_from
 from ipo.training.options import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
@@ -62,14 +62,7 @@ def train_sft(
     config = build_sft_config(options, output_dir / CHECKPOINT_DIR, device=device, has_eval=bool(eval_records))
     lora_config = build_lora_config(options) if options.use_lora else None
     # loaded here, as build_trainer does (folders without ``architectures`` in their config work too)
-    weights_dtype = training_weights_dtype(options, device, fp32_master_launcher(options.trainer_overrides))
-    model, _, _ = load_model(
-        str(model_name_or_path),
-        dtype=weights_dtype,
-        device=model_load_device(device, options.load_in_4bit),
-        quantized=options.load_in_4bit,
-    )
-    apply_model_settings(model, options)
+    model = load_policy_model(model_name_or_path, options, device)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         trainer = SFTTrainer(
