@@ -20,7 +20,6 @@ from test_train_preferences import pairs, small_args
 from ipo import IpoError
 from ipo.training import dpo as dpo_module
 from ipo.training import merge as merge_module
-from ipo.training import sft as sft_module
 from ipo.training.config import resolve_precision, training_weights_dtype
 from ipo.training.distributed import fp32_master_launcher
 from ipo.training.dpo import build_trainer, resume_checkpoint, train_dpo, whole_run_train_loss
@@ -274,8 +273,7 @@ def test_merge_peft_cleans_a_killed_merge_and_takes_the_lock(adapter_run, capsys
 
 @pytest.mark.parametrize("script", [TRAIN, SFT])
 def test_a_run_folder_in_use_is_refused_before_any_load(script, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(dpo_module, "load_model", no_load)
-    monkeypatch.setattr(sft_module, "load_model", no_load)
+    monkeypatch.setattr(dpo_module, "load_model", no_load)  # SFT loads through dpo.load_policy_model too
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(4))
     fd = hold_lock(tmp_path / "out" / "run")
     try:
