@@ -146,6 +146,7 @@ def main(argv=None) -> int:
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}, "
         f"{args.pairs} style pairs) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-comparative.json",
+        method="api_binary",
         matrices=pairwise_matrices,
         extra_metrics=per_order,
         extra_markdown=api.orders_markdown(per_order),

@@ -79,6 +79,7 @@ def main(argv=None) -> int:
         records,
         title=f"IPO judge ({args.scoring}) on RM-Bench: {model_short}",
         upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
+        method="ipo",
         coverage=coverage,
     )
     print(markdown)

@@ -121,6 +121,7 @@ def main(argv=None) -> int:
         api=ApiUsage.of(client),
         title=f"IPO judge via {args.model} ({args.scoring}) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
+        method="api_ipo",
         coverage=coverage,
     )
     print(markdown)

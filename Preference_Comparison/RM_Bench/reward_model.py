@@ -105,6 +105,7 @@ def main(argv=None) -> int:
         title=f"Reward model ({args.input_format} input) on RM-Bench: {model_short}",
         # Upstream named its file after the last dataset of its loop (safety-refuse), though it holds all.
         upstream_file=f"accuracy_RM-Bench-{examples[-1].domain}_norm_{model_short}.json",
+        method="reward_model",
         score_name="reward",
         upstream_key="level_{k}_accuracy",
         coverage=coverage,

@@ -123,6 +123,7 @@ def main(argv=None) -> int:
         records,
         title=f"Self-Rewarding judge ({args.scoring}) on RM-Bench: {model_short}",
         upstream_file=f"accuracy-rm-bench-{model_short}-scores-{set_label}.json",
+        method="self_rewarding",
         score_name="score",
         notes=parse_failure_note(parse_failure_counts(records), "prompts", args.scoring),
         coverage=coverage,

@@ -146,6 +146,7 @@ def main(argv=None) -> int:
         api=ApiUsage.of(client),
         title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RM-Bench",
         upstream_file=f"accuracy-rm-bench-{model_short}-scores.json",
+        method="api_self_rewarding",
         score_name="score",
         extra_markdown=notes,
         coverage=coverage,

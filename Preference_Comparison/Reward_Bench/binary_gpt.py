@@ -120,6 +120,7 @@ def main(argv=None) -> int:
         title=f"Pairwise judge via {args.model} ({args.scoring}, {' + '.join(n for n, _ in orders)}) "
         f"on RewardBench {args.split}",
         upstream_file=f"accuracy_reward-bench_comparison_{model_short}.json",
+        method="api_binary",
         extra_metrics=per_order,
         extra_markdown=api.orders_markdown(per_order),
         coverage=coverage,

@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         records,
         title=f"IPO judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
+        method="ipo",
         coverage=coverage,
     )
     print(markdown)

@@ -126,6 +126,7 @@ def main(argv=None) -> int:
         api=ApiUsage.of(client),
         title=f"IPO judge via {args.model} ({args.scoring}) on RewardBench {args.split}",
         upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
+        method="api_ipo",
         coverage=coverage,
     )
     print(markdown)

@@ -102,6 +102,7 @@ def main(argv=None) -> int:
         records,
         title=f"Reward model ({args.input_format} input) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_norm_{model_short}.json",
+        method="reward_model",
         extra_metrics={"n_ties": sum(r["tie"] for r in records)},
         coverage=coverage,
     )

@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         records,
         title=f"Self-Rewarding judge ({args.scoring}) on RewardBench {args.split}: {model_short}",
         upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json",
+        method="self_rewarding",
         extra_metrics=failures,
         notes=notes,
         coverage=coverage,

@@ -153,6 +153,7 @@ def main(argv=None) -> int:
         title=f"Self-Rewarding judge via {args.model} ({args.scoring}) on RewardBench "
         f"{args.split}, {set_label} subsets",
         upstream_file=f"accuracy_reward-bench_self_{model_short}-{set_label}.json",
+        method="api_self_rewarding",
         extra_metrics=judged,
         extra_markdown=notes,
         coverage=coverage,

@@ -26,6 +26,7 @@ from ipo.prompts import (
     SHUFFLED_REWARDBENCH_PROMPTS,
 )
 from ipo.report import bar_chart, markdown_table, mean, pct
+from ipo.run_info import describe_run
 from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
@@ -346,6 +347,7 @@ def write_outputs(
     records: list[dict],
     title: str,
     upstream_file: str,
+    method: str,
     extra_metrics: dict | None = None,
     notes: str = "",
     extra_markdown: str = "",
@@ -357,6 +359,10 @@ def write_outputs(
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
     metrics of an uninterrupted one. ``extra_metrics`` are added to metrics.json; ``notes`` (markdown) go
     under the headline of results.md and ``extra_markdown`` at its end. Returns (metrics, results markdown).
+
+    ``method``: the run's method id (ipo.run_info.METHODS: "ipo", "self_rewarding", "reward_model",
+    "api_ipo", "api_self_rewarding", "api_binary"); metrics.json's "run" object names it with the model,
+    prompt format, backend and data read from the run's config.json (ipo.run_info.describe_run).
 
     ``api`` (a judge behind an HTTP API): the main tables and upstream's per-subset file still count every
     pair, a failed one as wrong (upstream's binary_gpt.py denominator; nothing looks better by failing).
@@ -387,6 +393,7 @@ def write_outputs(
     if coverage is not None:
         metrics["coverage"] = coverage.metrics(len(records))
         notes = coverage.markdown(len(records)) + ("\n" + notes if notes else "")
+    metrics["run"] = describe_run(run.path, "rewardbench", method, n=len(records), coverage=metrics.get("coverage"))
     markdown = results_markdown(metrics, title)
     if notes:
         headline_end = markdown.index("\n## ")

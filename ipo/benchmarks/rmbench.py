@@ -31,6 +31,7 @@ from ipo.benchmarks.rmbench_metrics import DOMAINS, N_STYLES, STYLES, compute_me
 from ipo.data import Coverage, Example, limit_per_group, read_records, require_columns, require_text
 from ipo.prompts import RMBENCH_PROMPTS
 from ipo.report import heatmap, markdown_table, pct
+from ipo.run_info import describe_run
 from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
@@ -385,6 +386,7 @@ def write_outputs(
     records: list[dict],
     title: str,
     upstream_file: str,
+    method: str,
     score_name: str = "p_yes",
     upstream_percent: bool = True,
     upstream_key: str = "level_{k}",
@@ -401,6 +403,10 @@ def write_outputs(
     metrics of an uninterrupted one. ``matrices`` as in ipo.benchmarks.rmbench_metrics.compute_metrics;
     ``extra_metrics`` are added to metrics.json; ``notes`` (markdown) go under results.md's headline and
     ``extra_markdown`` at its end. Returns (metrics, results markdown).
+
+    ``method``: the run's method id (ipo.run_info.METHODS: "ipo", "self_rewarding", "reward_model",
+    "api_ipo", "api_self_rewarding", "api_binary"); metrics.json's "run" object names it with the model,
+    prompt format, backend and data read from the run's config.json (ipo.run_info.describe_run).
 
     ``api`` (a judge behind an HTTP API): the main metrics still count every prompt (a failed response,
     None score, loses every comparison it is in; a failed pairwise comparison is wrong; upstream's level
@@ -433,6 +439,7 @@ def write_outputs(
     if coverage is not None:
         metrics["coverage"] = coverage.metrics(len(records))
         notes = coverage.markdown(len(records)) + ("\n" + notes if notes else "")
+    metrics["run"] = describe_run(run.path, "rmbench", method, n=len(records), coverage=metrics.get("coverage"))
     if not metrics["complete"]:
         logger.warning(
             "domains missing: %s; the overall values average %s only",
