@@ -35,9 +35,15 @@ class _RejectKeyOnCommandLine(argparse.Action):
         )
 
 
-def add_api_args(parser: argparse.ArgumentParser, prompt_format_help: str, default_model: str = DEFAULT_MODEL) -> None:
+def add_api_args(
+    parser: argparse.ArgumentParser,
+    prompt_format_help: str | None,
+    default_model: str = DEFAULT_MODEL,
+    with_limit: bool = True,
+) -> None:
     """The flags every API judge script shares: endpoint, key variable, robustness, cache, prompt format
-    (--prompt_format, alias --scoring, stored as ``scoring``), limit."""
+    (--prompt_format, alias --scoring, stored as ``scoring``; left out when ``prompt_format_help`` is None),
+    limit (left out with ``with_limit=False``, for a script that has its own)."""
     group = parser.add_argument_group("API endpoint (any OpenAI-compatible chat-completions server)")
     group.add_argument(
         "--model",
@@ -99,10 +105,12 @@ def add_api_args(parser: argparse.ArgumentParser, prompt_format_help: str, defau
         help="folder of the response cache (one JSONL file per model); default <output_dir>/api_cache, "
         "shared by all runs there so that --overwrite, a new --run_name or a resume never pays twice",
     )
-    add_prompt_format_arg(group, "scoring", help=prompt_format_help)
-    group.add_argument(
-        "--limit", type=int, default=None, help="judge at most N examples per subset (smoke runs; costs money)"
-    )
+    if prompt_format_help is not None:
+        add_prompt_format_arg(group, "scoring", help=prompt_format_help)
+    if with_limit:
+        group.add_argument(
+            "--limit", type=int, default=None, help="judge at most N examples per subset (smoke runs; costs money)"
+        )
 
 
 def check_api_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
