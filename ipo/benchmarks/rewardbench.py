@@ -328,7 +328,9 @@ def results_markdown(metrics: dict, title: str) -> str:
 
 
 def subset_bar_chart(metrics: dict, path, title: str) -> None:
-    """Horizontal bars of per-subset accuracy, grouped and coloured by section, with the 50% line."""
+    """Horizontal bars of per-subset accuracy, grouped and coloured by section, each labelled with its value
+    and its number of pairs n with a 95% Wilson interval, the 50% line, and the accuracy over all pairs as
+    a solid line (ipo.report.bar_chart)."""
     section_of = {s: sec for sec, subsets in SUBSET_MAPPING.items() for s in subsets}
     order = list(SECTION_COLORS)
     names = sorted(metrics["subsets"], key=lambda s: (order.index(section_of[s]) if s in section_of else 9, s))
@@ -339,6 +341,8 @@ def subset_bar_chart(metrics: dict, path, title: str) -> None:
         title,
         colors=[SECTION_COLORS.get(section_of.get(s), "tab:gray") for s in names],
         legend=SECTION_COLORS,
+        counts=[metrics["subsets"][s]["n"] for s in names],
+        overall=(metrics["accuracy"], f"all {metrics['n_pairs']} pairs"),
     )
 
 

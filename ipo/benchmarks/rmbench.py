@@ -30,7 +30,7 @@ from ipo.benchmarks.api_failures import ApiUsage, answered_records, api_markdown
 from ipo.benchmarks.rmbench_metrics import DOMAINS, N_STYLES, STYLES, compute_metrics
 from ipo.data import Coverage, Example, limit_per_group, read_records, require_columns, require_text
 from ipo.prompts import RMBENCH_PROMPTS
-from ipo.report import heatmap, markdown_table, pct
+from ipo.report import heatmap, heatmap_grid, markdown_table, pct
 from ipo.run_info import describe_run
 from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
@@ -381,6 +381,33 @@ def upstream_accuracy(metrics: dict, percent: bool = True, key: str = "level_{k}
     return out
 
 
+def style_matrices_figure(metrics: dict, path) -> None:
+    """The 3x3 style matrices of every scored domain of a run in one figure, titled with the model, method
+    and the overall hard / normal / easy / average (from metrics["run"] when the writer added it)."""
+    run = metrics.get("run") or {}
+    who = " ".join(str(v) for v in (run.get("model_short"), run.get("method"), run.get("scoring")) if v)
+    title = (
+        f"RM-Bench{': ' + who if who else ''} - hard {pct(metrics['hard'], 1)}, normal {pct(metrics['normal'], 1)}, "
+        f"easy {pct(metrics['easy'], 1)}, average {pct(metrics['average'], 1)}"
+        + ("" if metrics["complete"] else f" (domains missing: {', '.join(metrics['domains_missing'])})")
+    )
+    panels = {
+        f"{name} (n={d['n']}): hard {pct(d['hard'], 1)}\nnormal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}": d[
+            "matrix"
+        ]
+        for name, d in metrics["domains"].items()
+    }
+    heatmap_grid(
+        panels,
+        path,
+        title,
+        row_labels=STYLES,
+        col_labels=[s.replace(" ", "\n") for s in STYLES],
+        xlabel="rejected style",
+        ylabel="chosen style",
+    )
+
+
 def write_outputs(
     run: RunDir,
     records: list[dict],
@@ -397,7 +424,8 @@ def write_outputs(
     api: ApiUsage | None = None,
     coverage: Coverage | None = None,
 ) -> tuple[dict, str]:
-    """metrics.json, results.md, style_matrix_<domain>.png and upstream's level file, in ``run``.
+    """metrics.json, results.md, style_matrices.png (every domain's matrix in one figure, the model named),
+    style_matrix_<domain>.png and upstream's level file, in ``run``.
 
     Everything is recomputed from ``records`` (the predictions), so a resumed run ends with exactly the
     metrics of an uninterrupted one. ``matrices`` as in ipo.benchmarks.rmbench_metrics.compute_metrics;
@@ -452,6 +480,7 @@ def write_outputs(
     atomic_write_json(run.file("metrics.json"), metrics)
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics, upstream_percent, upstream_key))
+    style_matrices_figure(metrics, run.file("style_matrices.png"))
     for name, d in metrics["domains"].items():
         title = f"{name}: hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
         heatmap(
