@@ -17,7 +17,7 @@ own (e.g. --model_name_or_path, --max_steps) go to every point and override the 
     python DPO/sweep.py --config my_grid.yaml --model_name_or_path "$(python -m ipo.assets smollm2)" --max_steps 1
 
 sweep_summary.md and sweep_summary.json in <output_dir>/<sweep_name>/ list every point with its final loss,
-reward margin, accuracy and status.
+reward margin, accuracy and status; sweep_summary.png plots final loss and reward margin vs beta, one line per loss.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ipo import IpoError, cli
 from ipo.cli.training import parse_preference_args
 from ipo.report import markdown_table
 from ipo.runs import atomic_write_json, atomic_write_text, validate_name
+from ipo.training.figures import sweep_figure
 from ipo.training.recipes import expand_grid, load_recipe
 
 logger = cli.logger
@@ -222,6 +223,7 @@ def summarize(root: Path, points: list[dict], status: dict[str, str]) -> list[di
     table = [[_cell(row[c]) for c in columns] for row in rows]
     markdown = f"# Sweep {root.name}\n\n" + markdown_table(columns, table) + "\n"
     atomic_write_text(root / "sweep_summary.md", markdown)
+    sweep_figure(rows, root / "sweep_summary.png")  # final loss and reward margin vs beta, per loss
     return rows
 
 
