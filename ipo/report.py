@@ -176,24 +176,28 @@ def heatmap_grid(
 
 
 def comparison_plot(
-    points: Sequence[tuple[str, float, float]], path: str | os.PathLike, title: str, unit: str = "%"
+    points: Sequence[tuple[str, float, float, bool]], path: str | os.PathLike, title: str, unit: str = "%"
 ) -> None:
-    """Reproduced against published values: one labelled point per (label, published, reproduced), both in
-    ``unit`` as given, with the line y = x (a point above it: the reproduction scored higher)."""
+    """Reproduced against published values: one labelled point per (label, published, reproduced, filled),
+    both in ``unit`` as given, with the line y = x (a point above it: the reproduction scored higher); a point
+    not ``filled`` is drawn hollow (e.g. a run that did not cover the published data). No points: an empty
+    frame that says so."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    values = [v for _, published, reproduced in points for v in (published, reproduced)]
+    values = [v for _, published, reproduced, _ in points for v in (published, reproduced)]
     low, high = (min(values), max(values)) if values else (0, 100)
     margin = max(2.0, 0.05 * (high - low))
     ax.plot([low - margin, high + margin], [low - margin, high + margin], color="gray", linestyle="--", lw=0.8)
-    for label, published, reproduced in points:
-        ax.scatter(published, reproduced, s=18)
+    for label, published, reproduced, filled in points:
+        ax.scatter(published, reproduced, s=22, facecolors=None if filled else "none", edgecolors="tab:blue")
         ax.annotate(label, (published, reproduced), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if not points:
+        ax.text(0.5, 0.5, "no published value has a reproduced one yet", ha="center", transform=ax.transAxes)
     ax.set_xlim(low - margin, high + margin)
     ax.set_ylim(low - margin, high + margin)
     ax.set_xlabel(f"published ({unit})")
     ax.set_ylabel(f"reproduced ({unit})")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     save_figure(fig, path)
     plt.close(fig)
