@@ -88,7 +88,7 @@ def bar_chart(
                 )
     for y, v, color in zip(positions, values, colors):  # a bar's end marked, so a 0% bar shows as a stub
         if v is not None:
-            ax.plot([v], [y], marker="|", markersize=11, markeredgewidth=3, color=color, clip_on=False)
+            ax.plot([v], [y], marker="|", markersize=11, markeredgewidth=3, color=color, clip_on=False, gid="bar_end")
     for y, v in zip(positions, values):  # the values in a column right of the axes: a 0% bar reads "0.0"
         ax.text(101, y, "not measured" if v is None else f"{v:.1f}", va="center", fontsize=7, clip_on=False)
     ax.axvline(reference, color="black", linestyle="--", linewidth=0.8)
