@@ -101,9 +101,9 @@ def downstream_run(parent, model, limit=None):
         "arc_easy": {"score": 80.20, "n": 2376, "n_in_data": 2376, "limit": limit},
         "mmlu": {"score": 40.60, "n": 14042, "n_in_data": 14042, "limit": limit},
         "ifeval": {"score": 39.19, "n": 541, "n_in_data": 541, "limit": limit},
-        "alpaca_eval": {"win_rate": 70.20, "n": 805},
     }
-    metrics = {"run": run_description("downstream", "downstream", str(model)), "tasks": tasks}
+    win = {"win_rate": 70.20, "n_judged": 805, "n_in_data": 805}  # as DPO/Evals/downstream.py writes it
+    metrics = {"run": run_description("downstream", "downstream", str(model)), "tasks": tasks, "alpaca_eval": win}
     atomic_write_json(folder / "metrics.json", metrics)
     return folder
 

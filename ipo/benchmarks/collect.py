@@ -254,7 +254,7 @@ def selfimprove_values(metrics: dict) -> tuple[dict, str]:
 def downstream_values(metrics: dict) -> tuple[dict, bool, str]:
     """({paper column: percent}, whether every task ran in full, coverage in words) of a downstream
     metrics.json: "tasks" {lm-eval task: {"score" (percent), "n", "n_in_data", "limit"}} and the AlpacaEval-style
-    win rate under "tasks"["alpaca_eval"] or "alpaca_eval" {"win_rate" (percent), "n"}."""
+    win rate under "alpaca_eval" {"win_rate" (percent), "n_judged", "n_in_data"} (DPO/Evals/downstream.py)."""
     tasks = dict(metrics.get("tasks") or {})
     if isinstance(metrics.get("alpaca_eval"), dict):
         tasks.setdefault("alpaca_eval", metrics["alpaca_eval"])
@@ -265,7 +265,7 @@ def downstream_values(metrics: dict) -> tuple[dict, bool, str]:
             continue
         score = entry.get("score", entry.get("win_rate"))
         values[column] = None if score is None else round(float(score), 2)
-        n, total = entry.get("n"), entry.get("n_in_data")
+        n, total = entry.get("n", entry.get("n_judged")), entry.get("n_in_data")
         partial = bool(entry.get("limit")) or (n is not None and total is not None and n < total)
         full = full and not partial
         parts.append(f"{column} {n}" + (f"/{total}" if total else "") + (" (partial)" if partial else ""))
