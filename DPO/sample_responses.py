@@ -12,6 +12,12 @@ Offline:
     python DPO/sample_responses.py --model_name "$(python -m ipo.assets smollm2)" \
         --dataset_name data/demo_prompts.jsonl --prompt_format chat --max_new_tokens 48
 
+Through a serving engine (docs/serving.md), e.g. `vllm serve HuggingFaceTB/SmolLM2-135M-Instruct`, with the same
+local tokenizer building the prompts:
+
+    python DPO/sample_responses.py --model_name HuggingFaceTB/SmolLM2-135M-Instruct \
+        --dataset_name data/demo_prompts.jsonl --backend server --base_url http://localhost:8000/v1
+
 Writes <output_dir>/<run_name>/responses.jsonl (id, prompt, category, responses, n_tokens, finished) and
 config.json; it is the same file DPO/ours.py writes in its sample stage. Re-running resumes.
 """
@@ -22,10 +28,12 @@ import sys
 
 from ipo import cli, hub
 from ipo.cli.selfimprove import add_sampling_args, check_sampling_args, sampling_settings_from_args
-from ipo.modeling import load_model_and_tokenizer
+from ipo.judges.server import connect
+from ipo.modeling import load_model_and_tokenizer, load_tokenizer
 from ipo.runs import RecordLog, RunDir, seed_everything
 from ipo.selfimprove.prompts_pool import DEFAULT_PROMPTS, DEFAULT_SPLIT, load_prompts
-from ipo.selfimprove.sampling import Sampler, check_can_generate, sample_into_log
+from ipo.selfimprove.sampling import check_can_generate, sample_into_log
+from ipo.selfimprove.server_sampling import make_sampler
 
 logger = cli.logger
 
@@ -42,6 +50,7 @@ def parse_args(argv=None):
     data.add_argument("--split_name", default=DEFAULT_SPLIT, help="split of a Hub --dataset_name")
     data.add_argument("--max_prompts", type=int, default=None, help="use only the first N prompts (smoke runs)")
     add_sampling_args(parser)
+    cli.add_backend_args(parser)
     cli.add_output_args(parser)
     upload = parser.add_argument_group("Hugging Face Hub (nothing is uploaded without --push_to_hub)")
     upload.add_argument(
@@ -57,6 +66,7 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     check_sampling_args(parser, args)
+    cli.check_backend_args(parser, args)
     return args
 
 
@@ -77,8 +87,13 @@ def main(argv=None) -> int:
         inputs={args.dataset_name: "dataset", args.model_name: "model"},
     )
     run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
-    sampler = Sampler(
+    server = cli.server_settings(args)
+    if server is None:
+        model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
+    else:  # --backend server: the server answers and serves the model, or one line; only the tokenizer is local
+        model = connect(args.model_name, server, args.trust_remote_code)
+        tokenizer, device, dtype = load_tokenizer(args.model_name, trust_remote_code=args.trust_remote_code), None, None
+    sampler = make_sampler(
         model, tokenizer, sampling_settings_from_args(args), batch_size=args.sample_batch_size, salt="round1"
     )  # the same random streams as round 1 of DPO/ours.py
     run.start(

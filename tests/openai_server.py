@@ -1,4 +1,4 @@
-"""An OpenAI-compatible chat-completions server for the API-judge tests, backed by a local model.
+"""An OpenAI-compatible server for the API-judge and server-backend tests, backed by a local model.
 
 Real HTTP on 127.0.0.1 (stdlib ThreadingHTTPServer, a free port), meant to be used through the real
 `openai` SDK:
@@ -6,6 +6,21 @@ Real HTTP on 127.0.0.1 (stdlib ThreadingHTTPServer, a free port), meant to be us
   POST /v1/chat/completions  the model's chat template applied to `messages`, then greedy generation of
                              up to `max_tokens` tokens; with `logprobs`, every generated token comes with
                              its log-probability and `top_logprobs` alternatives, as OpenAI returns them
+  POST /v1/completions       vLLM's completions endpoint (what ipo.judges.server and
+                             ipo.selfimprove.server_sampling use): `prompt` as token ids (one list, or a
+                             list of lists: one choice each) or text; `max_tokens`, `temperature` (0 =
+                             greedy), `top_k` (0/-1: none), `top_p`, `seed`, `n`, `stop_token_ids` (and the
+                             EOS) end a choice, which then has finish_reason "stop" and its stop token in
+                             `token_ids`, else "length"; `logprobs` K: the legacy logprobs object (tokens,
+                             token_logprobs, top_logprobs: K alternatives per generated token, keyed
+                             "token_id:N" with `return_tokens_as_token_ids`); `prompt_logprobs` K (vLLM's
+                             extension): per prompt position a dict {token id: {"logprob", "rank",
+                             "decoded_token"}} holding the prompt's own token and the K most likely, None
+                             at position 0; `return_token_ids`: `token_ids` and `prompt_token_ids`.
+                             Sampling is vLLM-like per request: one random stream from `seed`, drawn as the
+                             project's sampler draws (temperature, top-k, top-p, then Gumbel-max with a CPU
+                             generator seeded by `seed`), so a request's sample is a function of its prompt
+                             and seed alone. No answer bias here: these are the model's raw log-probabilities.
   GET  /v1/models            the one model served
 
 Errors have OpenAI's shape ({"error": {"message", "type", "code"}}): 401 for a wrong key, 404
@@ -26,7 +41,7 @@ Test hooks (thread-safe):
   canned                      callable(request body) -> None (the model answers) or {"content": text,
                               "top_logprobs": [{"token", "logprob"}, ...] for the first token (default []),
                               "logprobs": False to send none}: exact answers the test controls
-  requests / completions      how many chat-completion requests arrived / were answered with a 200
+  requests / completions      how many (chat-)completion requests arrived / were answered with a 200
   bodies                      every request body received, in order
 """
 
@@ -41,6 +56,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ipo.judges.yes_no import NO_VARIANTS, YES_VARIANTS
+from ipo.selfimprove.sampling import GumbelMaxSampling
 
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict:
@@ -217,6 +233,133 @@ class OpenAIServer:
         finish = "stop" if generated and generated[-1] == self.tokenizer.eos_token_id else "length"
         return self.tokenizer.decode(generated, skip_special_tokens=True), entries, len(prompt), finish
 
+    # ------------------------------------------------------------------ /v1/completions (vLLM's)
+    def _prompts(self, prompt) -> list[list[int]]:
+        if isinstance(prompt, str):
+            return [self.tokenizer(prompt).input_ids]
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return [list(prompt)]
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (list, str)) for p in prompt):
+            return [ids for p in prompt for ids in self._prompts(p)]
+        raise ValueError("prompt must be text, token ids, or a list of either")
+
+    def _token(self, token_id: int, as_ids: bool) -> str:
+        return f"token_id:{token_id}" if as_ids else self.tokenizer.decode([token_id])
+
+    def _prompt_logprobs(self, ids: list[int], k: int) -> list:
+        import torch
+
+        with self._model_lock, torch.inference_mode():
+            log_probs = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        entries: list = [None]
+        for position in range(1, len(ids)):
+            row, token = log_probs[position - 1], ids[position]
+            chosen = {token} | (set(torch.topk(row, min(k, row.numel())).indices.tolist()) if k > 0 else set())
+            entries.append(
+                {
+                    str(i): {
+                        "logprob": float(row[i]),
+                        "rank": int((row > row[i]).sum()) + 1,
+                        "decoded_token": self.tokenizer.decode([i]),
+                    }
+                    for i in sorted(chosen)
+                }
+            )
+        return entries
+
+    def _continue(self, ids: list[int], body: dict, generator_seed: int | None):
+        """(new token ids, the legacy logprobs lists, finish_reason) of one choice."""
+        import torch
+        from transformers.generation.logits_process import (
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        max_tokens = int(body.get("max_tokens") or 16)
+        temperature = float(body.get("temperature") if body.get("temperature") is not None else 1.0)
+        top_k, top_p = int(body.get("top_k") or 0), float(body.get("top_p") or 1.0)
+        k = body.get("logprobs")
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        stops = {self.tokenizer.eos_token_id, *(body.get("stop_token_ids") or [])} - {None}
+        processors = []
+        if temperature > 0:
+            processors.append(TemperatureLogitsWarper(temperature))
+            if top_k > 0:
+                processors.append(TopKLogitsWarper(top_k))
+            if top_p < 1.0:
+                processors.append(TopPLogitsWarper(top_p))
+            seed = generator_seed if generator_seed is not None else int(torch.randint(0, 2**62, ()).item())
+            processors.append(GumbelMaxSampling([seed]))
+        tokens, logprobs = [], {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        finish = "length"
+        with self._model_lock, torch.inference_mode():
+            input_ids, past, sequence = torch.tensor([ids]), None, torch.tensor([ids])
+            for _ in range(max_tokens):
+                out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[:, -1, :].float()
+                raw = torch.log_softmax(logits[0], dim=-1)
+                scores = logits
+                for processor in processors:
+                    scores = processor(sequence, scores)
+                token = int(scores[0].argmax())
+                tokens.append(token)
+                if k is not None:
+                    top = torch.topk(raw, min(int(k), raw.numel())) if int(k) > 0 else None
+                    logprobs["tokens"].append(self._token(token, as_ids))
+                    logprobs["token_logprobs"].append(float(raw[token]))
+                    logprobs["top_logprobs"].append(
+                        {self._token(int(i), as_ids): float(v) for v, i in zip(*top)} if top is not None else {}
+                    )
+                    logprobs["text_offset"].append(0)
+                if token in stops:
+                    finish = "stop"
+                    break
+                input_ids = torch.tensor([[token]])
+                sequence = torch.cat([sequence, input_ids], dim=-1)
+        return tokens, (logprobs if k is not None else None), finish
+
+    def complete_text(self, body: dict) -> dict:
+        """The completions JSON for a valid request body (see the module docstring)."""
+        prompts = self._prompts(body["prompt"])
+        if any(len(ids) > self.max_prompt_tokens for ids in prompts):
+            raise ValueError(f"a prompt is longer than {self.max_prompt_tokens} tokens")
+        n = int(body.get("n") or 1)
+        seed = body.get("seed")
+        k_prompt = body.get("prompt_logprobs")
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for p, ids in enumerate(prompts):
+            prompt_logprobs = self._prompt_logprobs(ids, int(k_prompt)) if k_prompt is not None else None
+            prompt_tokens += len(ids)
+            for j in range(n):
+                tokens, logprobs, finish = self._continue(ids, body, None if seed is None else int(seed) + j)
+                completion_tokens += len(tokens)
+                choice = {
+                    "index": p * n + j,
+                    "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                    "stop_reason": None,
+                }
+                if body.get("return_token_ids"):
+                    choice.update(token_ids=tokens, prompt_token_ids=ids)
+                if prompt_logprobs is not None:
+                    choice["prompt_logprobs"] = prompt_logprobs
+                choices.append(choice)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex[:12]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_id,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "ipo-test-openai/1.0"
@@ -252,14 +395,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         app: OpenAIServer = self.server.app
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        route = self.path.rstrip("/")
+        if route not in ("/v1/chat/completions", "/v1/completions"):
             self._send_json(404, error_body(f"no route {self.path}", "invalid_request_error"))
             return
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             body = json.loads(raw)
-            messages = body["messages"]
-            text = "\n".join(str(m.get("content")) for m in messages)
+            if route == "/v1/completions":
+                text = json.dumps(body["prompt"])
+            else:
+                text = "\n".join(str(m.get("content")) for m in body["messages"])
         except (ValueError, KeyError, TypeError, AttributeError):
             self._send_json(400, error_body("malformed request body", "invalid_request_error"))
             return
@@ -304,7 +450,14 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            answer = app.complete(body)
+            if route == "/v1/chat/completions":
+                answer = app.complete(body)
+            else:
+                try:
+                    answer = app.complete_text(body)
+                except ValueError as err:  # a prompt the server cannot take: vLLM's 400
+                    self._send_json(400, error_body(str(err), "invalid_request_error"))
+                    return
         except Exception as err:  # a bug in a test hook or the server: a 500 the test will see
             self._send_json(500, error_body(f"{type(err).__name__}: {err}", "server_error"))
             return

@@ -16,6 +16,17 @@ from collections.abc import Callable, Sequence
 from ipo import IpoError
 from ipo.benchmarks import rewardbench, rmbench, rmbench_metrics
 from ipo.judges.batching import DEFAULT_BATCH_SIZE
+from ipo.judges.server import (
+    BACKENDS,
+    DEFAULT_SERVER_KEY_ENV,
+    DEFAULT_TOP_LOGPROBS,
+    P_YES_METHODS,
+    ServerSettings,
+    ServerYesNoJudge,
+    check_server_settings,
+    load_server_judge,
+)
+from ipo.judges.yes_no import load_judge
 from ipo.modeling import ModelSpec
 from ipo.prompts import PROMPT_FORMATS
 from ipo.runs import SECRET_ARGS, RunDir, release_locks
@@ -161,6 +172,117 @@ def judge_settings(args: argparse.Namespace) -> dict:
         "max_batch_tokens": args.max_batch_tokens,
         "prefix_sharing": args.prefix_sharing,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The backend: the model in this process (hf) or behind a serving engine (server; docs/serving.md)
+# ---------------------------------------------------------------------------------------------------
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    """--backend hf|server and the server's flags: the same in every script that samples or judges Yes/No."""
+    group = parser.add_argument_group("serving engine (--backend server; docs/serving.md)")
+    group.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default="hf",
+        help="hf: the model runs in this process; server: sampling and Yes/No judging go to an OpenAI-compatible "
+        "server (vLLM, SGLang, llama.cpp) at --base_url; --model_name still names the local tokenizer that "
+        "builds the token-id prompts (its weights are not loaded)",
+    )
+    group.add_argument("--base_url", default=None, help="the server's API root, e.g. http://localhost:8000/v1")
+    group.add_argument(
+        "--served_model",
+        default=None,
+        help="the model id the server serves (its GET /v1/models); default: --model_name, the id `vllm serve "
+        "MODEL` serves under",
+    )
+    group.add_argument(
+        "--server_p_yes",
+        choices=list(P_YES_METHODS),
+        default="exact",
+        help="exact: P(Yes) from vLLM's prompt_logprobs of each Yes/No token (equals the local judge); approx: "
+        "from the first token's top log-probabilities (any server; marked approximate)",
+    )
+    group.add_argument(
+        "--server_top_logprobs",
+        type=int,
+        default=DEFAULT_TOP_LOGPROBS,
+        help="alternatives asked for with --server_p_yes approx (vLLM returns at most 20 unless started with "
+        "--max-logprobs)",
+    )
+    group.add_argument(
+        "--server_api_key_env",
+        default=DEFAULT_SERVER_KEY_ENV,
+        help="environment variable holding the server's API key (unset: none is sent)",
+    )
+    group.add_argument(
+        "--server_concurrency",
+        type=int,
+        default=32,
+        help="requests in flight (a continuous-batching engine wants many)",
+    )
+    group.add_argument("--server_timeout", type=float, default=600.0, help="seconds per request before it is retried")
+    group.add_argument("--server_max_retries", type=int, default=5, help="retries of a failed request (backoff)")
+    group.add_argument(
+        "--server_retry_base_delay", type=float, default=1.0, help="seconds before the first retry, doubled each time"
+    )
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings | None:
+    """The add_backend_args flags as ServerSettings, or None for --backend hf."""
+    if getattr(args, "backend", "hf") != "server":
+        return None
+    return ServerSettings(
+        base_url=args.base_url or "",
+        served_model=args.served_model or args.model_name,
+        p_yes_method=args.server_p_yes,
+        top_logprobs=args.server_top_logprobs,
+        key_env=args.server_api_key_env,
+        timeout=args.server_timeout,
+        max_retries=args.server_max_retries,
+        retry_base_delay=args.server_retry_base_delay,
+        max_concurrency=args.server_concurrency,
+    )
+
+
+def check_backend_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line usage errors for the add_backend_args flags; sends nothing (the server is asked when the run
+    starts, before any model or config.json)."""
+    if args.backend == "hf":
+        given = [flag for flag in ("base_url", "served_model") if getattr(args, flag)]
+        if given:
+            parser.error(f"--{given[0]} is for --backend server; add --backend server or drop it")
+        return
+    if not args.base_url:
+        parser.error("--backend server needs --base_url, e.g. http://localhost:8000/v1")
+    try:
+        check_server_settings(server_settings(args))
+    except IpoError as err:
+        parser.error(str(err))
+
+
+def load_yes_no_judge(args: argparse.Namespace, spec: ModelSpec | None = None):
+    """(judge, resolved settings) of the Yes/No judge scripts: the local model of ``spec`` (default: the flags';
+    judges.yes_no.load_judge) or, with --backend server, the server's judge (checked and probed; only the
+    tokenizer is loaded here)."""
+    settings = server_settings(args)
+    if settings is None:
+        return load_judge(spec or model_spec(args), **judge_settings(args))
+    return load_server_judge(
+        args.model_name,
+        settings,
+        scoring=args.scoring,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def backend_metrics(judge) -> dict:
+    """What metrics.json says of a server judge: where P(Yes) came from, whether it is approximate, the missing
+    ids of the approximate method and the client's request counts; nothing for a local judge."""
+    if not isinstance(judge, ServerYesNoJudge):
+        return {}
+    return {"server_backend": {**judge.describe(), "stats": dict(judge.stats), "requests": judge.client.usage()}}
 
 
 def add_rewardbench_data_args(

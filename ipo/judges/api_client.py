@@ -1,7 +1,9 @@
-"""The HTTP side of the API judges: one client for any OpenAI-compatible chat-completions endpoint.
+"""The HTTP side of the API judges and of the server backend: one client for any OpenAI-compatible endpoint.
 
 OpenAI (the default), OpenRouter (the paper's), a local vLLM server, or any server that speaks
-``POST /v1/chat/completions``. What a request asks and how its answer is read is ipo.judges.api's business;
+``POST /v1/chat/completions`` (``endpoint="chat"``, the API judges) or ``POST /v1/completions``
+(``endpoint="completions"``, the server backend of ipo.judges.server and ipo.selfimprove.server_sampling:
+token-id prompts, vLLM's extensions such as ``prompt_logprobs`` passed in the body's ``extra_body``). What a request asks and how its answer is read is ipo.judges.api's business;
 this module only gets answers, reliably and once.
 
 What the client guarantees (upstream's ``*_gpt.py`` scripts took the key as a required ``--api_key``
@@ -57,6 +59,8 @@ MAX_RETRY_DELAY = 60.0  # seconds; a longer Retry-After (e.g. a daily quota) fal
 RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "conflict", "connection", "bad_response"})
 # Fatal at any point: no retry and no other request can succeed with this key, model and base URL.
 FATAL = frozenset({"unauthorized", "forbidden", "not_found", "quota"})
+# The endpoints a client can speak: chat completions (messages) and completions (a text or token-id prompt).
+ENDPOINTS = ("chat", "completions")
 # Whether the caller can read an answer (ipo.judges.api.ApiScorer.readable); an unreadable one is not cached.
 Accept = Callable[[dict], bool]
 
@@ -214,6 +218,7 @@ class ApiClient:
         retry_base_delay: float = 1.0,
         cache: ResponseCache | None = None,
         key_env: str = DEFAULT_KEY_ENV,
+        endpoint: str = "chat",
     ):
         try:
             import openai
@@ -221,7 +226,10 @@ class ApiClient:
             raise IpoError("the API judges need the openai package: pip install 'openai>=3.54'")
         for name in ("openai", "httpx", "httpx2", "httpcore"):  # their per-request INFO lines flood the log
             logging.getLogger(name).setLevel(logging.WARNING)
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(ENDPOINTS)}")
         self._openai = openai
+        self.endpoint = endpoint
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout = timeout
@@ -253,8 +261,40 @@ class ApiClient:
             "base_url": self.base_url,
             "model": self.model,
             "api_key_env": self.key_env,
+            "endpoint": self.endpoint,
             "cache": str(self.cache.path) if self.cache is not None else None,
         }
+
+    def served_models(self) -> list[str]:
+        """The model ids ``GET /models`` lists; one IpoError when the server cannot be reached or refuses the key.
+
+        Retried like a request (connection errors, 5xx, 429), so a server that is still starting gets a few
+        seconds; what no retry fixes stops at once with the reason."""
+        openai = self._openai
+        attempt = 0
+        while True:
+            try:
+                return [model.id for model in self.client.models.list().data]
+            except openai.APIStatusError as err:
+                kind, message = status_kind(err.status_code), f"{err.status_code}: {self._clean(err.message)}"
+            except openai.APITimeoutError:
+                kind, message = "timeout", f"no answer within {self.timeout:g} s"
+            except openai.APIConnectionError as err:
+                kind, message = (
+                    "connection",
+                    self._clean(f"{type(err.__cause__ or err).__name__}: {err.__cause__ or err}"),
+                )
+            except (openai.OpenAIError, ValueError, AttributeError) as err:  # not an OpenAI-style model list
+                kind, message = "bad_response", self._clean(f"{type(err).__name__}: {err}")
+            self._count("errors_by_kind", kind)
+            if kind in FATAL or kind not in RETRYABLE or attempt >= self.max_retries:
+                raise IpoError(
+                    f"GET {self.base_url}/models failed after {attempt + 1} attempt(s) ({kind}, {message}); check "
+                    "--base_url (it usually ends in /v1), that the server is running, and its API key"
+                )
+            attempt += 1
+            self._count("retries")
+            time.sleep(retry_delay(attempt, self.retry_base_delay, rng=self._rng))
 
     def usage(self) -> dict:
         """``stats`` as plain JSON."""
@@ -308,7 +348,8 @@ class ApiClient:
         """One HTTP attempt: (response JSON, failure kind, message, Retry-After seconds)."""
         openai = self._openai
         try:
-            raw = self.client.chat.completions.with_raw_response.create(**full)
+            api = self.client.chat.completions if self.endpoint == "chat" else self.client.completions
+            raw = api.with_raw_response.create(**full)
             response = raw.http_response.json()
         except openai.APIStatusError as err:
             body = err.body if isinstance(err.body, dict) else {}
@@ -393,7 +434,7 @@ class ApiClient:
             "timeout": f"{where} did not answer in {attempts} attempt(s) of --timeout {self.timeout:g} s",
             "rejected": f"{where} rejected the first request ({message}); check --model and that the model "
             "accepts these parameters",
-            "bad_response": f"{where} did not answer with chat-completions JSON in {attempts} attempt(s) "
+            "bad_response": f"{where} did not answer with {self.endpoint.replace('chat', 'chat-completions')} JSON in {attempts} attempt(s) "
             f"({message}); check --base_url (it usually ends in /v1)",
         }.get(
             kind,

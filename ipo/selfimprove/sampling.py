@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from ipo import IpoError
 from ipo.judges.batching import left_pad, plan_batches
-from ipo.modeling import load_tokenizer, split_gguf
+from ipo.judges.server import read_generation_config
+from ipo.modeling import load_tokenizer
 from ipo.runs import RecordLog
 from ipo.selfimprove.prompts_pool import Prompt
 
@@ -117,20 +118,8 @@ def check_can_generate(model_name_or_path: str, trust_remote_code: bool = False)
 
     Fails with one line before any work starts if the model has no end-of-sequence token.
     """
-    from transformers import AutoConfig, GenerationConfig
-
     tokenizer = load_tokenizer(model_name_or_path, trust_remote_code=trust_remote_code)
-    folder, gguf_file = split_gguf(model_name_or_path)
-    try:
-        generation_config = GenerationConfig.from_pretrained(folder)
-    except Exception:  # no generation_config.json: transformers derives one from the model config
-        try:
-            generation_config = GenerationConfig.from_model_config(
-                AutoConfig.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
-            )
-        except Exception:
-            generation_config = None
-    return stop_token_ids(tokenizer, generation_config)
+    return stop_token_ids(tokenizer, read_generation_config(model_name_or_path, trust_remote_code))
 
 
 def row_seed(seed: int, salt: str, prompt_id, sample_index: int) -> int:
