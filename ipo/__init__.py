@@ -11,7 +11,8 @@ checks it), so a reader can start at the bottom and never meet a name defined hi
 
     plumbing      ipo/*.py: run folders and atomic writes (runs), records and loaders (data), every upstream
                   prompt as data (prompts), model loading (modeling), tables and figures (report), opt-in
-                  Hub uploads (hub), the offline models shipped on PyPI (assets)
+                  Hub uploads (hub), the offline models shipped on PyPI (assets), metrics.json's "run" object
+                  (run_info), the paper's published numbers (paper)
     judges        ipo/judges/: batching helpers, the Yes/No judge (the paper's primitive), the 5-point
                   Self-Rewarding judge, the reward-model scorer, the API client and the API judges
     benchmarks    ipo/benchmarks/: RewardBench, RM-Bench, prompt search, MMLU grading; each benchmark

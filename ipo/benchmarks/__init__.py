@@ -16,4 +16,5 @@ Modules:
     api_failures     what an API judge adds to any benchmark run: failed requests kept, retried, counted, reported
     prompt_search    choosing the RewardBench judge question on a selection split, reported on held-out pairs
     mmlu             seeded evaluation subsets and grading of generated MMLU answers (DPO/Evals)
+    collect          run folders of every benchmark into the paper's tables, published values beside
 """
