@@ -260,3 +260,28 @@ def mmlu_instruction(question: str, choices: list[str]) -> str:
     """Upstream's MMLU prompt: 1-indexed choices, one per line (the dataset's answer is 0-indexed)."""
     lines = "".join(f"{i + 1}. {choice}\n" for i, choice in enumerate(choices))
     return MMLU_INSTRUCTION_HEADER.format(question=question) + lines + MMLU_INSTRUCTION_FOOTER
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pairwise judge of the AlpacaEval-style win rate (DPO/Evals/downstream.py; not upstream's: the
+# authors' code has no downstream harness). Written for this project after the "basic" pairwise prompt
+# of AlpacaEval's ChatGPT annotator (tatsu-lab/alpaca_eval, src/alpaca_eval/configs/chatgpt/
+# basic_b1_without_inputs.txt, Apache-2.0): the same two labelled outputs and the same answer format,
+# "Output (a)" or "Output (b)", which ipo.benchmarks.alpaca_eval reads; without its worked example.
+# ---------------------------------------------------------------------------------------------------
+ALPACA_EVAL_SYSTEM = "You are a helpful instruction-following assistant."
+ALPACA_EVAL_PAIRWISE_PROMPT = (
+    "Select the output, (a) or (b), that best answers the given instruction. Choose your preferred output, "
+    "which can be subjective. Your answer should ONLY contain: Output (a) or Output (b).\n"
+    "\n"
+    "## Instruction:\n"
+    "{instruction}\n"
+    "\n"
+    "## Output (a):\n"
+    "{output_1}\n"
+    "\n"
+    "## Output (b):\n"
+    "{output_2}\n"
+    "\n"
+    "## Which is best, Output (a) or Output (b)?\n"
+)

@@ -1,0 +1,285 @@
+"""DPO/Evals/downstream.py: lm-eval on local task files with the tiny model, and the AlpacaEval-style win rate
+through the test OpenAI server, with answers the tests control so every score is a known value.
+
+The lm-eval tasks are built so their scores do not depend on the random model: the multiple-choice task
+offers the same text as every choice (lm-eval's argmax then picks choice 0, so a document is right exactly
+when its label is 0), and the generate_until task reads the generation through a regex filter that never
+matches, so lm-eval's fallback "[invalid]" is compared with the targets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import run_script, write_jsonl
+
+from ipo import IpoError
+from ipo.benchmarks import alpaca_eval, downstream
+
+SCRIPT = "DPO/Evals/downstream.py"
+JUDGE = "tiny-judge"
+
+MC_YAML = """task: tiny_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+GEN_YAML = """task: tiny_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: generate_until
+test_split: test
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{target}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  do_sample: false
+  max_gen_toks: 4
+filter_list:
+  - name: never
+    filter:
+      - function: regex
+        regex_pattern: "(?!x)x"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+MC_LABELS = [0, 0, 0, 1]  # identical choices: right when the label is 0 -> 75%
+GEN_TARGETS = ["[invalid]", "[invalid]", "something else", "[invalid]"]  # the filter's fallback -> 75%
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    mc = write_jsonl(
+        folder / "mc.jsonl",
+        [
+            {"question": f"What is {i} + 1?", "choices": ["two", "two", "two"], "label": y}
+            for i, y in enumerate(MC_LABELS)
+        ],
+    )
+    gen = write_jsonl(folder / "gen.jsonl", [{"prompt": f"Say {i}.", "target": t} for i, t in enumerate(GEN_TARGETS)])
+    (folder / "tiny_mc.yaml").write_text(MC_YAML.format(data=mc), encoding="utf-8")
+    (folder / "tiny_gen.yaml").write_text(GEN_YAML.format(data=gen), encoding="utf-8")
+    return folder
+
+
+def read_json(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure parts
+# ---------------------------------------------------------------------------------------------------
+def test_task_flags():
+    assert downstream.parse_task_list("bbh, arc_easy,bbh") == ["bbh", "arc_easy"]
+    assert downstream.parse_task_list("none") == []
+    assert downstream.parse_num_fewshot(["mmlu=5", "bbh=0"], ["bbh", "mmlu"]) == {"mmlu": 5, "bbh": 0}
+    with pytest.raises(IpoError, match="TASK=N"):
+        downstream.parse_num_fewshot(["mmlu5"], ["mmlu"])
+    with pytest.raises(IpoError, match="not among --tasks"):
+        downstream.parse_num_fewshot(["ifeval=1"], ["mmlu"])
+
+
+def test_ifeval_data_is_fetched_before_the_model_loads(monkeypatch):
+    import nltk
+
+    def not_there(name):
+        raise LookupError(name)
+
+    fetched = []
+    monkeypatch.setattr(nltk.data, "find", not_there)
+    monkeypatch.setattr(nltk, "download", lambda name, quiet: fetched.append(name) or False)
+    downstream.check_task_requirements(["bbh", "mmlu"])  # no IFEval: nothing to fetch
+    assert fetched == []
+    with pytest.raises(IpoError, match="punkt_tab data and it could not be downloaded"):
+        downstream.check_task_requirements(["ifeval"])
+    monkeypatch.setattr(nltk, "download", lambda name, quiet: fetched.append(name) or True)
+    downstream.check_task_requirements(["bbh", "ifeval"])
+    assert fetched == ["punkt_tab", "punkt_tab"]
+
+
+def test_headline_metric_of_known_and_local_tasks():
+    bbh = {"alias": "bbh", "exact_match,get-answer": 0.346, "exact_match_stderr,get-answer": 0.005}
+    assert downstream.headline("bbh", bbh) == ("exact_match,get-answer", 0.346, 0.005)
+    local = {"alias": "x", "f1,none": 0.5, "f1_stderr,none": 0.1, "acc,none": 0.2}
+    assert downstream.headline("x", local) == ("f1,none", 0.5, 0.1)
+
+
+def test_verdicts_and_win_rate_metrics():
+    assert alpaca_eval.verdict("Output (a)") == "a"
+    assert alpaca_eval.verdict("**Output (B)** is better") == "b"
+    assert alpaca_eval.verdict("output b") == "b"
+    assert alpaca_eval.verdict("Outputs differ") is None and alpaca_eval.verdict("neither") is None
+    example = alpaca_eval.comparisons(
+        [{"instruction": "i", "output": "ref", "generator": "g"}],
+        [{"instruction": "i", "output": "mine", "generator": "m"}],
+    )[0]
+    extra = {"failure": None, "failed": [], "kinds": [None, None], "info": [{"judge_text": "x"}, {"judge_text": "y"}]}
+    won = alpaca_eval.judgement_record(example, ["a", "b"], extra)  # the model's output picked in both orders
+    lost = alpaca_eval.judgement_record(example, ["b", "a"], extra)
+    tie = alpaca_eval.judgement_record(example, ["a", "a"], extra)  # the judge always picks (a)
+    same = alpaca_eval.judgement_record(example, [], {})
+    failed = alpaca_eval.judgement_record(
+        example, ["a", None], {**extra, "failure": "unparsed", "failed": [1], "kinds": [None, "unparsed"]}
+    )
+    assert [r["score"] for r in (won, lost, tie, same, failed)] == [1.0, 0.0, 0.5, 0.5, None]
+    assert tie["position_tie"] and not won["position_tie"] and same["identical"]
+    m = alpaca_eval.win_rate_metrics([won, won, lost, tie, same, failed], n_in_data=6)
+    assert m["win_rate"] == 60.0 and m["n_judged"] == 5 and m["n_failed"] == 1
+    assert m["failures_by_kind"] == {"unparsed": 1} and m["n_position_ties"] == 1 and m["n_identical"] == 1
+    # squared deviations from 0.6: .16 + .16 + .36 + .01 + .01 = .70; sample sd sqrt(.70 / 4), over sqrt(5)
+    assert m["win_rate_stderr"] == 18.71
+    assert m["orders"]["model_first"] == {"n_answered": 5, "win_rate": 80.0}  # a, a, b, a, a
+    assert m["orders"]["model_second"] == {"n_answered": 4, "win_rate": 50.0}  # b, b, a, a
+
+
+# ---------------------------------------------------------------------------------------------------
+# lm-eval on local task files
+# ---------------------------------------------------------------------------------------------------
+def test_lm_eval_local_tasks_resume_and_adapter(tiny_model_dir, task_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["--model_name", str(tiny_model_dir), "--device", "cpu", "--tasks", "tiny_mc,tiny_gen"]
+    argv += ["--include_path", str(task_dir), "--output_dir", str(out), "--run_name", "r", "--log_level", "error"]
+    assert run_script(SCRIPT, argv) == 0
+    run = out / "r"
+    metrics = read_json(run / "metrics.json")
+    assert metrics["scores"] == {"tiny_mc": 75.0, "tiny_gen": 75.0}
+    assert metrics["metric_names"] == {"tiny_mc": "acc,none", "tiny_gen": "exact_match,never"}
+    assert metrics["tasks"]["tiny_mc"]["num_fewshot"] == 0 and metrics["tasks"]["tiny_mc"]["n"] == 4
+    assert metrics["run"]["benchmark"] == "downstream" and metrics["run"]["method"] == "downstream"
+    assert metrics["run"]["model"] == str(tiny_model_dir) and metrics["run"]["data"]["n"] == 8
+    assert metrics["coverage"]["complete"] and metrics["alpaca_eval"] is None
+    samples = [json.loads(line) for line in (run / "lm_eval" / "tiny_gen.samples.jsonl").read_text().splitlines()]
+    assert [s["filtered_resps"] for s in samples] == [["[invalid]"]] * 4 and all(s["resps"][0][0] for s in samples)
+    assert "| tiny_mc | 75.0 |" in (run / "results.md").read_text()
+    config = read_json(run / "config.json")
+    assert config["resolved"]["tasks"] == ["tiny_mc", "tiny_gen"] and config["resolved"]["adapter"] is None
+
+    # A resume loads no model: both tasks are finished.
+    import ipo.modeling
+
+    def no_load(*_, **__):
+        raise AssertionError("the model was loaded again")
+
+    monkeypatch.setattr(ipo.modeling, "load_model_and_tokenizer", no_load)
+    assert run_script(SCRIPT, argv) == 0
+    assert read_json(run / "metrics.json")["scores"] == metrics["scores"]
+    monkeypatch.undo()
+
+    # A PEFT adapter folder: its base is loaded, the adapter applied (LoRA starts as the identity); one shot.
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    adapter = tmp_path / "dpo-run" / "adapter"
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    argv = ["--model_name", str(adapter), "--device", "cpu", "--tasks", "tiny_mc", "--num_fewshot", "tiny_mc=1"]
+    argv += ["--include_path", str(task_dir), "--output_dir", str(out), "--log_level", "error"]
+    assert run_script(SCRIPT, argv) == 0
+    run = out / "downstream-dpo-run-adapter"
+    metrics = read_json(run / "metrics.json")
+    assert metrics["scores"] == {"tiny_mc": 75.0} and metrics["tasks"]["tiny_mc"]["num_fewshot"] == 1
+    config = read_json(run / "config.json")
+    assert config["resolved"]["adapter"] == str(adapter)
+    assert config["resolved"]["base_model"] == str(tiny_model_dir)
+    lm_eval_config = read_json(run / "lm_eval" / "tiny_mc.json")["lm_eval"]
+    assert lm_eval_config["n-shot"] == {"tiny_mc": 1}
+
+
+def test_flags_are_checked_before_any_model_loads(tmp_path, capsys):
+    base = ["--model_name", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out")]
+    assert run_script(SCRIPT, [*base, "--tasks", "arc_easyy"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown lm-eval task(s): 'arc_easyy' (close: arc_easy" in err
+    assert run_script(SCRIPT, [*base, "--tasks", "arc_easy", "--num_fewshot", "arc_easy=x"]) == 1
+    assert "TASK=N" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        run_script(SCRIPT, [*base, "--tasks", "none"])
+    assert stop.value.code == 2 and "nothing to do" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The AlpacaEval-style win rate through the test server
+# ---------------------------------------------------------------------------------------------------
+SHOWN = re.compile(r"## Output \(a\):\n(.*)\n\n## Output \(b\):\n(.*)\n\n## Which", re.DOTALL)
+
+
+def prefers_better(body: dict) -> dict:
+    """The judge picks the output that says 'better'; (a) when neither does; no verdict for 'undecidable'."""
+    a, b = SHOWN.search(body["messages"][-1]["content"]).groups()
+    if "undecidable" in a + b:
+        return {"content": "I cannot tell."}
+    return {"content": "Output (b)" if "better" in b and "better" not in a else "Output (a)"}
+
+
+def test_win_rate_both_orders_ties_failures_and_cache(openai_server, tmp_path, capsys):
+    references = [
+        {"instruction": "q0", "output": "plain", "generator": "ref"},  # model better: wins both orders
+        {"instruction": "q1", "output": "plain", "generator": "ref"},  # model better: wins both orders
+        {"instruction": "q2", "output": "better", "generator": "ref"},  # reference better: loses both
+        {"instruction": "q3", "output": "plain", "generator": "ref"},  # neither: (a) twice, a position tie
+        {"instruction": "q4", "output": "same", "generator": "ref"},  # identical: a tie, no request
+        {"instruction": "q5", "output": "undecidable", "generator": "ref"},  # no verdict: a failure
+    ]
+    mine = ["better", "better", "plain", "plain too", "same", "mine"]
+    ref_file = tmp_path / "reference.json"
+    ref_file.write_text(json.dumps(references), encoding="utf-8")
+    model_file = tmp_path / "model.json"
+    rows = [{"instruction": r["instruction"], "output": o, "generator": "m"} for r, o in zip(references, mine)]
+    model_file.write_text(json.dumps(rows[::-1]), encoding="utf-8")  # matched by instruction, not position
+    openai_server.canned = prefers_better
+    argv = ["--model_name", "unused-for-file-outputs", "--tasks", "none", "--reference_outputs", str(ref_file)]
+    argv += ["--model_outputs", str(model_file), "--base_url", openai_server.base_url, "--model", JUDGE]
+    argv += ["--output_dir", str(tmp_path / "out"), "--run_name", "w", "--log_level", "error"]
+    assert run_script(SCRIPT, argv) == 0
+    metrics = read_json(tmp_path / "out" / "w" / "metrics.json")
+    win = metrics["alpaca_eval"]
+    assert metrics["scores"] == {"alpaca_eval": 60.0}  # (1 + 1 + 0 + 0.5 + 0.5) / 5
+    assert win["n_judged"] == 5 and win["n_wins"] == 2 and win["n_losses"] == 1
+    assert win["n_position_ties"] == 1 and win["n_identical"] == 1
+    assert win["n_failed"] == 1 and win["failures_by_kind"] == {"unparsed": 1}
+    assert openai_server.requests == 10  # two orders for each of the 5 instructions that differ
+    first = openai_server.bodies[0]["messages"]
+    assert first[0]["content"] == alpaca_eval.ALPACA_EVAL_SYSTEM
+    assert "## Output (a):\nbetter\n\n## Output (b):\nplain\n" in first[1]["content"]  # q0, the model first
+    assert "win rate %" in capsys.readouterr().out
+
+    # The failure is asked again by the next run, from the cache: nothing new is sent, the numbers stay.
+    assert run_script(SCRIPT, argv) == 0
+    assert openai_server.requests == 10
+    assert read_json(tmp_path / "out" / "w" / "metrics.json")["scores"] == {"alpaca_eval": 60.0}
+
+
+def test_win_rate_on_generated_answers(tiny_model_dir, openai_server, tmp_path):
+    references = [{"instruction": f"Write {w}.", "output": f"{w}!", "generator": "ref"} for w in ("a", "b", "c")]
+    ref_file = write_jsonl(tmp_path / "reference.jsonl", references)
+    openai_server.canned = lambda body: {"content": "Output (b)"}  # always the second: every order disagrees
+    argv = ["--model_name", str(tiny_model_dir), "--device", "cpu", "--tasks", "none"]
+    argv += ["--reference_outputs", str(ref_file), "--max_new_tokens", "4", "--base_url", openai_server.base_url]
+    argv += ["--model", JUDGE, "--output_dir", str(tmp_path / "out"), "--run_name", "g", "--log_level", "error"]
+    assert run_script(SCRIPT, argv) == 0
+    run = tmp_path / "out" / "g"
+    win = read_json(run / "metrics.json")["alpaca_eval"]
+    assert win["win_rate"] == 50.0 and win["n_position_ties"] == 3 and win["model_outputs"] == "generated"
+    outputs = read_json(run / "alpaca_eval" / "model_outputs.json")
+    assert [o["instruction"] for o in outputs] == [r["instruction"] for r in references]
+    assert all(o["generator"] == "model" for o in outputs)
+    assert read_json(run / "config.json")["resolved"]["sampling"]["temperature"] == 0.0
