@@ -24,7 +24,7 @@ import sys
 
 from ipo import cli, hub
 from ipo.benchmarks import rmbench
-from ipo.judges.yes_no import YesNoScorer, load_judge
+from ipo.judges.yes_no import YesNoScorer
 from ipo.prompts import RMBENCH_LAYOUT
 from ipo.runs import RecordLog, score_into_log, seed_everything
 
@@ -36,10 +36,12 @@ def parse_args(argv=None):
     cli.add_model_args(parser)
     cli.add_rmbench_data_args(parser)
     cli.add_judge_args(parser)
+    cli.add_backend_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
     cli.check_positive(parser, args, "batch_size", "max_batch_tokens", "max_length", "limit")
+    cli.check_backend_args(parser, args)
     return args
 
 
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     ###############
     run = cli.run_dir(args, f"rmbench-{model_short}-{args.scoring}", args.dataset, args.model_name)
     run.check(cli.public_args(args))
-    judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
+    judge, resolved = cli.load_yes_no_judge(args)
     run.start(cli.public_args(args), resolved={**resolved, "n_prompts": len(examples), "prompts_per_domain": counts})
 
     ###############
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
         upstream_file=f"accuracy-rm-bench-{model_short}-yesno.json",
         method="ipo",
         coverage=coverage,
+        extra_metrics=cli.backend_metrics(judge),
     )
     print(markdown)
     logger.info("outputs in %s", run.path)

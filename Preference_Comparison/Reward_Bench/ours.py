@@ -21,7 +21,7 @@ import sys
 
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
-from ipo.judges.yes_no import YesNoScorer, load_judge
+from ipo.judges.yes_no import YesNoScorer
 from ipo.prompts import REWARDBENCH_FALLBACK_SUBSET, REWARDBENCH_LAYOUT
 from ipo.runs import RecordLog, score_into_log, seed_everything
 
@@ -40,10 +40,12 @@ def parse_args(argv=None):
         "ours_prompt_shuffle.py / ours_same_prompt.py ablations",
     )
     cli.add_judge_args(parser)
+    cli.add_backend_args(parser)
     cli.add_output_args(parser)
     cli.add_hub_args(parser)
     args = parser.parse_args(argv)
     cli.check_positive(parser, args, "batch_size", "max_batch_tokens", "max_length", "limit")
+    cli.check_backend_args(parser, args)
     return args
 
 
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     default_name = f"rewardbench-{args.split}-{model_short}-{args.scoring}{suffix}"
     run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     run.check(cli.public_args(args))
-    judge, resolved = load_judge(cli.model_spec(args), **cli.judge_settings(args))
+    judge, resolved = cli.load_yes_no_judge(args)
     run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(examples)})
 
     ###############
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
         upstream_file=f"accuracy_reward-bench_yesno_{model_short}.json",
         method="ipo",
         coverage=coverage,
+        extra_metrics=cli.backend_metrics(judge),
     )
     print(markdown)
     logger.info("outputs in %s", run.path)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from ipo import IpoError, cli
 from ipo.cli.training import add_training_args, options_from_args
+from ipo.judges.server import connect, make_yes_no_judge
+from ipo.modeling import load_tokenizer
 from ipo.runs import RunDir
 from ipo.selfimprove.judging import JudgeSpec
 from ipo.selfimprove.loop import STAGES, LoopSettings, check_loop_settings
@@ -150,6 +152,7 @@ def add_loop_args(
         "DPO/train_preferences.py",
     )
     add_sampling_args(parser)
+    cli.add_backend_args(parser)
     if judge_args is not None:
         judge_args(parser)
     add_training_args(parser, training_defaults)
@@ -194,6 +197,7 @@ def check_loop_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     (ipo.selfimprove.loop.check_loop_settings), before any model is loaded or config.json is written."""
     cli.check_positive(parser, args, "rounds")
     check_sampling_args(parser, args)
+    cli.check_backend_args(parser, args)
     if args.num_return_sequences < 2:
         parser.error("--num_return_sequences must be at least 2 to form a pair")
     if not 0 <= args.test_fraction < 1:
@@ -250,6 +254,7 @@ def loop_settings(args: argparse.Namespace, run_name: str, cut_responses_at: str
         train_path=args.train_path,
         test_path=args.test_path,
         mapped_path=args.mapped_path,
+        server=cli.server_settings(args),
     )
 
 
@@ -272,6 +277,11 @@ def start_run(
         inputs={args.dataset_name: "dataset", args.model_name: "model"},
     )
     settings = loop_settings(args, run.path.name, cut_responses_at)
+    if settings.server is not None:  # the server answers, serves the model and can judge: or one line
+        served = connect(args.model_name, settings.server, args.trust_remote_code)
+        if judge.name == "yes_no":
+            tokenizer = load_tokenizer(args.model_name, trust_remote_code=args.trust_remote_code)
+            make_yes_no_judge(served, tokenizer, scoring=args.prompt_format)  # probes the P(Yes) method
     if ranks.main:
         run.check(cli.public_args(args))
         run.start(

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from ipo.data import Example
 from ipo.judges.batching import DEFAULT_BATCH_SIZE
-from ipo.judges.self_reward import SelfRewardScorer
-from ipo.judges.yes_no import YesNoJudge, YesNoScorer
+from ipo.judges.server import ServerYesNoJudge, make_self_reward_scorer, make_yes_no_judge
+from ipo.judges.yes_no import YesNoScorer
 from ipo.prompts import DPO_CATEGORY_PROMPTS, REWARDBENCH_LAYOUT
 from ipo.report import mean
 from ipo.runs import RecordLog, score_into_log
@@ -59,8 +59,8 @@ def yes_no_judge_spec(
     """
     spec = JudgeSpec("yes_no", "p_yes", "generation_order" if prompt_format == "upstream" else "random", build=None)
 
-    def build(model, tokenizer):
-        judge = YesNoJudge(
+    def build(model, tokenizer):  # a loaded model, or a served one (--backend server: ipo.judges.server)
+        judge = make_yes_no_judge(
             model,
             tokenizer,
             scoring=scoring,
@@ -70,6 +70,8 @@ def yes_no_judge_spec(
             prefix_sharing=prefix_sharing,
         )
         spec.resolved.update(scoring=scoring, yes_no_tokens=judge.tokens.as_dict())
+        if isinstance(judge, ServerYesNoJudge):
+            spec.resolved.update(judge.describe())
         return YesNoScorer(
             judge, REWARDBENCH_LAYOUT, lambda e: DPO_CATEGORY_PROMPTS[judge_key(e.domain, prompt_format)]
         )
@@ -122,7 +124,7 @@ def self_reward_judge_spec(
     )
 
     def build(model, tokenizer):
-        scorer = SelfRewardScorer(
+        scorer = make_self_reward_scorer(  # a loaded or a served model (--backend server)
             model,
             tokenizer,
             scoring=scoring,

@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ipo import IpoError, hub
+from ipo.judges.server import ServerSettings, connect
 from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 from ipo.report import markdown_table
 from ipo.runs import RecordLog, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
@@ -68,7 +69,8 @@ from ipo.selfimprove.pairs import (
 )
 from ipo.selfimprove.prompts_pool import Prompt
 from ipo.selfimprove.ranks import Ranks, current_ranks, run_sharded
-from ipo.selfimprove.sampling import Sampler, SamplingSettings, check_sampling_settings, sample_into_log
+from ipo.selfimprove.sampling import SamplingSettings, check_sampling_settings, sample_into_log
+from ipo.selfimprove.server_sampling import make_sampler
 from ipo.training.config import build_dpo_config, build_lora_config
 from ipo.training.dpo import free_memory, train_dpo
 from ipo.training.losses import UNPAIRED_LOSS_TYPES
@@ -102,6 +104,7 @@ class LoopSettings:
     train_path: str | None = None
     test_path: str | None = None
     mapped_path: str | None = None
+    server: ServerSettings | None = None  # --backend server: round 1's policy is served there (sample, judge)
 
 
 @dataclass
@@ -275,6 +278,8 @@ class Loop:
         """Model and tokenizer for sampling and judging (4-bit with ``quantized``), on this process's device."""
         s = self.settings
         tokenizer = load_tokenizer(path, trust_remote_code=s.trust_remote_code)
+        if s.server is not None and path == s.model:  # --backend server: only the tokenizer is local
+            return connect(path, s.server, s.trust_remote_code), tokenizer
         model, _, _ = load_model(
             path,
             dtype=s.dtype,
@@ -355,7 +360,7 @@ class Round:
             self._report_resolved()
             return
         model, tokenizer = loop.load(loop.policy)
-        sampler = Sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
+        sampler = make_sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
         run_sharded(loop.ranks, rd.responses, loop.prompts, self._sampling(sampler, tokenizer, "sampling"))
         self.metrics["sampling"] = sampler.resolved()
         self.policy_model = model, tokenizer
@@ -443,7 +448,7 @@ class Round:
             else:
                 model, _ = load_peft_model(rd.adapter, dtype=s.dtype, device=loop.ranks.device(s.device))
                 tokenizer = load_tokenizer(str(rd.adapter))
-            sampler = Sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
+            sampler = make_sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
             run_sharded(
                 loop.ranks, rd.after_responses, loop.prompts, self._sampling(sampler, tokenizer, "sampling after DPO")
             )
