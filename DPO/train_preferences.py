@@ -4,7 +4,13 @@ The companion methods of the paper's DPO step (README "Training losses"): a LoRA
 TRL's DPOTrainer with the loss picked by --loss_type: sigmoid (DPO), ipo, ipo_sum, kto_pair, rpo_paired,
 rpo_unpaired, rpo_diagonal, rpo_uniform, or any other TRL loss. The dataset is a Hub id or a local
 json/jsonl/parquet file (gzip accepted) in TRL's prompt/chosen/rejected format (text or messages),
-Anthropic HH's dialogues, LLaMA-Factory's sharegpt, or unpaired prompt/completion/label rows.
+Anthropic HH's dialogues, LLaMA-Factory's sharegpt, unpaired prompt/completion/label rows, or a
+self-improvement run's round_<k>/pairs.jsonl (DPO/ours.py, DPO/self_reward.py): then only its train split is
+trained on, its held-out (test) split is the evaluation data unless --eval_dataset says otherwise, and the
+rows are built in the run's --prompt_format, read from the run's config.json (ipo/training/run_pairs.py):
+
+    python DPO/train_preferences.py --model_name_or_path "$(python -m ipo.assets smollm2)" \\
+        --dataset outputs/dpo-smollm2-chat/round_1/pairs.jsonl --beta 0.3 --max_steps 2 --lora_r 8 --lora_alpha 16
 
 RPO on the embedded SmolLM2-135M-Instruct and 64 Anthropic HH pairs (a minute on a CPU, offline once the data
 file is here: harmless-base/test.jsonl.gz of the Hub dataset Anthropic/hh-rlhf, downloaded to the current folder):
@@ -33,10 +39,11 @@ import json
 import sys
 from pathlib import Path
 
-from ipo import cli, hub
+from ipo import IpoError, cli, hub
 from ipo.cli.training import options_from_args, parse_preference_args, preference_parser
+from ipo.parallel import wait_for_everyone
 from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
-from ipo.training.distributed import is_main_process, wait_for_everyone
+from ipo.training.distributed import is_main_process
 from ipo.training.dpo import train_dpo, train_summary
 from ipo.training.merge import merge_adapter
 from ipo.training.options import ADAPTER_DIR, TRAIN_LOG_FILE, check_options
@@ -59,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def default_run_name(args) -> str:
     dataset = Path(args.dataset).name.split(".")[0] if Path(args.dataset).suffix else args.dataset.split("/")[-1]
+    if Path(args.dataset).name == "pairs.jsonl":  # a self-improvement run's round: <run>-<round_k>
+        dataset = f"{Path(args.dataset).resolve().parent.parent.name}-{Path(args.dataset).resolve().parent.name}"
     return f"{args.loss_type}-{cli.model_short_name(args.model_name)}-{dataset}-beta{args.beta:g}"
 
 
@@ -70,6 +79,16 @@ def load_data(source: str, split: str, args, what: str):
         data = to_unpaired(data)
     check_data_for_loss(data, args.loss_type)
     logger.info("%s: %s", what, data.summary())
+    return data
+
+
+def held_out_pairs(args):
+    """The held-out (test) split of a run's pairs.jsonl as the evaluation data, or None when it has none."""
+    try:
+        data = load_data(args.dataset, "test", args, "evaluation data (the run's held-out pairs)")
+    except IpoError as err:
+        logger.info("no evaluation: %s", err)
+        return None
     return data
 
 
@@ -88,6 +107,10 @@ def main(argv=None) -> int:
     inputs = {args.dataset: "dataset", args.model_name: "model"}
     if args.eval_dataset:
         inputs[args.eval_dataset] = "dataset"
+    if train.run_pairs:  # a self-improvement run's pairs.jsonl: its train split only; the held-out pairs evaluate
+        inputs[train.run_pairs["config"]] = "dataset"  # the run's config.json names the prompt format
+        if evaluation is None:
+            evaluation = held_out_pairs(args)
     run = RunDir(args.output_dir, args.run_name or default_run_name(args), overwrite=args.overwrite, inputs=inputs)
     run.check(cli.public_args(args), fingerprint_extra={"limit": args.limit})
     repo = hub.model_repo(args.hub_repo_id or run.path.name) if args.push_to_hub else None  # fails before training
@@ -96,6 +119,7 @@ def main(argv=None) -> int:
         "train_format": train.format,
         "dropped": dict(train.dropped),
         "n_eval": len(evaluation.records) if evaluation else 0,
+        **({"run_pairs": train.run_pairs} if train.run_pairs else {}),
     }
     if is_main_process():
         run.start(cli.public_args(args), resolved=resolved, fingerprint_extra={"limit": args.limit})
@@ -115,6 +139,7 @@ def main(argv=None) -> int:
         extra_config={
             "dataset": args.dataset,
             "dataset_format": train.format,
+            **({"prompt_format": train.run_pairs["prompt_format"]} if train.run_pairs else {}),
             "unpaired": args.unpaired,
             "rpo_distance_temperature": options.rpo_distance_temperature,
             "rpo_embedding_model": options.rpo_embedding_model,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from ipo.training.options import (
     TrainingOptions,
     check_options,
     check_records_for_loss,
+    warmup_warning,
 )
 from ipo.training.trainer import RPO_SKIPPED, custom_trainer_class
 
@@ -183,6 +185,9 @@ def train_dpo(
         )
     if n_train == 0:
         raise IpoError(f"every training pair's prompt is longer than --max_length {options.max_length}")
+    warning = warmup_warning(options, planned_steps(trainer))
+    if warning:
+        logger.warning(warning)
     weights_dtype = str(trainer.model.get_base_model().dtype if options.use_lora else trainer.model.dtype)
     atomic_write_json(
         output_dir / CONFIG_FILE,
@@ -316,6 +321,16 @@ def train_from(trainer, checkpoint: str | None) -> dict:
         if final:
             final[-1]["train_loss"] = whole
     return metrics
+
+
+def planned_steps(trainer) -> int:
+    """The optimizer steps the trainer will run: --max_steps, else the epochs over its training data (batches
+    of per-device size on every process, accumulated; RPO's balanced unpaired batches may drop a few more)."""
+    config = trainer.args
+    if config.max_steps > 0:
+        return config.max_steps
+    batches = math.ceil(len(trainer.train_dataset) / (config.per_device_train_batch_size * config.world_size))
+    return math.ceil(math.ceil(batches / config.gradient_accumulation_steps) * config.num_train_epochs)
 
 
 def free_memory() -> None:

@@ -7,6 +7,7 @@ configs are built from it by ipo/training/config.py (the only module that names 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -141,6 +142,40 @@ def check_options(options: TrainingOptions) -> None:
         raise IpoError(f"--lora_dropout must be in [0, 1), got {options.lora_dropout}")
     if "lm_head" in lora_targets(options.lora_target_modules):
         raise IpoError("lm_head cannot carry a LoRA adapter in TRL's DPO (it reads lm_head.weight directly)")
+
+
+# transformers' schedules that ignore the warmup (get_scheduler): every other one starts at learning rate 0
+NO_WARMUP_SCHEDULES = ("constant", "reduce_lr_on_plateau")
+
+
+def warmup_warning(options: TrainingOptions, total_steps: int) -> str | None:
+    """A warning when the warmup leaves the run's only optimizer steps at learning rate 0, or never lets the
+    learning rate reach its peak; None otherwise.
+
+    transformers' warmup multiplies the peak by step/warmup, so the first step always runs at 0; the warmup is
+    --warmup_steps when >= 1, else ceil(total_steps * --warmup_ratio) (TrainingArguments.get_warmup_steps).
+    A run of one step with any warmup therefore trains nothing (its single update has learning rate 0)."""
+    if total_steps <= 0 or options.lr_scheduler_type in NO_WARMUP_SCHEDULES:
+        return None
+    warmup = options.warmup_steps if options.warmup_steps >= 1 else math.ceil(total_steps * options.warmup_ratio)
+    if warmup <= 0:
+        return None
+    setting = (
+        f"--warmup_steps {options.warmup_steps}"
+        if options.warmup_steps >= 1
+        else f"--warmup_ratio {options.warmup_ratio}"
+    )
+    if total_steps == 1:
+        return (
+            f"the only optimizer step runs at learning rate 0 ({setting} over 1 step: the warmup starts at 0), "
+            "so the model does not change; pass --warmup_ratio 0 (and --warmup_steps 0), or more steps"
+        )
+    if warmup >= total_steps:
+        return (
+            f"the warmup ({warmup} steps from {setting}) covers all {total_steps} steps: the first runs at learning "
+            f"rate 0 and the peak --learning_rate {options.learning_rate:g} is never reached; lower the warmup"
+        )
+    return None
 
 
 def lora_targets(spec: str) -> str | list[str]:

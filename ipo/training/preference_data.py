@@ -11,6 +11,7 @@ Accepted layouts (detected from all the rows, or forced with ``format=``):
 | hh | chosen, rejected: Anthropic HH dialogues (``\\n\\nHuman: ...\\n\\nAssistant: ...``) | standard (or conversational with ``hh_messages``) |
 | sharegpt | conversations: [{from, value}], chosen/rejected: {from, value} (LLaMA-Factory) | conversational |
 | unpaired | prompt, completion, label (bool) | the same (TRL's KTO format) |
+| run_pairs | a self-improvement run's ``round_<k>/pairs.jsonl`` (prompt, chosen, rejected, scores, split) | the pairs of ``split`` (train or test) in the run's prompt format (ipo/training/run_pairs.py) |
 
 A file is read in the layout most of its rows have; a row of another layout is refused with one line when it
 would otherwise be read silently in the wrong way (a text prompt ignored, a null prompt taken for an implicit
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from ipo import IpoError
 from ipo.data import read_records
 from ipo.training.losses import UNPAIRED_LOSS_TYPES
+from ipo.training.run_pairs import is_run_pair, run_config_path, run_pair_records, run_prompt_format
 
 DATASET_FORMATS = (
     "auto",
@@ -41,6 +43,7 @@ DATASET_FORMATS = (
     "hh",
     "sharegpt",
     "unpaired",
+    "run_pairs",
 )
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
@@ -58,6 +61,9 @@ class PreferenceData:
     paired: bool
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     converted_to_unpaired: bool = False
+    run_pairs: dict | None = (
+        None  # a run's pairs.jsonl: {"split", "prompt_format", "config"} (ipo/training/run_pairs.py)
+    )
 
     @property
     def conversational(self) -> bool:
@@ -67,6 +73,11 @@ class PreferenceData:
         kind = "pairs" if self.paired else "unpaired examples"
         text = f"{len(self.records):,} {kind} from {self.source} (format {self.format}"
         text += ", each pair split into a chosen and a rejected example)" if self.converted_to_unpaired else ")"
+        if self.run_pairs:
+            text += (
+                f"; the {self.run_pairs['split']} split of a self-improvement run's pairs, in its prompt format "
+                f"{self.run_pairs['prompt_format']} (from {self.run_pairs['config']})"
+            )
         if self.dropped:
             reasons = "; ".join(f"{reason}: {count:,}" for reason, count in self.dropped.most_common())
             text += f"; dropped {sum(self.dropped.values()):,} rows ({reasons})"
@@ -85,6 +96,13 @@ def load_preference_data(
     the raw ``Human:``/``Assistant:`` text, so that an instruct model sees its own chat template.
     """
     rows, format, detected = _read_rows(source, split, format, DATASET_FORMATS, "dataset format", detect_format)
+    if format == "run_pairs":  # the split column decides (never the held-out pairs for training), not the file
+        prompt_format = run_prompt_format(source)
+        records = run_pair_records(rows, source, split, prompt_format)
+        if not records:
+            raise IpoError(f"{source}: no pairs in its {split} split")
+        info = {"split": split, "prompt_format": prompt_format, "config": str(run_config_path(source))}
+        return PreferenceData(records, source, format, paired=True, run_pairs=info)
     dropped: Counter = Counter()
     records = []
     for index, row in enumerate(rows):
@@ -125,6 +143,8 @@ def row_format(row) -> str | None:
     """The layout one row has, or None when it fits none (its conversion then names what is missing)."""
     if not isinstance(row, dict):
         return None
+    if is_run_pair(row):
+        return "run_pairs"
     if "conversations" in row and "chosen" in row and "rejected" in row:
         return "sharegpt"
     if "completion" in row and "label" in row and "prompt" in row:
