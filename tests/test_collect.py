@@ -123,6 +123,8 @@ def runs(tmp_path):
     rmbench_run(root)
     loop = selfimprove_run(root)
     downstream_run(root, loop / "round_1" / "merged")
+    search = {"run": run_description("rewardbench", "prompt_search", "m"), "subsets": {}}  # no table of the paper's
+    atomic_write_json(root / "search" / "metrics.json", search)
     return root
 
 
@@ -228,6 +230,7 @@ def test_collect_fills_the_papers_tables(runs, tmp_path):
     assert float(trained["BBH"]["difference"]) == 1.0 and float(trained["MMLU"]["difference"]) == 3.0
     assert float(trained["Avg"]["reproduced"]) == 53.16  # (35.6 + 80.2 + 70.2 + 40.6 + 39.19) / 5
     assert find(rows, table="downstream", method="dpo_loop_self_rewarding")[0]["reproduced"] == ""
+    assert not find(rows, method="prompt_search")
 
     md = (out / "paper_tables.md").read_text()
     assert "| 75.00 / 78.26* (-3.26) |" in md
@@ -238,7 +241,7 @@ def test_collect_fills_the_papers_tables(runs, tmp_path):
 def test_runs_are_found_once_and_rounds_belong_to_their_run(runs):
     found = find_runs([runs, runs / "rm"])
     names = sorted(r.path.name for r in found)
-    assert names == sorted(["qwen-full", "mistral-demo", "smol", "rm", "dpo-ipo", "downstream-None"])
+    assert names == sorted(["qwen-full", "mistral-demo", "smol", "rm", "dpo-ipo", "downstream-None", "search"])
 
 
 def test_the_script_and_its_one_line_errors(runs, tmp_path, capsys):

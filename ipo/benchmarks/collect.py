@@ -296,7 +296,9 @@ def build_rows(runs: list[Run]) -> dict[str, list[Row]]:
     for run in runs:
         who, method = paper_model(run.model), run.method
         name = who or run.info.get("model_short") or run.model or "?"
-        if run.benchmark == "rewardbench":
+        if run.benchmark == "rewardbench" and "categories" not in run.metrics:
+            logger.info("%s: a %s run has no row in the paper's RewardBench tables", run.path, method)
+        elif run.benchmark == "rewardbench":
             full, text = rewardbench_coverage(run)
             paper_values, sections = rewardbench_values(run.metrics)
             _place(

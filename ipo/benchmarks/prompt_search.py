@@ -25,6 +25,7 @@ from ipo import IpoError
 from ipo.benchmarks.rewardbench import judge_template, section_scores
 from ipo.data import Coverage, Example
 from ipo.report import markdown_table, mean, pct
+from ipo.run_info import describe_run
 from ipo.runs import RunDir, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("ipo")
@@ -240,6 +241,7 @@ def write_outputs(
     n_pairs = len({str(r["pair_id"]) for r in records})
     if coverage is not None:
         metrics["coverage"] = coverage.metrics(n_pairs)
+    metrics["run"] = describe_run(run.path, "rewardbench", "prompt_search", n=n_pairs, coverage=metrics.get("coverage"))
     too_small = sorted(s for s, v in metrics["subsets"].items() if v["n_heldout"] == 0)
     if too_small:
         logger.warning(
