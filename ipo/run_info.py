@@ -44,7 +44,7 @@ _METHOD_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 MODEL_ARGS = ("model_name", "model", "model_id", "model_name_or_path")
 SOURCE_ARGS = ("dataset", "dataset_name", "prompts", "data")
 SPLIT_ARGS = ("split", "split_name", "dataset_split")
-SCORING_ARGS = ("scoring", "prompt_format")
+SCORING_ARGS = ("scoring", "prompt_format", "input_format")  # input_format: the reward models
 
 
 def model_short_name(model: str) -> str:

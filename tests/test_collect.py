@@ -258,3 +258,25 @@ def test_the_script_and_its_one_line_errors(runs, tmp_path, capsys):
 
 def test_repo_ships_the_paper_file():
     assert (REPO / "ipo" / "paper_results.csv").is_file()
+
+
+def test_describe_run_reads_each_scripts_argument_names(tmp_path):
+    atomic_write_json(
+        tmp_path / "config.json",
+        {
+            "args": {
+                "model": "gpt-4o-mini",
+                "input_format": "chat",
+                "dataset": ["a.json", "b.json"],
+                "backend": "server",
+            }
+        },
+    )
+    info = describe_run(tmp_path, "rmbench", "reward_model", n=3)
+    assert (info["model"], info["scoring"], info["backend"], info["data"]) == (
+        "gpt-4o-mini",
+        "chat",
+        "server",
+        {"source": ["a.json", "b.json"], "split": None, "n": 3},
+    )
+    assert describe_run(tmp_path / "nowhere", "downstream", "downstream", model="org/M.gguf")["model_short"] == "M"
