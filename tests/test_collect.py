@@ -46,10 +46,12 @@ def full_rewardbench_records() -> list[dict]:
     return records
 
 
-def rewardbench_run(parent, name, model, method, records, dataset="allenai/reward-bench", limit=None, n_in_data=None):
+def rewardbench_run(
+    parent, name, model, method, records, dataset="allenai/reward-bench", limit=None, n_in_data=None, set_name=None
+):
     run = RunDir(parent, name)
     run.start({"model_name": model, "scoring": "upstream", "dataset": dataset, "split": "raw", "limit": limit})
-    coverage = Coverage(n_in_data or len(records), limit)
+    coverage = Coverage(n_in_data or len(records), limit, selection=f"--set_name {set_name}" if set_name else "")
     rewardbench.write_outputs(run, records, title=name, upstream_file="up.json", method=method, coverage=coverage)
     return run.path
 
@@ -108,9 +110,10 @@ def downstream_run(parent, model, limit=None):
     return folder
 
 
-@pytest.fixture
-def runs(tmp_path):
-    root = tmp_path / "outputs"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The run folders, built once for the module (the tests only read them)."""
+    root = tmp_path_factory.mktemp("collect") / "outputs"
     rewardbench_run(root, "qwen-full", "Qwen/Qwen2.5-7B-Instruct", "ipo", full_rewardbench_records())
     demo = [
         {"id": f"d{i}", "subset": "hep-go" if i % 2 else "alpacaeval-easy", "correct": True, "tie": False}
@@ -280,3 +283,32 @@ def test_describe_run_reads_each_scripts_argument_names(tmp_path):
         {"source": ["a.json", "b.json"], "split": None, "n": 3},
     )
     assert describe_run(tmp_path / "nowhere", "downstream", "downstream", model="org/M.gguf")["model_short"] == "M"
+
+
+def test_upstreams_three_self_reward_sets_are_one_row(tmp_path):
+    records = full_rewardbench_records()
+    for set_name in ("set1", "set2", "set3"):
+        subsets = rewardbench.SELF_REWARD_SETS[set_name]
+        part = [r for r in records if r["subset"] in subsets]
+        model = "mistralai/Mistral-7B-Instruct-v0.2"
+        rewardbench_run(tmp_path / "runs", set_name, model, "self_rewarding", part, n_in_data=5123, set_name=set_name)
+    # set1 alone again, over an overlapping group: not combined with the others
+    part = [r for r in records if r["subset"] in rewardbench.SELF_REWARD_SETS["set1_phi"]]
+    rewardbench_run(
+        tmp_path / "runs", "phi", "org/Other-7B", "self_rewarding", part, n_in_data=5123, set_name="set1_phi"
+    )
+    collect([tmp_path / "runs"], tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "paper_tables.csv")
+    combined = {
+        r["column"]: r for r in find(rows, table="rewardbench", model="Mistral-7B-Instruct", method="self_rewarding")
+    }
+    expected = {
+        "Chat": 50.45,
+        "Code": 48.4,
+        "Math": 71.82,
+        "Safety": 9.61,
+        "Avg": 45.07,
+    }  # vs 24.55 1.6 28.18 15.39 17.43
+    assert {c: float(r["difference"]) for c, r in combined.items()} == expected
+    assert "combined from 3 runs" in combined["Chat"]["coverage"] and combined["Chat"]["comparable"] == "true"
+    assert len({r["run"] for r in find(rows, table="rewardbench_sections")}) == 2

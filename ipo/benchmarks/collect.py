@@ -18,7 +18,8 @@ Every row the paper has (ipo/paper_results.csv, ipo.paper) is shown, with empty 
 run matches it yet; runs of models or methods the paper lacks are added as rows of their own. A run is
 compared with the paper (a difference computed) only when it covers the paper's data: all 5,123 pairs of
 RewardBench's raw split (a --limit, a --set_name, the filtered split or the demo file are shown, marked by
-their coverage, with no difference). Values are percent (judge scores of the self-improvement table as the
+their coverage, with no difference). RewardBench runs of one model and method over disjoint --set_name groups
+(upstream's set1, set2, set3 of the 5-point judge) are combined into one row first. Values are percent (judge scores of the self-improvement table as the
 judge gives them: P(Yes) or 1-5).
 """
 
@@ -33,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipo import IpoError
-from ipo.benchmarks.rewardbench import SPLITS
+from ipo.benchmarks.rewardbench import PAPER_CATEGORIES, SPLITS, section_scores
 from ipo.benchmarks.rmbench import OFFICIAL_SIZES
 from ipo.paper import COLUMNS, paper_model, paper_rows, published
-from ipo.report import comparison_plot, markdown_table
+from ipo.report import comparison_plot, markdown_table, mean
 from ipo.run_info import describe_run
 from ipo.runs import atomic_write_text
 
@@ -168,6 +169,51 @@ def find_runs(paths: list[str | os.PathLike]) -> list[Run]:
     return runs
 
 
+def combine_set_runs(runs: list[Run]) -> list[Run]:
+    """``runs`` with RewardBench runs of one model, method and settings over disjoint --set_name groups
+    (upstream ran its 5-point judge as set1, set2, set3) replaced by one run over their union: its subsets as
+    they were, the sections and the paper's categories recomputed from them (pooled over pairs, as
+    ipo.benchmarks.rewardbench.compute_metrics does). Groups that overlap (set1 and set1_phi) stay apart."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        coverage = run.info.get("coverage") or {}
+        if run.benchmark == "rewardbench" and str(coverage.get("selection") or "").startswith("--set_name"):
+            info = {k: v for k, v in run.info.items() if k != "coverage"}
+            info["data"] = {**(info.get("data") or {}), "n": None}
+            key = json.dumps([info, coverage.get("limit")], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(run)
+    replaced: dict[Path, Run | None] = {}
+    for parts in groups.values():
+        subsets = [set(p.metrics.get("subsets") or {}) for p in parts]
+        if len(parts) < 2 or sum(map(len, subsets)) != len(set().union(*subsets)):
+            continue
+        merged = {name: s for p in parts for name, s in p.metrics["subsets"].items()}
+        n = sum(s["n"] for s in merged.values())
+        categories = {}
+        for category, members in PAPER_CATEGORIES.items():
+            present = [merged[m] for m in members if m in merged]
+            total = sum(s["n"] for s in present)
+            categories[category] = sum(s["accuracy"] * s["n"] for s in present) / total if total else None
+        sections = section_scores({name: s["accuracy"] for name, s in merged.items()})
+        metrics = {
+            "n_pairs": n,
+            "subsets": merged,
+            "sections": sections,
+            "score": mean(sections.values()),
+            "categories": categories,
+            "categories_average": mean(categories.values()),
+        }
+        limit = (parts[0].info.get("coverage") or {}).get("limit")
+        selections = " + ".join(str((p.info.get("coverage") or {}).get("selection")) for p in parts)
+        coverage = {"n_scored": n, "limit": limit, "selection": None if n == SPLITS[PAPER_SPLIT] else selections}
+        info = {**parts[0].info, "coverage": coverage, "data": {**(parts[0].info.get("data") or {}), "n": n}}
+        info["combined_from"] = selections
+        combined = Run(Path(" + ".join(str(p.path) for p in parts)), metrics, info)
+        replaced.update({p.path: None for p in parts[1:]})
+        replaced[parts[0].path] = combined
+    return [replaced.get(run.path, run) for run in runs if replaced.get(run.path, run) is not None]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Coverage: is a run on the paper's data?
 # ---------------------------------------------------------------------------------------------------
@@ -195,6 +241,8 @@ def rewardbench_coverage(run: Run) -> tuple[bool, str]:
         text += f"; the paper used the {PAPER_SPLIT} split"
     elif not full:
         text += f"; partial: the paper's data is {SPLITS[PAPER_SPLIT]} pairs"
+    if run.info.get("combined_from"):
+        text += f"; combined from {len(run.info['combined_from'].split(' + '))} runs ({run.info['combined_from']})"
     failed = run.metrics.get("n_failed")
     if failed:
         text += f"; {failed} API failures counted wrong"
@@ -467,7 +515,7 @@ def comparison_points(tables: dict[str, list[Row]]) -> list[tuple[str, float, fl
 def collect(paths: list[str | os.PathLike], output_dir: str | os.PathLike) -> dict[str, list[Row]]:
     """Find the runs under ``paths`` and write paper_tables.md, paper_tables.csv and paper_comparison.png
     to ``output_dir``; returns the tables."""
-    runs = find_runs(paths)
+    runs = combine_set_runs(find_runs(paths))
     output = Path(output_dir)
     if output.exists() and not output.is_dir():
         raise IpoError(f"--output_dir {output} is a file")
