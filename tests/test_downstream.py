@@ -1,7 +1,7 @@
 """DPO/Evals/downstream.py: lm-eval on local task files with the tiny model, and the AlpacaEval-style win rate
 through the test OpenAI server, with answers the tests control so every score is a known value.
 
-The lm-eval tasks are built so their scores do not depend on the random model: the multiple-choice task
+The lm-eval tasks tiny_mc and tiny_gen are built so their scores do not depend on the random model: tiny_mc
 offers the same text as every choice (lm-eval's argmax then picks choice 0, so a document is right exactly
 when its label is 0), and the generate_until task reads the generation through a regex filter that never
 matches, so lm-eval's fallback "[invalid]" is compared with the targets.
@@ -60,6 +60,17 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+GROUP_YAML = """group: tiny_group
+task: [tiny_mc, tiny_mc2]
+aggregate_metric_list:
+  - metric: acc
+    weight_by_size: true
+"""
+# Distinct choices: lm-eval's accuracy is the random model's, checked against log-likelihoods computed here.
+REAL_ROWS = [
+    {"question": f"What is {i} + 1?", "choices": [str(i + 1), str(i + 2), "seven", "a cat"], "label": i % 4}
+    for i in range(8)
+]
 MC_LABELS = [0, 0, 0, 1]  # identical choices: right when the label is 0 -> 75%
 GEN_TARGETS = ["[invalid]", "[invalid]", "something else", "[invalid]"]  # the filter's fallback -> 75%
 
@@ -77,6 +88,10 @@ def task_dir(tmp_path_factory):
     gen = write_jsonl(folder / "gen.jsonl", [{"prompt": f"Say {i}.", "target": t} for i, t in enumerate(GEN_TARGETS)])
     (folder / "tiny_mc.yaml").write_text(MC_YAML.format(data=mc), encoding="utf-8")
     (folder / "tiny_gen.yaml").write_text(GEN_YAML.format(data=gen), encoding="utf-8")
+    real = write_jsonl(folder / "real.jsonl", REAL_ROWS)
+    (folder / "tiny_real.yaml").write_text(MC_YAML.format(data=real).replace("task: tiny_mc", "task: tiny_real"))
+    (folder / "tiny_mc2.yaml").write_text(MC_YAML.format(data=mc).replace("task: tiny_mc", "task: tiny_mc2"))
+    (folder / "tiny_group.yaml").write_text(GROUP_YAML, encoding="utf-8")
     return folder
 
 
@@ -153,24 +168,44 @@ def test_verdicts_and_win_rate_metrics():
 # ---------------------------------------------------------------------------------------------------
 # lm-eval on local task files
 # ---------------------------------------------------------------------------------------------------
-def test_lm_eval_local_tasks_resume_and_adapter(tiny_model_dir, task_dir, tmp_path, monkeypatch):
+def expected_accuracy(model, tokenizer, rows) -> float:
+    """Accuracy by the summed log-probability of " <choice>" after "Question: ...\nAnswer:", computed
+    directly: lm-eval's multiple_choice rule (context and continuation encoded as one text, no special tokens)."""
+    import torch
+
+    right = 0
+    for row in rows:
+        context = f"Question: {row['question']}\nAnswer:"
+        n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+        scores = []
+        for choice in row["choices"]:
+            ids = tokenizer(context + " " + choice, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            scores.append(sum(logp[i - 1, ids[i]].item() for i in range(n_context, len(ids))))
+        right += max(range(len(scores)), key=scores.__getitem__) == row["label"]
+    return round(100 * right / len(rows), 2)
+
+
+def test_lm_eval_local_tasks_resume_and_adapter(tiny_model_dir, tiny_model, task_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    argv = ["--model_name", str(tiny_model_dir), "--device", "cpu", "--tasks", "tiny_mc,tiny_gen"]
+    argv = ["--model_name", str(tiny_model_dir), "--device", "cpu", "--tasks", "tiny_mc,tiny_gen,tiny_real"]
     argv += ["--include_path", str(task_dir), "--output_dir", str(out), "--run_name", "r", "--log_level", "error"]
     assert run_script(SCRIPT, argv) == 0
     run = out / "r"
     metrics = read_json(run / "metrics.json")
-    assert metrics["scores"] == {"tiny_mc": 75.0, "tiny_gen": 75.0}
-    assert metrics["metric_names"] == {"tiny_mc": "acc,none", "tiny_gen": "exact_match,never"}
+    real = expected_accuracy(*tiny_model, REAL_ROWS)
+    assert metrics["scores"] == {"tiny_mc": 75.0, "tiny_gen": 75.0, "tiny_real": real}
+    assert metrics["metric_names"] == {"tiny_mc": "acc,none", "tiny_gen": "exact_match,never", "tiny_real": "acc,none"}
     assert metrics["tasks"]["tiny_mc"]["num_fewshot"] == 0 and metrics["tasks"]["tiny_mc"]["n"] == 4
     assert metrics["run"]["benchmark"] == "downstream" and metrics["run"]["method"] == "downstream"
-    assert metrics["run"]["model"] == str(tiny_model_dir) and metrics["run"]["data"]["n"] == 8
+    assert metrics["run"]["model"] == str(tiny_model_dir) and metrics["run"]["data"]["n"] == 16
     assert metrics["coverage"]["complete"] and metrics["alpaca_eval"] is None
     samples = [json.loads(line) for line in (run / "lm_eval" / "tiny_gen.samples.jsonl").read_text().splitlines()]
     assert [s["filtered_resps"] for s in samples] == [["[invalid]"]] * 4 and all(s["resps"][0][0] for s in samples)
     assert "| tiny_mc | 75.0 |" in (run / "results.md").read_text()
     config = read_json(run / "config.json")
-    assert config["resolved"]["tasks"] == ["tiny_mc", "tiny_gen"] and config["resolved"]["adapter"] is None
+    assert config["resolved"]["tasks"] == ["tiny_mc", "tiny_gen", "tiny_real"] and config["resolved"]["adapter"] is None
 
     # A resume loads no model: both tasks are finished.
     import ipo.modeling
@@ -183,24 +218,27 @@ def test_lm_eval_local_tasks_resume_and_adapter(tiny_model_dir, task_dir, tmp_pa
     assert read_json(run / "metrics.json")["scores"] == metrics["scores"]
     monkeypatch.undo()
 
-    # A PEFT adapter folder: its base is loaded, the adapter applied (LoRA starts as the identity); one shot.
+    # A PEFT adapter folder: its base is loaded, the adapter applied (LoRA starts as the identity); a group of
+    # two copies of tiny_mc, one shot each.
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     adapter = tmp_path / "dpo-run" / "adapter"
     get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
-    argv = ["--model_name", str(adapter), "--device", "cpu", "--tasks", "tiny_mc", "--num_fewshot", "tiny_mc=1"]
+    argv = ["--model_name", str(adapter), "--device", "cpu", "--tasks", "tiny_group", "--num_fewshot", "tiny_group=1"]
     argv += ["--include_path", str(task_dir), "--output_dir", str(out), "--log_level", "error"]
     assert run_script(SCRIPT, argv) == 0
     run = out / "downstream-dpo-run-adapter"
     metrics = read_json(run / "metrics.json")
-    assert metrics["scores"] == {"tiny_mc": 75.0} and metrics["tasks"]["tiny_mc"]["num_fewshot"] == 1
+    assert metrics["scores"] == {"tiny_group": 75.0} and metrics["metric_names"] == {"tiny_group": "acc,none"}
+    group = metrics["tasks"]["tiny_group"]
+    assert group["num_fewshot"] == 1 and group["n"] == 8 and group["n_subtasks"] == 2
     config = read_json(run / "config.json")
     assert config["resolved"]["adapter"] == str(adapter)
     assert config["resolved"]["base_model"] == str(tiny_model_dir)
-    lm_eval_config = read_json(run / "lm_eval" / "tiny_mc.json")["lm_eval"]
-    assert lm_eval_config["n-shot"] == {"tiny_mc": 1}
+    lm_eval_results = read_json(run / "lm_eval" / "tiny_group.json")["lm_eval"]
+    assert lm_eval_results["n-shot"]["tiny_mc"] == lm_eval_results["n-shot"]["tiny_mc2"] == 1
 
 
 def test_flags_are_checked_before_any_model_loads(tmp_path, capsys):
