@@ -311,13 +311,17 @@ def test_win_rate_on_generated_answers(tiny_model_dir, openai_server, tmp_path):
     ref_file = write_jsonl(tmp_path / "reference.jsonl", references)
     openai_server.canned = lambda body: {"content": "Output (b)"}  # always the second: every order disagrees
     argv = ["--model_name", str(tiny_model_dir), "--device", "cpu", "--tasks", "none"]
-    argv += ["--reference_outputs", str(ref_file), "--max_new_tokens", "4", "--base_url", openai_server.base_url]
+    argv += ["--reference_outputs", str(ref_file), "--max_new_tokens", "4", "--limit", "2"]
+    argv += ["--base_url", openai_server.base_url]
     argv += ["--model", JUDGE, "--output_dir", str(tmp_path / "out"), "--run_name", "g", "--log_level", "error"]
     assert run_script(SCRIPT, argv) == 0
     run = tmp_path / "out" / "g"
-    win = read_json(run / "metrics.json")["alpaca_eval"]
-    assert win["win_rate"] == 50.0 and win["n_position_ties"] == 3 and win["model_outputs"] == "generated"
+    metrics = read_json(run / "metrics.json")
+    win = metrics["alpaca_eval"]
+    assert win["win_rate"] == 50.0 and win["n_position_ties"] == 2 and win["model_outputs"] == "generated"
+    assert win["n_judged"] == 2 and win["n_in_data"] == 3 and win["limit"] == 2  # --limit 2 of 3
+    assert metrics["coverage"]["n_scored"] == 2 and not metrics["coverage"]["complete"]
     outputs = read_json(run / "alpaca_eval" / "model_outputs.json")
-    assert [o["instruction"] for o in outputs] == [r["instruction"] for r in references]
+    assert [o["instruction"] for o in outputs] == [r["instruction"] for r in references[:2]]
     assert all(o["generator"] == "model" for o in outputs)
     assert read_json(run / "config.json")["resolved"]["sampling"]["temperature"] == 0.0

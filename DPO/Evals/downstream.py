@@ -148,16 +148,18 @@ def load_model(args, adapter: str | None, base: str):
     return model, tokenizer, device, dtype
 
 
-def win_rate_inputs(args) -> tuple[list[dict], list[dict] | None]:
-    """(references, the model's outputs from --model_outputs or None), read and matched before any load."""
+def win_rate_inputs(args) -> tuple[list[dict], list[dict] | None, int]:
+    """(references, the model's outputs from --model_outputs or None, references in the file before --limit),
+    read and matched before any load."""
     references = alpaca_eval.read_outputs(args.reference_outputs, "--reference_outputs")
+    n_in_file = len(references)
     references = references[: args.limit] if args.limit else references
     outputs = None
     if args.model_outputs:
         outputs = alpaca_eval.match_outputs(
             references, alpaca_eval.read_outputs(args.model_outputs, "--model_outputs"), args.model_outputs
         )
-    return references, outputs
+    return references, outputs, n_in_file
 
 
 def generate_outputs(run: RunDir, args, state: dict, references: list[dict], name: str) -> list[dict]:
@@ -181,7 +183,8 @@ def generate_outputs(run: RunDir, args, state: dict, references: list[dict], nam
     return outputs
 
 
-def run_win_rate(run: RunDir, args, state: dict, references, outputs, client, name: str) -> dict:
+def run_win_rate(run: RunDir, args, state: dict, inputs: tuple, client, name: str) -> dict:
+    references, outputs, n_in_file = inputs
     generated = outputs is None
     if generated:
         outputs = generate_outputs(run, args, state, references, name)
@@ -192,7 +195,8 @@ def run_win_rate(run: RunDir, args, state: dict, references, outputs, client, na
         logger.info("asking again %d judgement(s) that failed in an earlier run", len(failed))
         log.discard(failed)
     alpaca_eval.judge_into_log(client, examples, log)
-    metrics = alpaca_eval.win_rate_metrics(log.ordered(e.id for e in examples), len(references))
+    metrics = alpaca_eval.win_rate_metrics(log.ordered(e.id for e in examples), n_in_file)
+    metrics["limit"] = args.limit
     metrics["judge"] = client.describe()
     metrics["usage"] = client.usage()
     metrics["model_outputs"] = "generated" if generated else args.model_outputs
@@ -214,9 +218,9 @@ def main(argv=None) -> int:
     manager = downstream.task_manager(args.task_list, args.include_path) if args.task_list else None
     downstream.check_task_requirements(args.task_list)
     adapter, base = adapter_and_base(args)
-    references, outputs = win_rate_inputs(args) if args.reference_outputs else (None, None)
+    win_inputs = win_rate_inputs(args) if args.reference_outputs else None
     client = client_from_args(args) if args.reference_outputs else None
-    if args.reference_outputs and outputs is None:
+    if win_inputs and win_inputs[1] is None:
         check_can_generate(base, args.trust_remote_code)
     name = cli.model_short_name(args.model_name)
     if adapter:  # adapters are folders named "adapter": name them by the run folder that holds them
@@ -274,7 +278,7 @@ def main(argv=None) -> int:
     ###############
     # AlpacaEval-style win rate
     ###############
-    win = run_win_rate(run, args, state, references, outputs, client, name) if args.reference_outputs else None
+    win = run_win_rate(run, args, state, win_inputs, client, name) if args.reference_outputs else None
 
     ###############
     # metrics.json, results.md
