@@ -10,9 +10,10 @@ a merged model, or a PEFT adapter folder (its adapter_config.json names the base
 
     python DPO/Evals/downstream.py --model_name outputs/dpo-run/round_1/merged
 
+    hf download tatsu-lab/alpaca_eval alpaca_eval_gpt4_baseline.json --repo-type dataset --local-dir data/
     export OPENAI_API_KEY=...
     python DPO/Evals/downstream.py --model_name outputs/dpo-run/round_1/adapter \
-        --reference_outputs alpaca_eval_gpt4_baseline.json --model gpt-4o-mini
+        --reference_outputs data/alpaca_eval_gpt4_baseline.json --model gpt-4o-mini
 
     python DPO/Evals/downstream.py --model_name mistralai/Mistral-7B-Instruct-v0.1 --tasks mmlu \
         --num_fewshot mmlu=5 --limit 20 --batch_size auto
