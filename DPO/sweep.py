@@ -7,10 +7,10 @@ own (e.g. --model_name_or_path, --max_steps) go to every point and override the 
     # the HF study's scan: 3 losses x 10 betas, one run after another (finished points are skipped on re-run)
     python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml
 
-    # the same as a SLURM array job (one task per point, requeued on preemption, resuming its checkpoints)
-    python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml --slurm \\
-        --accelerate_config recipes/accelerate_configs/zero3.yaml --gpus_per_task 8
-    sbatch outputs/sweeps/zephyr/sweep.sbatch
+    # the same as a SLURM array job: one task per unfinished point, in this environment (its interpreter and
+    # conda/venv activation), requeued before its time limit and resuming its checkpoints
+    python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml --slurm --submit \\
+        --accelerate_config recipes/accelerate_configs/zero3.yaml --gpus_per_task 8 --mem 512G --time 2-00:00:00
     python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml --summary_only   # once the jobs are done
 
     # offline smoke test: a 2 x 2 grid on the embedded SmolLM2 (--dry_run prints the commands)
@@ -30,7 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipo import IpoError, cli
+from ipo import IpoError, cli, slurm
+from ipo.cli.slurm import add_slurm_args, slurm_options
 from ipo.cli.training import parse_preference_args
 from ipo.report import markdown_table
 from ipo.runs import atomic_write_json, atomic_write_text, validate_name
@@ -61,33 +62,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="only (re)build the summary table from the points' folders (after a SLURM sweep)",
     )
-    slurm = parser.add_argument_group("SLURM (--slurm writes <sweep folder>/sweep.sbatch instead of running)")
-    slurm.add_argument("--slurm", action="store_true", help="write an sbatch array script, one task per point")
-    slurm.add_argument(
-        "--accelerate_config",
-        default=None,
-        help="each task runs `accelerate launch --config_file <this>` (recipes/accelerate_configs/); "
-        "default: plain accelerate launch on the task's GPUs",
-    )
-    slurm.add_argument(
-        "--gpus_per_task",
-        type=int,
-        default=1,
-        help="GPUs per array task; accelerate launches one process per GPU (the recipes assume 8)",
-    )
-    slurm.add_argument("--cpus_per_task", type=int, default=8, help="CPU cores per array task")
-    slurm.add_argument("--time", default="24:00:00", help="wall-clock limit per task (HH:MM:SS)")
-    slurm.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
-    slurm.add_argument("--max_parallel", type=int, default=None, help="at most N tasks at once (--array=0-N%%K)")
-    slurm.add_argument(
-        "--sbatch_option",
-        action="append",
-        default=[],
-        help="extra '#SBATCH' line content, repeatable, e.g. --sbatch_option=--account=myproj",
-    )
+    add_slurm_args(parser, "<sweep folder>/sweep.sbatch", launcher="accelerate")
     parser.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     args, passthrough = parser.parse_known_args(argv)
-    cli.check_positive(parser, args, "gpus_per_task", "cpus_per_task", "max_parallel")
+    if args.submit and not args.slurm:
+        parser.error("--submit goes with --slurm")
     for flag in ("--output_dir", "--run_name", "--config"):
         if any(item == flag or item.startswith(flag + "=") for item in passthrough):
             parser.error(f"{flag} is set per point by the sweep")
@@ -152,39 +131,14 @@ def run_locally(points: list[dict]) -> dict[str, str]:
 
 
 def slurm_script(args, root: Path, points: list[dict]) -> str:
-    """An sbatch array script: task i runs point i with accelerate launch, resuming its checkpoints on requeue."""
-    launch = ["accelerate", "launch", "--num_processes", str(args.gpus_per_task)]
-    if args.accelerate_config:
-        launch += ["--config_file", str(Path(args.accelerate_config).resolve())]
-    array = f"0-{len(points) - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
-    lines = [
-        "#!/bin/bash",
-        f"# {len(points)} points of {args.config}, written by DPO/sweep.py; submit with: sbatch {root / 'sweep.sbatch'}",
-        f"#SBATCH --job-name={root.name}",
-        f"#SBATCH --array={array}",
-        "#SBATCH --requeue",
-        f"#SBATCH --output={root / 'logs'}/%x-%A_%a.out",
-        "#SBATCH --nodes=1",
-        "#SBATCH --ntasks=1",
-        f"#SBATCH --gres=gpu:{args.gpus_per_task}",
-        f"#SBATCH --cpus-per-task={args.cpus_per_task}",
-        f"#SBATCH --time={args.time}",
-    ]
-    if args.partition:
-        lines.append(f"#SBATCH --partition={args.partition}")
-    lines += [f"#SBATCH {option}" for option in args.sbatch_option]
-    lines += [
-        "",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(Path.cwd()))}  # where DPO/sweep.py ran: relative paths in the commands start here",
-        "# A requeued task re-runs its point: train_preferences.py resumes from the last checkpoint.",
-        'case "$SLURM_ARRAY_TASK_ID" in',
-    ]
-    for index, point in enumerate(points):
-        command = shlex.join([*launch, str(TRAIN_SCRIPT), *point["argv"]])
-        lines.append(f"  {index}) {command} ;;  # {point['name']}")
-    lines += ['  *) echo "no point $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac", ""]
-    return "\n".join(lines)
+    """The sbatch array script (ipo.slurm): task i trains point i through accelerate launch in the environment
+    this command runs in, on a port of its own, and is requeued before its time limit to resume its checkpoints."""
+    options = slurm_options(args, job_name=root.name, log_dir=str(root / "logs"))
+    tasks = [slurm.Task(point["name"], str(TRAIN_SCRIPT), tuple(point["argv"])) for point in points]
+    header = (
+        f"{len(points)} points of {args.config}, written by DPO/sweep.py; submit with: sbatch {root / 'sweep.sbatch'}"
+    )
+    return slurm.array_script(options, slurm.submit_environment(), tasks, args.launcher, args.accelerate_config, header)
 
 
 def summarize(root: Path, points: list[dict], status: dict[str, str]) -> list[dict]:
@@ -245,13 +199,18 @@ def main(argv=None) -> int:
         print((root / "sweep_summary.md").read_text(encoding="utf-8"))
         return 0 if all(row["status"] == "done" for row in rows) else 1
     if args.slurm:
-        script = slurm_script(args, root, points)
+        todo = [point for point in points if not (point["folder"] / SUMMARY_FILE).is_file()]
+        if not todo:
+            print(f"all {len(points)} points of {root} are done; nothing to submit")
+            return 0
+        script = slurm_script(args, root, todo)
         if args.dry_run:
             print(script)
             return 0
         atomic_write_text(root / "sweep.sbatch", script)
         (root / "logs").mkdir(parents=True, exist_ok=True)
-        print(f"sbatch {root / 'sweep.sbatch'}")
+        print(slurm.submit(root / "sweep.sbatch") if args.submit else f"sbatch {root / 'sweep.sbatch'}")
+        print(f"once the tasks are done: python DPO/sweep.py --config {args.config} --summary_only")
         return 0
     if args.dry_run:
         for point in points:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 from helpers import run_script, write_jsonl
@@ -88,7 +89,7 @@ def test_slurm_script_renders(grid, tmp_path, capsys):
         "2",
         "--partition",
         "gpu",
-        "--sbatch_option=--account=proj",
+        "--account=proj",
     ]
     assert run_script(SCRIPT, argv) == 0
     script = (tmp_path / "grid" / "sweep.sbatch").read_text()
@@ -97,17 +98,28 @@ def test_slurm_script_renders(grid, tmp_path, capsys):
         "#SBATCH --array=0-3%2",
         "#SBATCH --requeue",
         f"#SBATCH --output={tmp_path}/grid/logs/%x-%A_%a.out",
-        "#SBATCH --gres=gpu:4",
+        "#SBATCH --signal=B:USR1@300",
+        "#SBATCH --gpus-per-task=4",
+        "#SBATCH --mem=64G",
         "#SBATCH --partition=gpu",
         "#SBATCH --account=proj",
+        f"PYTHON={sys.executable}",  # the interpreter this sweep ran under, by its full path
     ):
         assert line in script.splitlines(), line
+    launch = next(line for line in script.splitlines() if line.startswith("setsid"))
+    assert (
+        launch.startswith(
+            'setsid --wait "$PYTHON" -m accelerate.commands.launch --main_process_port "$MAIN_PROCESS_PORT" '
+            "--num_processes 4 --config_file "
+        )
+        and "recipes/accelerate_configs/ddp.yaml" in launch
+    )
     tasks = [line for line in script.splitlines() if line.strip()[:2] in {"0)", "1)", "2)", "3)"}]
     assert len(tasks) == 4
     for index, (task, point) in enumerate(zip(tasks, POINTS)):
         loss, beta = point.split("__")[0].split("-")[1], point.split("__")[1].split("-")[1]
-        assert task.strip().startswith(f"{index}) accelerate launch --num_processes 4 --config_file ")
-        assert "recipes/accelerate_configs/ddp.yaml" in task and "DPO/train_preferences.py --config" in task
+        assert task.strip().startswith(f"{index}) TASK_NAME={point}; TASK=(")
+        assert "DPO/train_preferences.py --config" in task
         assert f"--loss_type {loss} --beta {beta} --model_name_or_path org/model" in task
         assert f"--output_dir {tmp_path}/grid --run_name {point}" in task
     assert not any((tmp_path / "grid" / p).exists() for p in POINTS)  # nothing ran
