@@ -324,4 +324,12 @@ def test_win_rate_on_generated_answers(tiny_model_dir, openai_server, tmp_path):
     outputs = read_json(run / "alpaca_eval" / "model_outputs.json")
     assert [o["instruction"] for o in outputs] == [r["instruction"] for r in references[:2]]
     assert all(o["generator"] == "model" for o in outputs)
+    assert openai_server.requests == 4
+
+    # A resume may widen --limit: the third instruction is answered and judged, the first two are kept.
+    argv[argv.index("--limit") + 1] = "3"
+    assert run_script(SCRIPT, argv) == 0
+    win = read_json(run / "metrics.json")["alpaca_eval"]
+    assert win["n_judged"] == 3 and win["n_position_ties"] == 3 and openai_server.requests == 6
+    assert len(read_json(run / "alpaca_eval" / "model_outputs.json")) == 3
     assert read_json(run / "config.json")["resolved"]["sampling"]["temperature"] == 0.0

@@ -229,7 +229,11 @@ def main(argv=None) -> int:
     inputs = {args.model_name: "model"}
     inputs.update({path: "dataset" for path in (args.reference_outputs, args.model_outputs) if path})
     run = RunDir(
-        args.output_dir, args.run_name or f"downstream-{name}", overwrite=args.overwrite, inputs=inputs, coverage=()
+        args.output_dir,
+        args.run_name or f"downstream-{name}",
+        overwrite=args.overwrite,
+        inputs=inputs,
+        coverage=("limit",),  # a resume may widen --limit (tasks run again, new instructions added), never narrow it
     )
     run.check(cli.public_args(args))
     run.start(
