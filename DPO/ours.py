@@ -15,6 +15,13 @@ Offline, on the embedded SmolLM2-135M-Instruct and the project's demo prompts (a
         --prompt_format chat --max_new_tokens 32 --max_steps 2 --per_device_train_batch_size 2 --lora_r 16 \
         --lora_alpha 32 --merge_adapters --judge_after
 
+On a serving engine (docs/serving.md; --model_name still gives the local tokenizer that builds the prompts):
+
+    python DPO/ours.py --model_id mistralai/Mistral-7B-Instruct-v0.1 --dataset_name Ayush-Singh/UltraFeedback-1k-Each \
+        --split_name split_1 --backend server --base_url http://localhost:8000/v1 --merge_adapters
+
+The server samples and judges round 1; training, merging and later rounds run locally.
+
 The run folder <output_dir>/<run_name>/ holds config.json, metrics.json, results.md and one folder per round
 (responses.jsonl -> scored.jsonl -> pairs.jsonl -> adapter/ -> merged/). Re-running the same command resumes:
 each stage redoes only what its file lacks, and training restarts from its last checkpoint. Every flag is

@@ -20,6 +20,13 @@ kept them); in chat mode no judgement is readable, and the run stops after judgi
         --prompt_format upstream --max_new_tokens 32 --max_new_tokens_judge 48 --test_fraction 0.25 --max_steps 2 \
         --per_device_train_batch_size 2 --lora_r 16 --lora_alpha 32 --warmup_ratio 0 --merge_adapters
 
+On a serving engine (docs/serving.md; --model_name still gives the local tokenizer that builds the prompts):
+
+    python DPO/self_reward.py --model_id mistralai/Mistral-7B-Instruct-v0.2 \
+        --dataset_name Ayush-Singh/UltraFeedback-1k-Each --split_name split_1 --backend server \
+        --base_url http://localhost:8000/v1 --merge_adapters
+
+
 The judge's mode follows --prompt_format:
   upstream  raw-text 5-point prompt; upstream's regexes searched over prompt + generation, 0 when none matches
             (a 0 is a score, as upstream had it: it loses to any parsed score); every pair kept; score ties

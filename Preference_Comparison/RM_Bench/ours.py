@@ -13,6 +13,12 @@ file's name), the embedded SmolLM2-135M-Instruct, 10 prompts per domain:
     python Preference_Comparison/RM_Bench/ours.py --model_name "$(python -m ipo.assets smollm2)" \
         --dataset RM-Bench/data/*_filtered.json --limit 10
 
+On a serving engine (docs/serving.md; --model_name still gives the local tokenizer that builds the prompts):
+
+    python Preference_Comparison/RM_Bench/ours.py --model_name Qwen/Qwen2.5-7B-Instruct \
+        --backend server --base_url http://localhost:8000/v1
+
+
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json, results.md,
 style_matrix_<domain>.png and upstream's accuracy-rm-bench-<model>-yesno.json. Re-running the same
 command resumes an interrupted run.

@@ -10,6 +10,12 @@ Offline, on the embedded SmolLM2-135M-Instruct and the project's sample pairs:
     python Preference_Comparison/Reward_Bench/ours.py \
         --model_name "$(python -m ipo.assets smollm2)" --dataset data/demo_rewardbench.jsonl
 
+On a serving engine (docs/serving.md; --model_name still gives the local tokenizer that builds the prompts):
+
+    python Preference_Comparison/Reward_Bench/ours.py --model_name Qwen/Qwen2.5-7B-Instruct \
+        --backend server --base_url http://localhost:8000/v1
+
+
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json, results.md,
 subset_accuracy.png and upstream's accuracy_reward-bench_yesno_<model>.json. Re-running the same
 command resumes an interrupted run.
