@@ -9,7 +9,7 @@ import json
 import math
 
 import pytest
-from helpers import load_run, read_jsonl, rewardbench_rows, run_script, write_jsonl
+from helpers import load_run, read_jsonl, rewardbench_rows, rmbench_rows, run_script, write_json, write_jsonl
 
 from ipo import IpoError
 from ipo.data import Example
@@ -143,9 +143,50 @@ def test_rewardbench_end_to_end_server_equals_hf(server, tiny_model_dir, tmp_pat
             assert abs(local[key][side] - remote[key][side]) < TOLERANCE
     backend = metrics["server_backend"]
     assert backend["p_yes_method"] == "exact_prompt_logprobs" and backend["approximate"] is False
-    assert backend["requests"]["retries"] == 2 and backend["requests"]["errors_by_kind"] == {"server_error": 2}
+    requests = backend["requests_this_invocation"]
+    assert requests["retries"] == 2 and requests["errors_by_kind"] == {"server_error": 2}
     config = json.loads((tmp_path / "server" / "config.json").read_text())
     assert config["args"]["backend"] == "server" and config["resolved"]["p_yes_method"] == "exact_prompt_logprobs"
+
+
+def test_rmbench_end_to_end_server_equals_hf(server, tiny_model_dir, tmp_path):
+    data = write_json(tmp_path / "chat_filtered.json", rmbench_rows(3, domain="chat"))
+    base = [
+        "--model_name",
+        str(tiny_model_dir),
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(tmp_path),
+        "--log_level",
+        "warning",
+    ]
+    script = "Preference_Comparison/RM_Bench/ours.py"
+    assert run_script(script, [*base, "--run_name", "hf", "--dtype", "float32", "--device", "cpu"]) == 0
+    assert (
+        run_script(
+            script,
+            [
+                *base,
+                "--run_name",
+                "server",
+                "--backend",
+                "server",
+                "--base_url",
+                server.base_url,
+                "--served_model",
+                server.model_id,
+            ],
+        )
+        == 0
+    )
+    local, _ = load_run(tmp_path / "hf", key="key")
+    remote, metrics = load_run(tmp_path / "server", key="key")
+    assert local.keys() == remote.keys() and len(local) == 3
+    for key in local:
+        for side in ("p_yes_chosen", "p_yes_rejected"):
+            assert max(abs(a - b) for a, b in zip(local[key][side], remote[key][side])) < TOLERANCE
+    assert metrics["server_backend"]["p_yes_method"] == "exact_prompt_logprobs"
 
 
 def test_bad_backend_settings_stop_in_one_line(server, tiny_model_dir, tmp_path, capsys):

@@ -279,10 +279,12 @@ def load_yes_no_judge(args: argparse.Namespace, spec: ModelSpec | None = None):
 
 def backend_metrics(judge) -> dict:
     """What metrics.json says of a server judge: where P(Yes) came from, whether it is approximate, the missing
-    ids of the approximate method and the client's request counts; nothing for a local judge."""
+    ids of the approximate method and the client's request counts (retries, errors by kind) of this invocation;
+    nothing for a local judge."""
     if not isinstance(judge, ServerYesNoJudge):
         return {}
-    return {"server_backend": {**judge.describe(), "stats": dict(judge.stats), "requests": judge.client.usage()}}
+    usage = judge.client.usage()
+    return {"server_backend": {**judge.describe(), "stats": dict(judge.stats), "requests_this_invocation": usage}}
 
 
 def add_rewardbench_data_args(
