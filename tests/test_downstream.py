@@ -241,13 +241,15 @@ def test_lm_eval_local_tasks_resume_and_adapter(tiny_model_dir, tiny_model, task
     assert lm_eval_results["n-shot"]["tiny_mc"] == lm_eval_results["n-shot"]["tiny_mc2"] == 1
 
 
-def test_flags_are_checked_before_any_model_loads(tmp_path, capsys):
+def test_flags_are_checked_before_any_model_loads(task_dir, tmp_path, capsys):
     base = ["--model_name", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out")]
     assert run_script(SCRIPT, [*base, "--tasks", "arc_easyy"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown lm-eval task(s): 'arc_easyy' (close: arc_easy" in err
     assert run_script(SCRIPT, [*base, "--tasks", "arc_easy", "--num_fewshot", "arc_easy=x"]) == 1
     assert "TASK=N" in capsys.readouterr().err
+    assert run_script(SCRIPT, [*base, "--tasks", "tiny_mc", "--include_path", str(task_dir)]) == 1
+    assert "no-such-model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         run_script(SCRIPT, [*base, "--tasks", "none"])
     assert stop.value.code == 2 and "nothing to do" in capsys.readouterr().err

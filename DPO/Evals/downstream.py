@@ -221,8 +221,10 @@ def main(argv=None) -> int:
     adapter, base = adapter_and_base(args)
     win_inputs = win_rate_inputs(args) if args.reference_outputs else None
     client = client_from_args(args) if args.reference_outputs else None
-    if win_inputs and win_inputs[1] is None:
+    if win_inputs and win_inputs[1] is None:  # the model answers the instructions: it needs a stop token
         check_can_generate(base, args.trust_remote_code)
+    elif args.task_list:  # a wrong model path or id: one line now, not after the run folder is made
+        load_tokenizer(base, trust_remote_code=args.trust_remote_code)
     name = cli.model_short_name(args.model_name)
     if adapter:  # adapters are folders named "adapter": name them by the run folder that holds them
         name = f"{Path(adapter).resolve().parent.name}-adapter"
