@@ -29,7 +29,7 @@ checked before anything loads; a second run on a folder that a run holds stops a
 
 On several GPUs, `torchrun --nproc_per_node N DPO/ours.py ...` (or `accelerate launch`): each process samples
 and judges 1/N of the prompts on its own GPU, training is data-parallel over all N, and only the main process
-writes the run's files (ipo/selfimprove/ranks.py).
+writes the run's files (ipo/parallel.py).
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ from ipo.cli import selfimprove as loop_cli
 from ipo.judges.batching import DEFAULT_BATCH_SIZE
 from ipo.runs import seed_everything
 from ipo.selfimprove.judging import yes_no_judge_spec
-from ipo.selfimprove.loop import Loop
-from ipo.selfimprove.outputs import push_final_model, write_outputs
+from ipo.selfimprove.loop import Loop, push_final_model, write_outputs
 from ipo.selfimprove.prompts_pool import load_prompts
 
 logger = cli.logger
@@ -160,7 +159,7 @@ def main(argv=None) -> int:
     if not loop.ranks.main:  # under several processes the main one writes the outputs
         return 0
     title = f"IPO self-improvement ({args.prompt_format}): {cli.model_short_name(args.model_name)}"
-    print(write_outputs(run.path, result, title, method="dpo_loop_ipo"))
+    print(write_outputs(run.path, result, title))
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
         push_final_model(result, loop_cli.hub_repo(args))

@@ -32,8 +32,9 @@ from pathlib import Path
 
 from ipo import cli, hub
 from ipo.cli.training import options_from_args, parse_sft_args, sft_parser
+from ipo.parallel import wait_for_everyone
 from ipo.runs import RunDir, atomic_write_json, read_jsonl, seed_everything
-from ipo.training.distributed import is_main_process, wait_for_everyone
+from ipo.training.distributed import is_main_process
 from ipo.training.dpo import train_summary
 from ipo.training.merge import merge_adapter
 from ipo.training.options import TRAIN_LOG_FILE, check_options

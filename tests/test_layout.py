@@ -5,6 +5,7 @@ The layers (lowest first; each may import its own and lower layers only):
     0 plumbing      ipo/__init__.py and the top-level modules (runs, data, prompts, modeling, report, hub, assets)
                     run_info (metrics.json's "run" object), paper (the paper's published numbers)
                     slurm (SLURM array scripts), grid (judge grids of models x judges x benchmarks)
+                    parallel (several processes: sharded scoring and sampling, one writer per run folder)
     1 judges        ipo/judges/
     2 benchmarks    ipo/benchmarks/      2 training  ipo/training/   (siblings: neither imports the other)
     3 selfimprove   ipo/selfimprove/

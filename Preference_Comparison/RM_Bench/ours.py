@@ -31,8 +31,9 @@ import sys
 from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.yes_no import YesNoScorer
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded
 from ipo.prompts import RMBENCH_LAYOUT
-from ipo.runs import RecordLog, score_into_log, seed_everything
+from ipo.runs import seed_everything
 
 logger = cli.logger
 
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
+    ranks = current_ranks()  # under torchrun / accelerate launch: this process's share, GPU and role
+    ranks.quiet()
     model_short = cli.model_short_name(args.model_name)
 
     ###############
@@ -67,16 +70,30 @@ def main(argv=None) -> int:
     # Run folder (checked before the slow model load), model, judge
     ###############
     run = cli.run_dir(args, f"rmbench-{model_short}-{args.scoring}", args.dataset, args.model_name)
-    run.check(cli.public_args(args))
-    judge, resolved = cli.load_yes_no_judge(args)
-    run.start(cli.public_args(args), resolved={**resolved, "n_prompts": len(examples), "prompts_per_domain": counts})
+    check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
+    judge, resolved = cli.load_yes_no_judge(args, ranks.place(cli.model_spec(args)))
+    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
+        run.start(
+            cli.public_args(args),
+            resolved={**resolved, "world_size": ranks.count, "n_prompts": len(examples), "prompts_per_domain": counts},
+        )
 
     ###############
     # Score: the six responses of a prompt share a batch (and their common token prefix)
     ###############
-    log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
     scorer = YesNoScorer(judge, RMBENCH_LAYOUT, lambda e: rmbench.judge_question(e.domain))
-    score_into_log(scorer, examples, log, rmbench.record_maker("p_yes"), unit="prompt", desc="RM-Bench")
+    log = score_sharded(
+        ranks,
+        scorer,
+        examples,
+        run.file("predictions.jsonl"),
+        rmbench.record_maker("p_yes"),
+        record_key=rmbench.RECORD_KEY,
+        unit="prompt",
+        desc="RM-Bench",
+    )
+    if log is None:
+        return 0  # under several processes the main one writes the outputs
 
     ###############
     # Metrics and outputs

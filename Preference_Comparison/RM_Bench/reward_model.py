@@ -34,7 +34,8 @@ from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.reward_model import RewardModelScorer
 from ipo.modeling import load_model_and_tokenizer
-from ipo.runs import RecordLog, score_into_log, seed_everything
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.runs import seed_everything
 
 logger = cli.logger
 
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
+    ranks = current_ranks()  # under torchrun / accelerate launch: this process's share, GPU and role
+    ranks.quiet()
     model_short = cli.model_short_name(args.model_name)
 
     ###############
@@ -67,8 +70,10 @@ def main(argv=None) -> int:
     # Run folder (checked before the slow model load), model, scorer
     ###############
     run = cli.run_dir(args, f"rmbench-{model_short}-rm-{args.input_format}", args.dataset, args.model_name)
-    run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
+    check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
+    model, tokenizer, device, dtype = load_model_and_tokenizer(
+        ranks.place(cli.model_spec(args)), kind="sequence_classification"
+    )
     scorer = RewardModelScorer(
         model,
         tokenizer,
@@ -77,23 +82,35 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
     )
-    run.start(
-        cli.public_args(args),
-        resolved={
-            "device": device,
-            "dtype": str(dtype),
-            "n_prompts": len(examples),
-            "prompts_per_domain": counts,
-            "pad_token_id": scorer.pad_id,
-            "reward": "raw logit of the one-label head, float32",
-        },
-    )
+    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
+        run.start(
+            cli.public_args(args),
+            resolved={
+                "device": device,
+                "world_size": ranks.count,
+                "dtype": str(dtype),
+                "n_prompts": len(examples),
+                "prompts_per_domain": counts,
+                "pad_token_id": scorer.pad_id,
+                "reward": "raw logit of the one-label head, float32",
+            },
+        )
 
     ###############
     # Score: the six responses of a prompt share a batch (appends per batch; resumes what is missing)
     ###############
-    log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
-    score_into_log(scorer, examples, log, rmbench.record_maker("reward"), unit="prompt", desc="RM-Bench (RM)")
+    log = score_sharded(
+        ranks,
+        scorer,
+        examples,
+        run.file("predictions.jsonl"),
+        rmbench.record_maker("reward"),
+        record_key=rmbench.RECORD_KEY,
+        unit="prompt",
+        desc="RM-Bench (RM)",
+    )
+    if log is None:
+        return 0  # under several processes the main one writes the outputs
 
     ###############
     # Metrics and outputs

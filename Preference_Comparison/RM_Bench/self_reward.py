@@ -35,7 +35,8 @@ from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.self_reward import SelfRewardScorer, parse_failure_counts, parse_failure_note
 from ipo.modeling import load_model_and_tokenizer
-from ipo.runs import RecordLog, score_into_log, seed_everything
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.runs import seed_everything
 
 logger = cli.logger
 
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
+    ranks = current_ranks()  # under torchrun / accelerate launch: this process's share, GPU and role
+    ranks.quiet()
     model_short = cli.model_short_name(args.model_name)
     set_label = args.set_name or "all"
 
@@ -70,8 +73,8 @@ def main(argv=None) -> int:
     # Run folder (checked before the slow model load), model, judge
     ###############
     run = cli.run_dir(args, f"rmbench-{model_short}-self-{args.scoring}-{set_label}", args.dataset, args.model_name)
-    run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
+    check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
+    model, tokenizer, device, dtype = load_model_and_tokenizer(ranks.place(cli.model_spec(args)))
     scorer = SelfRewardScorer(
         model,
         tokenizer,
@@ -82,23 +85,24 @@ def main(argv=None) -> int:
         max_batch_tokens=args.max_batch_tokens,
         regex_set="rmbench",
     )
-    run.start(
-        cli.public_args(args),
-        resolved={
-            "device": device,
-            "dtype": str(dtype),
-            "n_prompts": len(examples),
-            "prompts_per_domain": counts,
-            "decoding": "greedy",
-            "eos_token_ids": sorted(scorer.eos_ids),
-            "regex_set": scorer.regex_set,
-        },
-    )
+    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
+        run.start(
+            cli.public_args(args),
+            resolved={
+                "device": device,
+                "world_size": ranks.count,
+                "dtype": str(dtype),
+                "n_prompts": len(examples),
+                "prompts_per_domain": counts,
+                "decoding": "greedy",
+                "eos_token_ids": sorted(scorer.eos_ids),
+                "regex_set": scorer.regex_set,
+            },
+        )
 
     ###############
     # Judge all six responses of a prompt (appends per batch; resumes what is missing)
     ###############
-    log = RecordLog(run.file("predictions.jsonl"), key=rmbench.RECORD_KEY)
 
     def make_record(example, scores, extra):
         return rmbench.prediction_record(
@@ -112,7 +116,18 @@ def main(argv=None) -> int:
             score_name="score",
         )
 
-    score_into_log(scorer, examples, log, make_record, unit="prompt", desc="RM-Bench (self-reward)")
+    log = score_sharded(
+        ranks,
+        scorer,
+        examples,
+        run.file("predictions.jsonl"),
+        make_record,
+        record_key=rmbench.RECORD_KEY,
+        unit="prompt",
+        desc="RM-Bench (self-reward)",
+    )
+    if log is None:
+        return 0  # under several processes the main one writes the outputs
 
     ###############
     # Metrics and outputs

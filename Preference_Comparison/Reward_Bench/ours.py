@@ -28,8 +28,9 @@ import sys
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
 from ipo.judges.yes_no import YesNoScorer
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded
 from ipo.prompts import REWARDBENCH_FALLBACK_SUBSET, REWARDBENCH_LAYOUT
-from ipo.runs import RecordLog, score_into_log, seed_everything
+from ipo.runs import seed_everything
 
 logger = cli.logger
 
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
+    ranks = current_ranks()  # under torchrun / accelerate launch: this process's share, GPU and role
+    ranks.quiet()
     model_short = cli.model_short_name(args.model_name)
 
     ###############
@@ -81,20 +84,24 @@ def main(argv=None) -> int:
     suffix = "" if args.prompt_table == "paper" else f"-{args.prompt_table}"
     default_name = f"rewardbench-{args.split}-{model_short}-{args.scoring}{suffix}"
     run = cli.run_dir(args, default_name, args.dataset, args.model_name)
-    run.check(cli.public_args(args))
-    judge, resolved = cli.load_yes_no_judge(args)
-    run.start(cli.public_args(args), resolved={**resolved, "n_pairs": len(examples)})
+    check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
+    judge, resolved = cli.load_yes_no_judge(args, ranks.place(cli.model_spec(args)))
+    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
+        run.start(cli.public_args(args), resolved={**resolved, "world_size": ranks.count, "n_pairs": len(examples)})
 
     ###############
     # Score (appends to predictions.jsonl batch by batch; resumes what is missing)
     ###############
-    log = RecordLog(run.file("predictions.jsonl"))
     scorer = YesNoScorer(judge, REWARDBENCH_LAYOUT, lambda e: rewardbench.judge_template(e.subset, table)[0])
 
     def make_record(example, p_yes, extra):
         return {**rewardbench.pair_record(example, p_yes[0], p_yes[1]), **extra}
 
-    score_into_log(scorer, examples, log, make_record, unit="pair", desc="RewardBench")
+    log = score_sharded(
+        ranks, scorer, examples, run.file("predictions.jsonl"), make_record, unit="pair", desc="RewardBench"
+    )
+    if log is None:
+        return 0  # under several processes the main one writes the outputs
 
     ###############
     # Metrics and outputs

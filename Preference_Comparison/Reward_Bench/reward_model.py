@@ -24,7 +24,8 @@ from ipo import cli, hub
 from ipo.benchmarks import rewardbench
 from ipo.judges.reward_model import RewardModelScorer
 from ipo.modeling import load_model_and_tokenizer
-from ipo.runs import RecordLog, score_into_log, seed_everything
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.runs import seed_everything
 
 logger = cli.logger
 
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
+    ranks = current_ranks()  # under torchrun / accelerate launch: this process's share, GPU and role
+    ranks.quiet()
     model_short = cli.model_short_name(args.model_name)
 
     ###############
@@ -62,8 +65,10 @@ def main(argv=None) -> int:
     set_suffix = f"-{args.set_name}" if args.set_name else ""
     default_name = f"rewardbench-{args.split}-{model_short}-rm-{args.input_format}{set_suffix}"
     run = cli.run_dir(args, default_name, args.dataset, args.model_name)
-    run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args), kind="sequence_classification")
+    check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
+    model, tokenizer, device, dtype = load_model_and_tokenizer(
+        ranks.place(cli.model_spec(args)), kind="sequence_classification"
+    )
     scorer = RewardModelScorer(
         model,
         tokenizer,
@@ -72,26 +77,31 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
     )
-    run.start(
-        cli.public_args(args),
-        resolved={
-            "device": device,
-            "dtype": str(dtype),
-            "n_pairs": len(examples),
-            "pad_token_id": scorer.pad_id,
-            "reward": "raw logit of the one-label head, float32",
-        },
-    )
+    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
+        run.start(
+            cli.public_args(args),
+            resolved={
+                "device": device,
+                "world_size": ranks.count,
+                "dtype": str(dtype),
+                "n_pairs": len(examples),
+                "pad_token_id": scorer.pad_id,
+                "reward": "raw logit of the one-label head, float32",
+            },
+        )
 
     ###############
     # Score (appends to predictions.jsonl batch by batch; resumes what is missing)
     ###############
-    log = RecordLog(run.file("predictions.jsonl"))
 
     def make_record(example, rewards, extra):
         return {**rewardbench.pair_record(example, rewards[0], rewards[1], score_name="score"), **extra}
 
-    score_into_log(scorer, examples, log, make_record, unit="pair", desc="RewardBench (RM)")
+    log = score_sharded(
+        ranks, scorer, examples, run.file("predictions.jsonl"), make_record, unit="pair", desc="RewardBench (RM)"
+    )
+    if log is None:
+        return 0  # under several processes the main one writes the outputs
 
     ###############
     # Metrics and outputs

@@ -36,8 +36,9 @@ from ipo.judges.self_reward import (
     parse_failure_note,
 )
 from ipo.modeling import load_model_and_tokenizer
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded
 from ipo.report import pct
-from ipo.runs import RecordLog, score_into_log, seed_everything
+from ipo.runs import seed_everything
 
 logger = cli.logger
 
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.log_level)
     cli.consume_secrets(args)
     seed_everything(args.seed)
+    ranks = current_ranks()  # under torchrun / accelerate launch: this process's share, GPU and role
+    ranks.quiet()
     model_short = cli.model_short_name(args.model_name)
     set_label = args.set_name or "all"
 
@@ -73,8 +76,8 @@ def main(argv=None) -> int:
     ###############
     default_name = f"rewardbench-{args.split}-{model_short}-self-{args.scoring}-{set_label}"
     run = cli.run_dir(args, default_name, args.dataset, args.model_name)
-    run.check(cli.public_args(args))
-    model, tokenizer, device, dtype = load_model_and_tokenizer(cli.model_spec(args))
+    check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
+    model, tokenizer, device, dtype = load_model_and_tokenizer(ranks.place(cli.model_spec(args)))
     scorer = SelfRewardScorer(
         model,
         tokenizer,
@@ -85,21 +88,22 @@ def main(argv=None) -> int:
         max_batch_tokens=args.max_batch_tokens,
         regex_set="rewardbench",
     )
-    run.start(
-        cli.public_args(args),
-        resolved={
-            "device": device,
-            "dtype": str(dtype),
-            "n_pairs": len(examples),
-            "decoding": "greedy",
-            "eos_token_ids": sorted(scorer.eos_ids),
-        },
-    )
+    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
+        run.start(
+            cli.public_args(args),
+            resolved={
+                "device": device,
+                "world_size": ranks.count,
+                "dtype": str(dtype),
+                "n_pairs": len(examples),
+                "decoding": "greedy",
+                "eos_token_ids": sorted(scorer.eos_ids),
+            },
+        )
 
     ###############
     # Judge (appends to predictions.jsonl batch by batch; resumes what is missing)
     ###############
-    log = RecordLog(run.file("predictions.jsonl"))
 
     def make_record(example, scores, extra):
         correct, tie = compare_scores(scores[0], scores[1])
@@ -117,7 +121,17 @@ def main(argv=None) -> int:
             "generated_rejected": extra["generated"][1],
         }
 
-    score_into_log(scorer, examples, log, make_record, unit="pair", desc="RewardBench (self-reward)")
+    log = score_sharded(
+        ranks,
+        scorer,
+        examples,
+        run.file("predictions.jsonl"),
+        make_record,
+        unit="pair",
+        desc="RewardBench (self-reward)",
+    )
+    if log is None:
+        return 0  # under several processes the main one writes the outputs
 
     ###############
     # Metrics and outputs

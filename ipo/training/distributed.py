@@ -1,6 +1,7 @@
 """Several processes (``accelerate launch``): who loads the weights where, who writes which file.
 
-Under one process every helper is a no-op or returns the single process's answer.
+Under one process every helper is a no-op or returns the single process's answer. Which process is which,
+and waiting for the others, come from ``ipo.parallel``.
 """
 
 from __future__ import annotations
@@ -9,14 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-
-def process_state():
-    """accelerate's process state (one per process). On a machine without a GPU it is made a CPU state, as
-    the Trainer would (use_cpu), so that ``torchrun --nproc_per_node N`` also runs on CPU (gloo)."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
+from ipo.parallel import process_state
 
 
 def is_main_process() -> bool:
@@ -50,10 +44,6 @@ def fp32_master_launcher(trainer_overrides: dict | None = None) -> str | None:
     if flag("ACCELERATE_USE_FSDP") or overrides.get("fsdp"):
         return "FSDP"
     return None
-
-
-def wait_for_everyone() -> None:
-    process_state().wait_for_everyone()
 
 
 def save_trained_model(trainer, target: str | os.PathLike) -> None:
