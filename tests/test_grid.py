@@ -5,7 +5,9 @@ finished points are skipped, and the paper's recipes expand and validate."""
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 from helpers import REPO, read_jsonl, rewardbench_rows, run_script, save_tiny_model, write_jsonl
@@ -230,3 +232,15 @@ def test_grid_locally_then_through_slurm(
     assert {f: f.stat().st_mtime_ns for f in root.glob("*/metrics.json")} == stamps
     statuses = {row["point"]: row["status"] for row in json.loads((root / "grid.json").read_text())}
     assert set(statuses.values()) == {"skipped (done before)"} and len(statuses) == 4
+
+    # the grid's folder is what the collector reads: its four runs become rows of the paper's RewardBench
+    # table, each category the run's own accuracy, not compared with the paper (60 pairs, not 5,123)
+    assert run_script("Preference_Comparison/collect.py", [str(root), "--output_dir", str(tmp_path / "tables")]) == 0
+    with open(tmp_path / "tables" / "paper_tables.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["table"] == "rewardbench" and row["run"]]
+    assert {row["run"] for row in rows} == {str(f.parent) for f in stamps}
+    for row in rows:
+        if row["column"] == "Chat":
+            categories = json.loads((Path(row["run"]) / "metrics.json").read_text())["categories"]
+            assert float(row["reproduced"]) == pytest.approx(100 * categories["chat"], abs=0.01)
+            assert row["comparable"] == "false" and row["scoring"] in ("upstream", "chat")
