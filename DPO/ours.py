@@ -41,7 +41,8 @@ from ipo.cli import selfimprove as loop_cli
 from ipo.judges.batching import DEFAULT_BATCH_SIZE
 from ipo.runs import seed_everything
 from ipo.selfimprove.judging import yes_no_judge_spec
-from ipo.selfimprove.loop import Loop, push_final_model, write_outputs
+from ipo.selfimprove.loop import Loop
+from ipo.selfimprove.outputs import push_final_model, write_outputs
 from ipo.selfimprove.prompts_pool import load_prompts
 
 logger = cli.logger
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     if not loop.ranks.main:  # under several processes the main one writes the outputs
         return 0
     title = f"IPO self-improvement ({args.prompt_format}): {cli.model_short_name(args.model_name)}"
-    print(write_outputs(run.path, result, title))
+    print(write_outputs(run.path, result, title, method="dpo_loop_ipo"))
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
         push_final_model(result, loop_cli.hub_repo(args))

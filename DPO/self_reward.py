@@ -59,7 +59,8 @@ from ipo.judges.batching import DEFAULT_BATCH_SIZE
 from ipo.prompts import UPSTREAM_END_MARKER
 from ipo.runs import seed_everything
 from ipo.selfimprove.judging import self_reward_judge_spec
-from ipo.selfimprove.loop import Loop, push_final_model, write_outputs
+from ipo.selfimprove.loop import Loop
+from ipo.selfimprove.outputs import push_final_model, write_outputs
 from ipo.selfimprove.prompts_pool import load_prompts
 
 logger = cli.logger
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     if not loop.ranks.main:  # under several processes the main one writes the outputs
         return 0
     title = f"Self-Rewarding self-improvement ({args.prompt_format}): {cli.model_short_name(args.model_name)}"
-    print(write_outputs(run.path, result, title))
+    print(write_outputs(run.path, result, title, method="dpo_loop_self_rewarding"))
     logger.info("outputs in %s", run.path)
     if args.push_to_hub:
         push_final_model(result, loop_cli.hub_repo(args))

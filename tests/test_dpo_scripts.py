@@ -210,6 +210,15 @@ def test_nothing_is_uploaded_without_push_to_hub(tiny_model_dir, prompts_file, t
     assert set(round_metrics["after"]) == {"judge", "before", "after"}
     assert round_metrics["after"]["after"]["all"]["n_prompts"] == 10
     assert len(read_jsonl(run / "round_1" / "after_scored.jsonl")) == 10
+    # the headline is the held-out change (1 of 10 prompts held out); the figures are in the run folder
+    metrics = json.loads((run / "metrics.json").read_text())
+    held, after = metrics["held_out"], round_metrics["after"]
+    assert held == {**round_metrics["held_out"], "round": 1} and held["n_prompts"] == 1
+    assert (held["before"], held["after"]) == (after["before"]["test"]["mean"], after["after"]["test"]["mean"])
+    assert metrics["run"]["method"] == "dpo_loop_ipo" and metrics["run"]["data"]["n"] == 10
+    headline = (run / "results.md").read_text().splitlines()[2]
+    assert headline.startswith("**Held-out prompts (never trained on), round 1") and "1 prompts" in headline
+    assert all((run / name).stat().st_size > 10_000 for name in ("training_curves.png", "before_after.png"))
 
 
 def test_just_sample_then_train_resumes_the_same_run(tiny_model_dir, prompts_file, tmp_path):

@@ -13,7 +13,6 @@ from ipo.prompts import CODE_PROMPT, DPO_CATEGORY_PROMPTS, DPO_CHAT_PROMPT, MATH
 from ipo.selfimprove.pairs import (
     build_pairs,
     count_non_finite,
-    dpo_record,
     export_pairs,
     held_out_ids,
     mapped_record,
@@ -21,6 +20,7 @@ from ipo.selfimprove.pairs import (
     rank_responses,
 )
 from ipo.selfimprove.prompts_pool import judge_key, load_prompts
+from ipo.training.run_pairs import pair_record
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,16 +203,16 @@ PAIR = {
 }
 
 
-def test_upstream_dpo_record():
-    assert dpo_record(PAIR, "upstream") == {
+def test_upstream_pair_record():
+    assert pair_record(PAIR, "upstream") == {
         "prompt": "[INST] What is 2+2? [/INST]",
         "chosen": "It is 4.<|eot_id|>",
         "rejected": "Five.<|eot_id|>",
     }
 
 
-def test_chat_dpo_record_is_conversational():
-    record = dpo_record(PAIR, "chat")
+def test_chat_pair_record_is_conversational():
+    record = pair_record(PAIR, "chat")
     assert record["prompt"] == [{"role": "user", "content": PAIR["prompt"]}]
     assert record["chosen"] == [{"role": "assistant", "content": PAIR["chosen"]}]
     assert record["rejected"] == [{"role": "assistant", "content": "Five."}]
@@ -247,7 +247,7 @@ def test_training_sees_the_prompt_the_sampler_used(tiny_model_dir, tmp_path, pro
     pair = {"prompt": "What is 2 plus 2?", "chosen": "The answer is 4.", "rejected": "No"}
     trainer, _, _ = build_trainer(
         str(tiny_model_dir),
-        [dpo_record(pair, prompt_format)],
+        [pair_record(pair, prompt_format)],
         TrainingOptions(lora_r=4, lora_alpha=8),
         tmp_path,
         device="cpu",

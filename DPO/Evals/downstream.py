@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     name = cli.model_short_name(args.model_name)
     if adapter:  # adapters are folders named "adapter": name them by the run folder that holds them
         name = f"{Path(adapter).resolve().parent.name}-adapter"
-    inputs = {args.model_name: "model"}
+    inputs = {args.model_name: "model", base: "model"}  # an adapter's base too: a changed base changes the scores
     inputs.update({path: "dataset" for path in (args.reference_outputs, args.model_outputs) if path})
     run = RunDir(
         args.output_dir,

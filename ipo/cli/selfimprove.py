@@ -22,6 +22,7 @@ from ipo.parallel import current_ranks
 from ipo.runs import RunDir
 from ipo.selfimprove.judging import JudgeSpec
 from ipo.selfimprove.loop import STAGES, LoopSettings, check_loop_settings
+from ipo.selfimprove.pairs_from import SOURCE_ARGS, PairsSource, check_source_judge, find_source
 from ipo.selfimprove.prompts_pool import DEFAULT_PROMPTS, DEFAULT_SPLIT
 from ipo.selfimprove.sampling import SamplingSettings, check_can_generate, check_sampling_settings
 
@@ -145,6 +146,13 @@ def add_loop_args(
         "--mapped_path", default=None, help="also write upstream's intermediate 'Assistant:/Response:' JSON here"
     )
     data.add_argument(
+        "--pairs_from",
+        default=None,
+        help="train on the pairs of a finished run (its folder: round 1; or RUN/round_k) instead of sampling and "
+        "judging again: its model, prompts, prompt format, held-out split, sampling and judge settings are used, "
+        "this command's training settings (e.g. another --beta) (DPO/README.md 'Train again on a run's pairs')",
+    )
+    data.add_argument(
         "--dataset_id",
         default=None,
         help="accepted for upstream's command and unused: upstream read it only in a fallback that "
@@ -194,8 +202,18 @@ def add_loop_args(
 
 def check_loop_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line usage errors for the flags of ``add_loop_args``: all of them, the training flags included
-    (ipo.selfimprove.loop.check_loop_settings), before any model is loaded or config.json is written."""
+    (ipo.selfimprove.loop.check_loop_settings), before any model is loaded or config.json is written. With
+    --pairs_from, the source run's settings replace the command's first (``apply_pairs_source``)."""
     cli.check_positive(parser, args, "rounds")
+    if args.pairs_from:
+        try:
+            apply_pairs_source(args)
+        except IpoError as err:
+            parser.error(str(err))
+        if args.rounds != 1:
+            parser.error("--pairs_from trains one round on the source's pairs; drop --rounds")
+        if (args.stop_after or ("pairs" if args.just_sample else None)) in ("sample", "score", "pairs"):
+            parser.error("--pairs_from skips sampling, judging and pairing: --stop_after train or merge, or none")
     check_sampling_args(parser, args)
     cli.check_backend_args(parser, args)
     if args.num_return_sequences < 2:
@@ -215,6 +233,28 @@ def check_loop_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         check_loop_settings(loop_settings(args, args.run_name or "run"))
     except IpoError as err:
         parser.error(str(err))
+
+
+def apply_pairs_source(args: argparse.Namespace) -> None:
+    """--pairs_from: find the source round (one line when its pairs are not finished) and take the source run's
+    values of SOURCE_ARGS (model, prompts, prompt format, held-out split, sampling, judge) over the command's,
+    logging those that differ; ``args.pairs_from`` becomes the source's round folder (``pairs_source`` reads it)."""
+    source = find_source(args.pairs_from)
+    changed = []
+    for key in SOURCE_ARGS:
+        if key in source.args and hasattr(args, key) and getattr(args, key) != source.args[key]:
+            changed.append(f"{key} {getattr(args, key)!r} -> {source.args[key]!r}")
+            setattr(args, key, source.args[key])
+    args.pairs_from = str(source.round_dir)  # config.json names the round, wherever the command pointed
+    if changed:
+        logger.info(
+            "--pairs_from %s: the source run's settings replace this command's: %s", source.run, "; ".join(changed)
+        )
+
+
+def pairs_source(args: argparse.Namespace) -> PairsSource | None:
+    """The --pairs_from source round (after ``apply_pairs_source``), or None."""
+    return find_source(args.pairs_from) if getattr(args, "pairs_from", None) else None
 
 
 def same_path(a: str, b: str) -> bool:
@@ -254,6 +294,7 @@ def loop_settings(args: argparse.Namespace, run_name: str, cut_responses_at: str
         train_path=args.train_path,
         test_path=args.test_path,
         mapped_path=args.mapped_path,
+        source=pairs_source(args),
         server=cli.server_settings(args),
     )
 
@@ -270,14 +311,18 @@ def start_run(
         logger.setLevel(logging.WARNING)
     stop_ids = check_can_generate(args.model_name, args.trust_remote_code)
     model_short = cli.model_short_name(args.model_name)
-    run = RunDir(
-        args.output_dir,
-        args.run_name or f"{run_prefix}-{model_short}-{args.prompt_format}",
-        overwrite=args.overwrite,
-        inputs={args.dataset_name: "dataset", args.model_name: "model"},
-    )
+    source = pairs_source(args)
+    inputs = {args.dataset_name: "dataset", args.model_name: "model"}
+    name = f"{run_prefix}-{model_short}-{args.prompt_format}"
+    if source:  # the source's pairs and config.json are inputs: a resume after either changed is refused
+        check_source_judge(source, judge.name)
+        inputs.update({str(source.pairs): "dataset", str(source.config_path): "dataset", source.policy: "model"})
+        name = f"{source.run.name}-{source.round_dir.name}-{args.loss_type}-beta{args.beta:g}-lr{args.learning_rate:g}"
+    run = RunDir(args.output_dir, args.run_name or name, overwrite=args.overwrite, inputs=inputs)
+    if source and same_path(str(run.path), str(source.run)):
+        raise IpoError(f"--pairs_from {source.run} is this run's own folder: pass another --run_name")
     settings = loop_settings(args, run.path.name, cut_responses_at)
-    if settings.server is not None:  # the server answers, serves the model and can judge: or one line
+    if settings.server is not None and not source:  # the server answers, serves the model and can judge: or one line
         served = connect(args.model_name, settings.server, args.trust_remote_code)
         if judge.name == "yes_no":
             tokenizer = load_tokenizer(args.model_name, trust_remote_code=args.trust_remote_code)

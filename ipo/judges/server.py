@@ -9,8 +9,10 @@ token ids, so the server scores the very sequence the local judge would. Two way
   exact   (``exact_prompt_logprobs``) vLLM's ``prompt_logprobs`` extension: for every candidate token c
           (each Yes and No id) the prompt ``ids + [c]`` is sent with ``prompt_logprobs=0``, and the last
           position's entry is log P(c | ids), for any c, however unlikely. One request per judged sequence
-          carries all its candidates (a list of token-id prompts; vLLM's prefix cache runs the shared part
-          once). p'_yes = sigmoid(LSE(yes log-probs) - LSE(no log-probs)), the local judge's formula
+          carries all its candidates (a list of token-id prompts). Its cost: vLLM computes a request that
+          asks for prompt log-probabilities without reading its prefix cache, so each candidate is a full
+          prefill: 2 per sequence in upstream mode, one per single-token Yes/No variant in chat mode (up to
+          12). p'_yes = sigmoid(LSE(yes log-probs) - LSE(no log-probs)), the local judge's formula
           (``p_yes_from_logits``: the normaliser cancels, repeated ids count repeatedly as upstream's sum).
   approx  (``approx_top_logprobs``) any server with the legacy ``logprobs`` parameter: one greedy token with
           its ``top_logprobs`` (K alternatives; vLLM allows 20 unless started with ``--max-logprobs``). A
@@ -338,9 +340,9 @@ class ServerYesNoJudge(YesNoJudge):
             for index, result in batch:
                 if result.response is None:
                     raise IpoError(
-                        f"the server failed a judge request after {self.settings.max_retries} retries "
-                        f"({result.failure}: {result.message}); the finished windows are saved: re-run the "
-                        "same command to resume"
+                        f"the server failed a judge request ({result.failure}: {result.message}; retried up to "
+                        f"{self.settings.max_retries} times where a retry could help); the finished windows are "
+                        "saved: re-run the same command to resume"
                     )
                 if not self.readable(result.response):
                     raise IpoError(f"the server's answer has no usable log-probabilities: {str(result.response)[:200]}")
@@ -379,8 +381,8 @@ class ServerSelfRewardScorer(SelfRewardScorer):
             for index, result in batch:
                 if result.response is None:
                     raise IpoError(
-                        f"the server failed a judge request after {self.served.settings.max_retries} retries "
-                        f"({result.failure}: {result.message}); re-run the same command to resume"
+                        f"the server failed a judge request ({result.failure}: {result.message}; retried up to "
+                        f"{self.served.settings.max_retries} times where a retry could help); re-run the same command to resume"
                     )
                 choice = first_choice(result.response) or {}
                 ids = choice.get("token_ids")

@@ -8,8 +8,10 @@ Modules (one per step of a round, so that each stage's rules can be read on thei
     prompts_pool  the prompt pool: Prompt, load_prompts, the judge key of each category
     sampling      Sampler (batched, seeded per prompt and sample), sample_into_log (the sample stage)
     judging       JudgeSpec of the Yes/No and 5-point judges, the judge stage's log, judge_summary
-    pairs         pure pair selection (ties, held-out split), DPO records, upstream's exported files
-    loop          LoopSettings and their checks, Loop and Round (the stages, resumable), run outputs and results.md
+    pairs         pure pair selection (ties, held-out split), upstream's exported files
+    loop          LoopSettings and their checks, Loop and Round (the stages, resumable)
+    pairs_from    --pairs_from: train again on a finished round's pairs (source settings, split check, copy)
+    outputs       metrics.json (run, held_out), results.md headlined by the held-out change, figures, upload
 
 Several processes (torchrun, accelerate launch): prompts sharded, one writer, a GPU each, by ipo/parallel.py.
 """

@@ -199,3 +199,23 @@ def judge_summary(
         "train": part([r for r in scored if str(r["id"]) not in test_ids]),
         "test": part([r for r in scored if str(r["id"]) in test_ids]),
     }
+
+
+def held_out_change(before: dict, after: dict) -> dict | None:
+    """metrics.json's "held_out": the judge's mean score on the held-out prompts (never trained on) before and
+    after the round's DPO, from two judge_summary results; None without held-out prompts (--test_fraction 0).
+
+    {"before", "after", "change" (after - before), "n_prompts", "n_responses"}: the same judge (the round's
+    policy), the same prompts and the same sampling streams before and after, so the change is the training's.
+    """
+    before_part, after_part = (before or {}).get("test") or {}, (after or {}).get("test") or {}
+    if not before_part.get("n_prompts") or not after_part.get("n_prompts"):
+        return None
+    old, new = before_part.get("mean"), after_part.get("mean")
+    return {
+        "before": old,
+        "after": new,
+        "change": None if old is None or new is None else new - old,
+        "n_prompts": after_part["n_prompts"],
+        "n_responses": after_part["n_responses"],
+    }

@@ -29,7 +29,7 @@ The scripts call the stages in order, one method of ``Round`` each, and stop whe
         rnd.merge()
         rnd.judge_after()
         rnd.done()
-    write_outputs(run_path, loop.result(), title)
+    write_outputs(run_path, loop.result(), title, method)   # ipo/selfimprove/outputs.py
 
 Each stage frees its model before the next loads one (upstream's DPO/self_reward.py kept the sampling model
 resident while loading the training model, and ran out of memory). Under several processes (torchrun,
@@ -52,22 +52,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ipo import IpoError, hub
+from ipo import IpoError
 from ipo.judges.server import ServerSettings, connect
 from ipo.modeling import load_model, load_tokenizer, resolve_device, split_gguf
 from ipo.parallel import Ranks, current_ranks, run_sharded
-from ipo.report import markdown_table
-from ipo.runs import RecordLog, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from ipo.selfimprove.judging import JudgeSpec, judge_summary, score_responses_into_log
+from ipo.runs import RecordLog, atomic_write_json, atomic_write_jsonl, read_jsonl
+from ipo.selfimprove.judging import JudgeSpec, held_out_change, judge_summary, score_responses_into_log
 from ipo.selfimprove.pairs import (
     build_pairs,
     count_non_finite,
-    dpo_record,
     export_pairs,
     export_path,
     held_out_ids,
     pair_stats,
 )
+from ipo.selfimprove.pairs_from import PairsSource, take_source_pairs
 from ipo.selfimprove.prompts_pool import Prompt
 from ipo.selfimprove.sampling import SamplingSettings, check_sampling_settings, sample_into_log
 from ipo.selfimprove.server_sampling import make_sampler
@@ -76,6 +75,7 @@ from ipo.training.dpo import free_memory, train_dpo
 from ipo.training.losses import UNPAIRED_LOSS_TYPES
 from ipo.training.merge import load_peft_model, merge_adapter
 from ipo.training.options import ADAPTER_DIR, CHECKPOINT_DIR, TrainingOptions, check_options
+from ipo.training.run_pairs import pair_record
 
 logger = logging.getLogger("ipo")
 
@@ -104,6 +104,7 @@ class LoopSettings:
     train_path: str | None = None
     test_path: str | None = None
     mapped_path: str | None = None
+    source: PairsSource | None = None  # --pairs_from: train on this finished round's pairs (no sample/judge/pair)
     server: ServerSettings | None = None  # --backend server: round 1's policy is served there (sample, judge)
 
 
@@ -258,7 +259,11 @@ class Loop:
         self.ranks = ranks or current_ranks()
         self.test_ids = held_out_ids([p.id for p in prompts], settings.test_fraction, settings.seed)
         self.order = [p.id for p in prompts]
-        self.policy = settings.model  # this round's policy, judge and DPO reference
+        self.policy = settings.source.policy if settings.source else settings.model  # policy, judge, DPO reference
+        # --judge_after samples these: all prompts, or with --pairs_from the held-out ones (the before scores are
+        # the source's, and training prompts tell nothing new about the new training settings)
+        held_out = [p for p in prompts if str(p.id) in self.test_ids]
+        self.after_prompts = held_out if settings.source and held_out else list(prompts)
         self.results: list[dict] = []
         self.final: str | None = None  # the newest adapter or merged model
         self.stopped_after: str | None = None
@@ -354,8 +359,11 @@ class Round:
     def sample(self) -> None:
         """responses.jsonl: N responses per prompt from this round's policy, which stays loaded for judging.
 
-        Nothing is loaded once scored.jsonl is complete (an earlier run sampled and judged this round)."""
+        Nothing is loaded once scored.jsonl is complete (an earlier run sampled and judged this round), nor with
+        --pairs_from (the source run did)."""
         loop, s, rd = self.loop, self.loop.settings, self.dir
+        if s.source:
+            return
         if rd.complete(rd.scored, loop.prompts):
             self._report_resolved()
             return
@@ -368,6 +376,8 @@ class Round:
     def judge(self) -> None:
         """scored.jsonl: the policy judges its own samples (one score per response, ``JudgeSpec.fields``)."""
         loop, rd, judge = self.loop, self.dir, self.loop.judge
+        if loop.settings.source:
+            return
         if not rd.complete(rd.scored, loop.prompts):
             model, tokenizer = self.policy_model or loop.load(loop.policy)
             self.policy_model = None
@@ -382,12 +392,23 @@ class Round:
 
     def pair(self) -> None:
         """The judge's scores summarised (metrics.json 'judge'), then pairs.jsonl: best vs worst response of
-        each prompt; and upstream's --train_path / --test_path / --mapped_path files where asked."""
+        each prompt; and upstream's --train_path / --test_path / --mapped_path files where asked. With --pairs_from:
+        the source round's pairs and judge summary (ipo/selfimprove/pairs_from.py)."""
         loop, s, rd = self.loop, self.loop.settings, self.dir
-        scored = RecordLog(rd.scored).ordered(loop.order)
-        self.metrics["judge"] = judge_summary(scored, loop.judge.score_field, loop.test_ids, loop.judge.failure_field)
-        self.save()
-        if not rd.pairs.is_file() or "pairs" not in self.metrics:  # (re)written whole: selection is pure and seeded
+        if s.source:
+            self.pairs = take_source_pairs(s.source, rd.path, loop.test_ids, main=loop.ranks.main)
+            self.metrics.update(judge=s.source.metrics.get("judge"), pairs=s.source.metrics["pairs"])
+            self.metrics["pairs_from"] = s.source.describe()
+            self.save()
+        else:
+            scored = RecordLog(rd.scored).ordered(loop.order)
+            self.metrics["judge"] = judge_summary(
+                scored, loop.judge.score_field, loop.test_ids, loop.judge.failure_field
+            )
+            self.save()
+        if not s.source and (
+            not rd.pairs.is_file() or "pairs" not in self.metrics
+        ):  # (re)written whole: selection is pure and seeded
             pairs, self.metrics["pairs"] = select_pairs(rd, scored, loop.judge, s.prompt_format, s.seed, loop.test_ids)
             if loop.ranks.main:  # every process selects the same pairs (and fails alike); one writes them
                 atomic_write_jsonl(rd.pairs, pairs)
@@ -406,8 +427,8 @@ class Round:
     def train(self) -> None:
         """adapter/: DPO with a LoRA adapter on this round's policy (held-out pairs as the eval set)."""
         loop, s, rd = self.loop, self.loop.settings, self.dir
-        train = [dpo_record(p, s.prompt_format) for p in self.pairs if p["split"] == "train"]
-        test = [dpo_record(p, s.prompt_format) for p in self.pairs if p["split"] == "test"]
+        train = [pair_record(p, s.prompt_format) for p in self.pairs if p["split"] == "train"]
+        test = [pair_record(p, s.prompt_format) for p in self.pairs if p["split"] == "test"]
         options = replace(s.training, run_name=f"{s.run_name}-round{self.k}")
         result = train_dpo(
             loop.policy,
@@ -442,7 +463,7 @@ class Round:
         loop, s, rd, judge = self.loop, self.loop.settings, self.dir, self.loop.judge
         if not s.judge_after:
             return
-        if not rd.complete(rd.after_responses, loop.prompts):
+        if not rd.complete(rd.after_responses, loop.after_prompts):
             if (rd.merged / "config.json").is_file():
                 model, tokenizer = loop.load(str(rd.merged))
             else:
@@ -450,26 +471,33 @@ class Round:
                 tokenizer = load_tokenizer(str(rd.adapter))
             sampler = make_sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
             run_sharded(
-                loop.ranks, rd.after_responses, loop.prompts, self._sampling(sampler, tokenizer, "sampling after DPO")
+                loop.ranks,
+                rd.after_responses,
+                loop.after_prompts,
+                self._sampling(sampler, tokenizer, "sampling after DPO"),
             )
             del model, sampler
             free_memory()
-        if not rd.complete(rd.after_scored, loop.prompts):
+        if not rd.complete(rd.after_scored, loop.after_prompts):
             model, tokenizer = loop.load(loop.policy)
             scorer = judge.build(model, tokenizer)
             run_sharded(
                 loop.ranks,
                 rd.after_scored,
-                RecordLog(rd.after_responses).ordered(loop.order),
+                RecordLog(rd.after_responses).ordered([p.id for p in loop.after_prompts]),
                 self._judging(scorer, "judging after DPO"),
                 key=lambda r: r["id"],
             )
             del model, scorer
             free_memory()
         after = judge_summary(
-            RecordLog(rd.after_scored).ordered(loop.order), judge.score_field, loop.test_ids, judge.failure_field
+            RecordLog(rd.after_scored).ordered([p.id for p in loop.after_prompts]),
+            judge.score_field,
+            loop.test_ids,
+            judge.failure_field,
         )
         self.metrics["after"] = {"judge": "this round's policy", "before": self.metrics["judge"], "after": after}
+        self.metrics["held_out"] = held_out_change(self.metrics["judge"], after)
         self.save()
 
     def done(self) -> None:
@@ -478,84 +506,3 @@ class Round:
         self.loop.results.append(self.metrics)
         if self.k < self.loop.settings.rounds:
             self.loop.policy = str(self.dir.merged)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------------
-def write_outputs(run_path: Path, result: LoopResult, title: str) -> str:
-    """The run's metrics.json (every round) and results.md; returns the markdown."""
-    summary = {"rounds": result.rounds, "stopped_after": result.stopped_after, "final_model": result.final_model}
-    atomic_write_json(Path(run_path) / "metrics.json", summary)
-    markdown = loop_markdown(result.rounds, title)
-    atomic_write_text(Path(run_path) / "results.md", markdown)
-    return markdown
-
-
-def push_final_model(result: LoopResult, repo: str) -> None:
-    """Upload the last round's merged model (or its adapter) with its tokenizer to the Hub repo ``repo``."""
-    if result.stopped_after or not result.final_model:
-        raise IpoError("--push_to_hub: nothing trained yet to upload (the run stopped before training)")
-    hub.push_model(
-        result.final_model, repo, what="merged model" if result.final_model.endswith("merged") else "LoRA adapter"
-    )
-
-
-def loop_markdown(rounds: Sequence[dict], title: str) -> str:
-    """results.md: one row per round (pairs, judge scores, training, before/after)."""
-
-    def num(value, digits=3):
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    failures = any("n_parse_failures" in m.get("judge", {}).get("all", {}) for m in rounds)
-    rows = []
-    for m in rounds:
-        pairs, judge, training = m.get("pairs", {}), m.get("judge", {}).get("all", {}), m.get("training", {})
-        after = m.get("after", {})
-        dropped = sum(pairs.get("dropped", {}).values()) if pairs else None
-        rows.append(
-            [
-                m["round"],
-                m.get("n_prompts", "-"),
-                f"{pairs['n_train']}/{pairs['n_test']}" if pairs else "-",
-                "-" if dropped is None else dropped,
-                *(
-                    [f"{judge['n_parse_failures']}/{judge['n_responses']}" if "n_parse_failures" in judge else "-"]
-                    if failures
-                    else []
-                ),
-                num(judge.get("mean")),
-                num(judge.get("mean_best")),
-                num(judge.get("mean_worst")),
-                num(training.get("train_loss")),
-                num(training.get("eval_rewards/accuracies"), 2),
-                num(after.get("before", {}).get("all", {}).get("mean")),
-                num(after.get("after", {}).get("all", {}).get("mean")),
-            ]
-        )
-    headers = [
-        "round",
-        "prompts",
-        "pairs train/test",
-        "dropped",
-        *(["parse failures"] if failures else []),
-        "judge mean",
-        "best",
-        "worst",
-        "train loss",
-        "eval reward acc",
-        "judge before",
-        "judge after",
-    ]
-    notes = (
-        "Judge scores are the mean P(Yes) (or the scorer's score) over all sampled responses, and over each "
-        "prompt's best and worst. 'judge before/after': the round's judge on the responses of the model "
-        "before and after this round's DPO, same prompts and random streams.\n"
-    )
-    if failures:
-        notes += (
-            "'parse failures': judgements without a readable score, of all responses. Upstream mode scores "
-            "them 0 (as upstream did, a 0 counts in the means and can be a pair's rejected side); chat mode "
-            "leaves them out of the means and of the pairs.\n"
-        )
-    return f"# {title}\n\n" + markdown_table(headers, rows) + "\n" + notes

@@ -1,7 +1,7 @@
 """Pair selection, pure: each prompt's best and worst scored response become (chosen, rejected).
 
 Also the held-out split (chosen once per run, the same prompts in every round), the DPO rows TRL trains
-on (``dpo_record``), upstream's exported files, and the statistics metrics.json keeps.
+on (``pair_record``, ipo/training/run_pairs.py, shared with DPO/train_preferences.py), upstream's exported files, and the statistics metrics.json keeps.
 
 Ties follow upstream: DPO/ours.py kept the first maximum and the last minimum (a stable sort), and
 DPO/self_reward.py sorted (score, judge text) tuples; chat mode draws ties at random and drops pairs whose
@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ipo.prompts import UPSTREAM_END_MARKER, UPSTREAM_INST_PROMPT
 from ipo.runs import atomic_write_json
+from ipo.training.run_pairs import pair_record
 
 TIE_BREAKS = ("generation_order", "judge_text", "random")
 
@@ -142,31 +142,6 @@ def build_pairs(
     return pairs, dropped
 
 
-def dpo_record(pair: dict, prompt_format: str) -> dict:
-    """The TRL preference row of a pair.
-
-    upstream: {"prompt": "[INST] x [/INST]", "chosen": response + "<|eot_id|>", ...} for every model, as
-    upstream's train_path JSON (built directly, not through its "Assistant:/Response:" string round trip;
-    TRL then appends the tokenizer's EOS as well). chat: conversational rows; TRL renders them with the
-    chat template and the template closes each turn with the model's own end token.
-    """
-    if prompt_format == "upstream":
-
-        def with_marker(text):
-            return f"{text.strip().split(UPSTREAM_END_MARKER)[0]}{UPSTREAM_END_MARKER}"
-
-        return {
-            "prompt": UPSTREAM_INST_PROMPT.format(instruction=pair["prompt"].strip()),
-            "chosen": with_marker(pair["chosen"]),
-            "rejected": with_marker(pair["rejected"]),
-        }
-    return {
-        "prompt": [{"role": "user", "content": pair["prompt"]}],
-        "chosen": [{"role": "assistant", "content": pair["chosen"]}],
-        "rejected": [{"role": "assistant", "content": pair["rejected"]}],
-    }
-
-
 def mapped_record(pair: dict) -> dict:
     """Upstream's intermediate mapped_path row (kept as an artefact only; note its missing space)."""
     return {
@@ -206,9 +181,9 @@ def export_pairs(
 ) -> None:
     """Upstream's files, for whoever reads them: the DPO-format train/test JSON lists and the mapped JSON."""
     if train_path:
-        atomic_write_json(train_path, [dpo_record(p, prompt_format) for p in pairs if p["split"] == "train"])
+        atomic_write_json(train_path, [pair_record(p, prompt_format) for p in pairs if p["split"] == "train"])
     if test_path:
-        atomic_write_json(test_path, [dpo_record(p, prompt_format) for p in pairs if p["split"] == "test"])
+        atomic_write_json(test_path, [pair_record(p, prompt_format) for p in pairs if p["split"] == "test"])
     if mapped_path:
         atomic_write_json(mapped_path, [mapped_record(p) for p in pairs])
 

@@ -137,8 +137,8 @@ class ServerSampler:
             for index, result in batch:
                 if result.response is None:
                     raise IpoError(
-                        f"the server failed a sampling request after {self.served.settings.max_retries} retries "
-                        f"({result.failure}: {result.message}); the finished prompts are saved: re-run the same "
+                        f"the server failed a sampling request ({result.failure}: {result.message}; retried up to "
+                        f"{self.served.settings.max_retries} times where a retry could help); the finished prompts are saved: re-run the same "
                         "command to resume"
                     )
                 rows[index] = self.response(result.response)

@@ -11,6 +11,8 @@ Modules (one idea each, so that the TRL-specific parts are few and findable):
     sft              train_sft;   merge  adapters after training;   distributed  accelerate launch helpers
     losses           the preference losses as pure tensor functions
     preference_data  preference / SFT dataset layouts into TRL's rows
+    run_pairs        a self-improvement run's pairs.jsonl as training data (its split, its prompt format)
     embeddings       RPO's prompt embeddings
     recipes          YAML recipes and sweep grids
+    figures          training curves, the judge before/after DPO, the sweep figure
 """
