@@ -36,11 +36,8 @@ from ipo import IpoError, cli
 from ipo.benchmarks import alpaca_eval, downstream
 from ipo.cli.api import add_api_args, check_api_args, client_from_args
 from ipo.cli.selfimprove import add_sampling_args, check_sampling_args, sampling_settings_from_args
-from ipo.data import Coverage
 from ipo.modeling import ModelSpec, load_model_and_tokenizer, load_tokenizer
-from ipo.report import markdown_table
-from ipo.run_info import run_description
-from ipo.runs import RecordLog, RunDir, atomic_write_json, atomic_write_text, seed_everything
+from ipo.runs import RecordLog, RunDir, atomic_write_json, seed_everything
 from ipo.selfimprove.prompts_pool import Prompt
 from ipo.selfimprove.sampling import Sampler, check_can_generate, sample_into_log
 from ipo.training.merge import ADAPTER_CONFIG, read_adapter_config
@@ -290,59 +287,18 @@ def main(argv=None) -> int:
     ###############
     # metrics.json, results.md
     ###############
-    scores = {task: s["score"] for task, s in tasks.items()}
-    metric_names = {task: s["metric"] for task, s in tasks.items()}
-    if win is not None:
-        scores["alpaca_eval"] = win["win_rate"]
-        metric_names["alpaca_eval"] = "win_rate (percent of instructions won, both orders, ties half)"
-    coverage = Coverage(
-        n_in_data=sum(s["n_in_data"] for s in tasks.values()) + (win["n_in_data"] if win else 0),
+    markdown = downstream.write_outputs(
+        run.path,
+        args.model_name,
+        name,
+        tasks,
+        win,
+        reference_outputs=args.reference_outputs,
         limit=args.limit,
-        per="task",
-        unit="examples",
-    ).metrics(sum(s["n"] for s in tasks.values()) + (win["n_judged"] if win else 0))
-    sources = list(args.task_list) + ([args.reference_outputs] if args.reference_outputs else [])
-    metrics = {
-        "run": run_description(
-            "downstream",
-            "downstream",
-            args.model_name,
-            scoring=None,
-            source=sources,
-            n=coverage["n_scored"],
-            coverage=coverage,
-        ),
-        "scores": scores,
-        "metric_names": metric_names,
-        "tasks": tasks,
-        "alpaca_eval": win,
-        "coverage": coverage,
-    }
-    atomic_write_json(run.file("metrics.json"), metrics)
-    markdown = results_markdown(name, tasks, win, args)
-    atomic_write_text(run.file("results.md"), markdown)
+        apply_chat_template=args.apply_chat_template,
+    )
     print(markdown)
     return 0
-
-
-def results_markdown(name: str, tasks: dict, win: dict | None, args) -> str:
-    rows = [[task, s["score"], s["stderr"], s["metric"], s["num_fewshot"], s["n"]] for task, s in tasks.items()]
-    if win is not None:
-        rows.append(
-            ["alpaca_eval", win["win_rate"], win["win_rate_stderr"], "win rate, both orders", 0, win["n_judged"]]
-        )
-    text = f"# Downstream evaluation: {name}\n\n" + markdown_table(
-        ["task", "score %", "stderr", "lm-eval metric", "shots", "examples"], rows
-    )
-    text += (
-        "\nlm-eval tasks with lm-eval's own settings unless --num_fewshot says otherwise"
-        + (", through the chat template" if args.apply_chat_template else "")
-        + (f"; at most {args.limit} examples per task (not comparable with full runs)" if args.limit else "")
-        + ".\n"
-    )
-    if win is not None:
-        text += "\n" + alpaca_eval.win_rate_markdown(win)
-    return text
 
 
 def _version(package: str) -> str | None:

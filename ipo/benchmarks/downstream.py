@@ -18,6 +18,10 @@ The model is the one the caller loaded (ipo.modeling, a PEFT adapter applied or 
 so a resumed run skips finished tasks; lm-eval's request cache (``lm_eval/cache_rank0.db``) keeps the model's
 answers of a task killed halfway. Task names are lm-eval's: the Hub tasks above, or local YAML tasks under
 ``include_path`` (``dataset_path: json`` with ``data_files``), checked before any model loads.
+
+``write_outputs`` is the run's one writer of metrics.json and results.md: "scores" {task: percent} (the win
+rate as "alpaca_eval"), "metric_names" {task: the lm-eval metric behind it}, "tasks" (shots, sizes, standard
+errors, every metric), "alpaca_eval", "coverage" and the "run" object of ipo.run_info.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ipo import IpoError
-from ipo.runs import atomic_write_json, atomic_write_jsonl
+from ipo.benchmarks.alpaca_eval import win_rate_markdown
+from ipo.data import Coverage
+from ipo.report import markdown_table
+from ipo.run_info import run_description
+from ipo.runs import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 logger = logging.getLogger("ipo")
 
@@ -246,3 +254,80 @@ def finished_task(folder: str | os.PathLike, task: str, settings: dict) -> dict 
     except (OSError, ValueError):
         return None
     return saved.get("summary") if saved.get("requested") == settings else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run's outputs
+# ---------------------------------------------------------------------------------------------------
+WIN_RATE_METRIC = "win_rate (percent of instructions won, both orders, ties half)"
+
+
+def downstream_metrics(
+    model: str, tasks: dict[str, dict], win: dict | None, reference_outputs: str | None, limit: int | None
+) -> dict:
+    """metrics.json of a downstream run: "run" (ipo.run_info), "scores" {task: percent} with the win rate as
+    "alpaca_eval", "metric_names" {task: the lm-eval "metric,filter" behind the score}, "tasks" (task_summary
+    each), "alpaca_eval" (ipo.benchmarks.alpaca_eval.win_rate_metrics, or None) and "coverage"."""
+    scores = {task: s["score"] for task, s in tasks.items()}
+    metric_names = {task: s["metric"] for task, s in tasks.items()}
+    if win is not None:
+        scores["alpaca_eval"] = win["win_rate"]
+        metric_names["alpaca_eval"] = WIN_RATE_METRIC
+    coverage = Coverage(
+        n_in_data=sum(s["n_in_data"] for s in tasks.values()) + (win["n_in_data"] if win else 0),
+        limit=limit,
+        per="task",
+        unit="examples",
+    ).metrics(sum(s["n"] for s in tasks.values()) + (win["n_judged"] if win else 0))
+    sources = list(tasks) + ([reference_outputs] if reference_outputs else [])
+    return {
+        "run": run_description(
+            "downstream", "downstream", model, scoring=None, source=sources, n=coverage["n_scored"], coverage=coverage
+        ),
+        "scores": scores,
+        "metric_names": metric_names,
+        "tasks": tasks,
+        "alpaca_eval": win,
+        "coverage": coverage,
+    }
+
+
+def results_markdown(name: str, tasks: dict[str, dict], win: dict | None, limit: int | None, chat: bool) -> str:
+    """results.md: one row per task (score, standard error, metric, shots, examples), then the win rate."""
+    rows = [[task, s["score"], s["stderr"], s["metric"], s["num_fewshot"], s["n"]] for task, s in tasks.items()]
+    if win is not None:
+        rows.append(
+            ["alpaca_eval", win["win_rate"], win["win_rate_stderr"], "win rate, both orders", 0, win["n_judged"]]
+        )
+    text = f"# Downstream evaluation: {name}\n\n" + markdown_table(
+        ["task", "score %", "stderr", "lm-eval metric", "shots", "examples"], rows
+    )
+    if tasks:
+        text += (
+            "\nlm-eval tasks with lm-eval's own settings unless --num_fewshot says otherwise"
+            + (", through the chat template" if chat else "")
+            + (f"; at most {limit} examples per task (not comparable with full runs)" if limit else "")
+            + ".\n"
+        )
+    if win is not None:
+        text += "\n" + win_rate_markdown(win)
+    return text
+
+
+def write_outputs(
+    run_path: str | os.PathLike,
+    model: str,
+    name: str,
+    tasks: dict[str, dict],
+    win: dict | None,
+    *,
+    reference_outputs: str | None = None,
+    limit: int | None = None,
+    apply_chat_template: bool = False,
+) -> str:
+    """Write metrics.json (downstream_metrics) and results.md into the run folder; returns results.md."""
+    run_path = Path(run_path)
+    atomic_write_json(run_path / "metrics.json", downstream_metrics(model, tasks, win, reference_outputs, limit))
+    markdown = results_markdown(name, tasks, win, limit, apply_chat_template)
+    atomic_write_text(run_path / "results.md", markdown)
+    return markdown
