@@ -396,23 +396,20 @@ class Round:
         the source round's pairs and judge summary (ipo/selfimprove/pairs_from.py)."""
         loop, s, rd = self.loop, self.loop.settings, self.dir
         if s.source:
-            self.pairs = take_source_pairs(s.source, rd.path, loop.test_ids, main=loop.ranks.main)
+            take_source_pairs(s.source, rd.path, loop.test_ids, main=loop.ranks.main)
             self.metrics.update(judge=s.source.metrics.get("judge"), pairs=s.source.metrics["pairs"])
             self.metrics["pairs_from"] = s.source.describe()
             self.save()
         else:
             scored = RecordLog(rd.scored).ordered(loop.order)
-            self.metrics["judge"] = judge_summary(
-                scored, loop.judge.score_field, loop.test_ids, loop.judge.failure_field
-            )
+            judge = loop.judge
+            self.metrics["judge"] = judge_summary(scored, judge.score_field, loop.test_ids, judge.failure_field)
             self.save()
-        if not s.source and (
-            not rd.pairs.is_file() or "pairs" not in self.metrics
-        ):  # (re)written whole: selection is pure and seeded
-            pairs, self.metrics["pairs"] = select_pairs(rd, scored, loop.judge, s.prompt_format, s.seed, loop.test_ids)
-            if loop.ranks.main:  # every process selects the same pairs (and fails alike); one writes them
-                atomic_write_jsonl(rd.pairs, pairs)
-            self.save()
+            if not rd.pairs.is_file() or "pairs" not in self.metrics:  # (re)written whole: pure and seeded
+                pairs, self.metrics["pairs"] = select_pairs(rd, scored, judge, s.prompt_format, s.seed, loop.test_ids)
+                if loop.ranks.main:  # every process selects the same pairs (and fails alike); one writes them
+                    atomic_write_jsonl(rd.pairs, pairs)
+                self.save()
         loop.ranks.wait()
         self.pairs = read_jsonl(rd.pairs)
         if loop.ranks.main:
