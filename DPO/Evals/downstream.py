@@ -76,8 +76,8 @@ def parse_args(argv=None):
     tasks.add_argument(
         "--batch_size",
         default="8",
-        help="lm-eval's batch size, or 'auto' (the largest that fits); 8 keeps a 7B model's padded batches "
-        "of long BBH prompts within a 24 GB GPU",
+        help="lm-eval's batch size, or 'auto' (lm-eval finds the largest that fits); 8 rows of a 7B model's "
+        "longest requests (3-shot BBH with its 1,024 generated tokens, ~2,500 positions) need a few GB of cache",
     )
     tasks.add_argument(
         "--limit", type=int, default=None, help="at most N examples per task and N win-rate instructions (smoke runs)"
