@@ -103,6 +103,11 @@ def main(argv=None) -> int:
     # Data and run folder (every check before anything is written or loaded)
     ###############
     train = load_data(args.dataset, args.dataset_split, args, "training data")
+    if train.run_pairs and train.run_pairs["split"] != "train":
+        raise IpoError(
+            f"--dataset_split {args.dataset_split}: {args.dataset} is a self-improvement run's pairs, and its held-out "
+            "(test) pairs are never trained on; they are the evaluation data. Drop --dataset_split"
+        )
     evaluation = load_data(args.eval_dataset, args.eval_split, args, "evaluation data") if args.eval_dataset else None
     inputs = {args.dataset: "dataset", args.model_name: "model"}
     if args.eval_dataset:

@@ -254,12 +254,18 @@ def test_train_preferences_on_a_runs_pairs_uses_the_train_split_and_the_runs_for
     assert config["resolved"]["run_pairs"]["prompt_format"] == prompt_format
 
 
-def test_train_preferences_on_pairs_outside_their_run_is_one_line(tiny_model_dir, tmp_path, capsys):
+def test_train_preferences_on_pairs_outside_their_run_or_on_the_held_out_split_is_one_line(
+    tiny_model_dir, tmp_path, capsys
+):
     pairs_file, _ = fake_run(tmp_path, "chat", config=False)
     argv = ["--model_name_or_path", str(tiny_model_dir), "--dataset", str(pairs_file), "--output_dir", str(tmp_path)]
     assert run_script("DPO/train_preferences.py", argv) == 1
     line = last_error_line(capsys)
     assert "config.json" in line and "prompt_format" in line
+    (pairs_file.parent.parent / "config.json").write_text(json.dumps({"args": {"prompt_format": "chat"}}))
+    assert run_script("DPO/train_preferences.py", [*argv, "--dataset_split", "test"]) == 1
+    assert "held-out (test) pairs are never trained on" in last_error_line(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["dpo-run"]  # no run folder was made
 
 
 def test_a_sweep_over_a_runs_pairs(tiny_model_dir, tmp_path, monkeypatch):
