@@ -197,10 +197,10 @@ def array_script(
     lines += [f"#SBATCH {option}" for option in options.extra]
     lines += [
         "",
-        "set -uo pipefail",
         f"cd {shlex.quote(environment.workdir)} || exit 1  # where the job was planned: relative paths start here",
-        "# The environment the job was submitted from:",
+        "# The environment the job was submitted from (before set -u: activation scripts read unset variables):",
         *environment.activate,
+        "set -uo pipefail",
         f"PYTHON={shlex.quote(environment.python)}",
         'TASK_ID="${SLURM_ARRAY_TASK_ID:?not an array task}"',
         "# A port of its own per task (accelerate / torch.distributed), so tasks sharing a node never collide.",
