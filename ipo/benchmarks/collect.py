@@ -455,7 +455,7 @@ def markdown(tables: dict[str, list[Row]]) -> str:
                 row.label or row.method,
                 (row.run.info.get("scoring") or "") if row.run else "",
                 *(cell(row, c) for c in columns),
-                row.coverage if row.run else "no run yet",
+                row.coverage.replace("partial:", "**partial:**") if row.run else "no run yet",
                 str(row.run.path) if row.run else "",
             ]
             for row in rows
