@@ -7,6 +7,7 @@ tokens per second (up to and excluding the stop token), so early stops count the
 
     python benchmarks/bench_sampling.py                       # SmolLM2-135M-Instruct, 16 prompts x 4 x 64 tokens
     python benchmarks/bench_sampling.py --gpu_random_qwen     # plus a random Qwen2.5-0.5B-sized model in bf16 (GPU)
+    python benchmarks/bench_sampling.py --random_model tiny --random_device cpu --only_random --no_dpo  # dry run
 
 It also times one DPO training step (LoRA as in the paper, r 256 on all linear layers) and reports its peak
 memory. The last line of output is a JSON object with both rates and their ``ratio``.
@@ -27,24 +28,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from ipo.assets import smollm2_dir  # noqa: E402
 from ipo.cli import setup_logging  # noqa: E402
-from ipo.modeling import load_model, load_tokenizer  # noqa: E402
+from ipo.modeling import RANDOM_SHAPES, load_model, load_tokenizer, random_causal_lm  # noqa: E402
 from ipo.selfimprove.sampling import Sampler, SamplingSettings, cut_at_stop, encode_prompt  # noqa: E402
 from ipo.training.dpo import build_trainer  # noqa: E402
 from ipo.training.options import TrainingOptions  # noqa: E402
-
-# Qwen2.5-0.5B's shape (config.json of Qwen/Qwen2.5-0.5B-Instruct), random weights: no download needed.
-QWEN_05B_SHAPE = dict(
-    hidden_size=896,
-    intermediate_size=4864,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    max_position_embeddings=32768,
-    tie_word_embeddings=True,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-)
 
 
 def parse_args(argv=None):
@@ -58,10 +45,21 @@ def parse_args(argv=None):
     parser.add_argument("--lora_r", type=int, default=256, help="LoRA rank of the timed DPO step (paper: 256)")
     parser.add_argument("--no_dpo", dest="dpo", action="store_false", help="skip the DPO step timing")
     parser.add_argument(
-        "--gpu_random_qwen",
-        action="store_true",
-        help="also compare on a random-weight Qwen2.5-0.5B-sized model in bf16 (needs a CUDA GPU)",
+        "--random_model",
+        default=None,
+        choices=list(RANDOM_SHAPES),
+        help="also compare on a random-weight model of this shape in bf16 on --random_device (qwen2.5-0.5b: the "
+        "GPU check; tiny: a CPU dry run); speed does not depend on the weights",
     )
+    parser.add_argument(
+        "--gpu_random_qwen",
+        dest="random_model",
+        action="store_const",
+        const="qwen2.5-0.5b",
+        help="the same as --random_model qwen2.5-0.5b (on a CUDA GPU)",
+    )
+    parser.add_argument("--random_device", default="cuda", help="device of --random_model (default: cuda)")
+    parser.add_argument("--only_random", action="store_true", help="skip the SmolLM2 CPU comparison (and its DPO step)")
     return parser.parse_args(argv)
 
 
@@ -198,17 +196,18 @@ def dpo_step(model_dir: str, samples, tokenizer, args, device: str) -> dict:
     return result
 
 
-def random_qwen(tokenizer_dir: str, args) -> dict:
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen2Config(**QWEN_05B_SHAPE, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(device="cuda", dtype=torch.bfloat16).eval()
-    tokenizer.padding_side = "left"
-    result, _ = compare(model, tokenizer, args, "random Qwen2.5-0.5B shape, bf16, GPU")
-    return {"model": "random Qwen2.5-0.5B-sized (bf16)", "params": sum(p.numel() for p in model.parameters()), **result}
+def random_model(tokenizer_dir: str, args) -> dict:
+    """The comparison on a random-weight model of --random_model's shape (ipo.modeling.random_causal_lm), bf16."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = random_causal_lm(args.random_model, args.random_device, "bfloat16", tokenizer)
+    label = f"random {args.random_model} shape, bf16, {model.device}"
+    result, _ = compare(model, tokenizer, args, label)
+    return {
+        "model": f"random {args.random_model}-sized (bf16)",
+        "device": str(model.device),
+        "params": sum(p.numel() for p in model.parameters()),
+        **result,
+    }
 
 
 def main(argv=None) -> int:
@@ -219,28 +218,27 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = args.model or str(smollm2_dir())
-    model, device, _ = load_model(model_dir, dtype="float32", device="cpu")
-    tokenizer = load_tokenizer(model_dir)
-    label = f"{Path(model_dir).name} fp32 CPU, {torch.get_num_threads()} threads"
-    sampling, samples = compare(model, tokenizer, args, label)
     report = {
-        "model": Path(model_dir).name,
-        "device": device,
-        "threads": torch.get_num_threads(),
         "prompts": args.num_prompts,
         "samples_per_prompt": args.num_return_sequences,
         "max_new_tokens": args.max_new_tokens,
-        **sampling,
+        "threads": torch.get_num_threads(),
     }
-    del model
-    if args.dpo:
-        report.update(dpo_step(model_dir, samples, tokenizer, args, device="cpu"))
-    if args.gpu_random_qwen:
-        if torch.cuda.is_available():
-            report["gpu"] = random_qwen(model_dir, args)
+    if not args.only_random:
+        model, device, _ = load_model(model_dir, dtype="float32", device="cpu")
+        tokenizer = load_tokenizer(model_dir)
+        label = f"{Path(model_dir).name} fp32 CPU, {torch.get_num_threads()} threads"
+        sampling, samples = compare(model, tokenizer, args, label)
+        report.update({"model": Path(model_dir).name, "device": device, **sampling})
+        del model
+        if args.dpo:
+            report.update(dpo_step(model_dir, samples, tokenizer, args, device="cpu"))
+    if args.random_model:
+        if args.random_device.startswith("cuda") and not torch.cuda.is_available():
+            report["random_model"] = None
+            print(f"--random_model on {args.random_device}: no CUDA GPU here, skipped", flush=True)
         else:
-            report["gpu"] = None
-            print("--gpu_random_qwen: no CUDA GPU here, skipped", flush=True)
+            report["random_model"] = random_model(model_dir, args)
     print(json.dumps(report))
     return 0
 

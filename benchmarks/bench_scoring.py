@@ -38,7 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from ipo import IpoError, cli  # noqa: E402
 from ipo.data import Example  # noqa: E402
-from ipo.prompts import REWARDBENCH_LAYOUT, REWARDBENCH_PROMPTS, render_upstream  # noqa: E402
+from ipo.modeling import RANDOM_SHAPES  # noqa: E402
+from ipo.prompts import (  # noqa: E402
+    REWARDBENCH_FALLBACK_SUBSET,
+    REWARDBENCH_LAYOUT,
+    REWARDBENCH_PROMPTS,
+    render_upstream,
+)
 
 # Per setting: token ranges of the prompt and of each response, the longest judge prompt allowed, the
 # subsets (whose questions fit), pairs by default (enough that a batch of the scorer is full, as in a
@@ -51,6 +57,7 @@ SETTINGS = {
         "n_pairs": 128,
         "subsets": ["alpacaeval-easy", "llmbar-natural", "xstest-should-respond", "refusals-offensive"],
         "target_ratio": 8.0,
+        "target_floor_fraction": 0.6,  # issue 13: bf16 on a CPU with native bf16, one thread
     },
     "long": {
         "prompt_tokens": (20, 80),
@@ -59,9 +66,12 @@ SETTINGS = {
         "n_pairs": 24,
         "subsets": ["alpacaeval-length", "hep-python", "math-prm", "mt-bench-med"],
         "target_ratio": 1.25,
+        "target_floor_fraction": None,
     },
 }
 UPSTREAM_MAX_LENGTH = 1024
+DTYPES = ("float32", "bfloat16", "float16")
+DEMO_PAIRS = Path(__file__).resolve().parent.parent / "data" / "demo_rewardbench.jsonl"
 WORDS = (
     "the a of to and in is it that for on with as was at by this be from or have an are not but had his they "
     "you were her one all we can their there been if more when will would who so no out up into do time only "
@@ -184,10 +194,14 @@ def interleaved_minimum(functions: dict, rounds: int, clock) -> tuple[dict, dict
     return best, results
 
 
-def matmul_flops_per_second(device: str, dtype, size: int = 8192, repeats: int = 10) -> float:
-    """Measured dense matmul throughput (FLOP/s) of ``device`` at ``dtype``: the denominator of the FLOP floor."""
+def matmul_flops_per_second(device: str, dtype, size: int | None = None, repeats: int | None = None) -> float:
+    """Measured dense matmul throughput (FLOP/s) of ``device`` at ``dtype``: the denominator of the FLOP floor.
+    A GPU multiplies 8192 x 8192 matrices 10 times; a CPU 4096 x 4096 ones 3 times (same rate, seconds not
+    minutes)."""
     import torch
 
+    gpu = device.startswith("cuda")
+    size, repeats = size or (8192 if gpu else 4096), repeats or (10 if gpu else 3)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     clock = make_clock(device)
@@ -200,31 +214,8 @@ def matmul_flops_per_second(device: str, dtype, size: int = 8192, repeats: int =
 
 
 # ---------------------------------------------------------------------------------------------------
-# Models
+# Floor and agreement
 # ---------------------------------------------------------------------------------------------------
-def random_qwen_0_5b(device: str, vocab_size: int = 151936):
-    """A random-weight model with Qwen2.5-0.5B's shape (speed does not depend on the weights), bf16."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    return model.eval()
-
-
 def flop_floor_fraction(n_parameters: int, forward_tokens: int, flops_per_second: float, seconds: float) -> float:
     """Fraction of the FLOP floor reached: (2 x parameters x tokens run / peak FLOP/s) / measured seconds."""
     return 2 * n_parameters * forward_tokens / flops_per_second / seconds
@@ -236,6 +227,54 @@ def non_embedding_parameters(model) -> int:
     return total - embedding.numel()
 
 
+def verdicts_changed(reference: list[float], scores: list[float]) -> int:
+    """Pairs (consecutive chosen, rejected scores) whose verdict, chosen > rejected, differs from the reference's."""
+    return sum(
+        (reference[i] > reference[i + 1]) != (scores[i] > scores[i + 1]) for i in range(0, len(reference) - 1, 2)
+    )
+
+
+def agreement(reference: list[float], scores: list[float]) -> dict:
+    """max and mean |dP| and verdicts changed, of ``scores`` against ``reference`` (same responses, same order)."""
+    diffs = [abs(a - b) for a, b in zip(reference, scores)]
+    return {
+        "max_abs_diff": max(diffs),
+        "mean_abs_diff": sum(diffs) / len(diffs),
+        "verdicts_changed": verdicts_changed(reference, scores),
+    }
+
+
+def dtypes_to_run(requested: str, device: str) -> list[str]:
+    """--dtypes: "auto" is float32 plus bfloat16 where the hardware multiplies bf16 natively (a CPU with
+    AVX512-BF16 or AMX, a GPU of compute capability 8.0+); else the comma-separated list as given. float32
+    always runs: its upstream-style loop is every row's reference."""
+    import torch
+
+    from ipo.modeling import cpu_has_native_bf16
+
+    if requested != "auto":
+        asked = requested.split(",")
+        return ["float32", *[d for d in asked if d != "float32"]]
+    if device.startswith("cuda"):
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = device == "cpu" and cpu_has_native_bf16()
+    return ["float32", "bfloat16"] if native else ["float32"]
+
+
+def load_demo_pairs(path: str) -> list[Example]:
+    """The real pairs the agreement between dtypes is measured on (--agreement_data); a subset without a judge
+    question of its own gets upstream's fallback question, as in Reward_Bench/ours.py."""
+    from ipo.benchmarks.rewardbench import load_examples
+
+    examples, _ = load_examples(path, "filtered")
+    known = [e.subset in REWARDBENCH_PROMPTS for e in examples]
+    return [
+        e if ok else Example(id=e.id, prompt=e.prompt, responses=e.responses, subset=REWARDBENCH_FALLBACK_SUBSET)
+        for e, ok in zip(examples, known)
+    ]
+
+
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -244,20 +283,28 @@ def parse_args(argv=None):
     parser.add_argument(
         "--tokenizer",
         default=None,
-        help="tokenizer folder (default: the model's; with --random_qwen_0_5b, SmolLM2's, whose "
-        "ids all fit Qwen's vocabulary)",
+        help="tokenizer folder (default: the model's; with --random_model, SmolLM2's, whose ids all fit the "
+        "random models' vocabularies)",
+    )
+    parser.add_argument(
+        "--random_model",
+        default=None,
+        choices=list(RANDOM_SHAPES),
+        help="score with a random-weight model of this shape instead of --model_name (qwen2.5-0.5b: the GPU "
+        "timing run; tiny: a CPU dry run of the same code); speed does not depend on the weights",
     )
     parser.add_argument(
         "--random_qwen_0_5b",
-        action="store_true",
-        help="score with a random-weight Qwen2.5-0.5B-sized model in bf16 (for GPU timing runs) "
-        "and report the fraction of the FLOP floor reached",
+        dest="random_model",
+        action="store_const",
+        const="qwen2.5-0.5b",
+        help="the same as --random_model qwen2.5-0.5b",
     )
     parser.add_argument(
-        "--flop_floor",
-        action="store_true",
-        help="also measure the matmul peak at the run's dtype and report the fraction of the FLOP "
-        "floor the scorer reaches (adds about a minute on a CPU)",
+        "--no_floor",
+        dest="floor",
+        action="store_false",
+        help="skip the matmul peak measurement (about 10 s per dtype on a CPU) and the floor fractions",
     )
     parser.add_argument("--settings", default="short,long", help=f"comma-separated, from {', '.join(SETTINGS)}")
     parser.add_argument(
@@ -272,10 +319,18 @@ def parse_args(argv=None):
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
+        "--dtypes",
         "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default: float32 on CPU; bf16 with --random_qwen_0_5b)",
+        dest="dtypes",
+        default="auto",
+        help="comma-separated from float32, bfloat16, float16 (float32 always runs: the reference); auto = "
+        "float32, plus bfloat16 where the hardware has it natively, so both are compared where the choice exists",
+    )
+    parser.add_argument(
+        "--agreement_data",
+        default=str(DEMO_PAIRS) if DEMO_PAIRS.is_file() else "none",
+        help="real RewardBench-format pairs on which each dtype's scores are compared with float32's (max |dP|, "
+        "verdicts changed; default: data/demo_rewardbench.jsonl); 'none' skips it",
     )
     parser.add_argument("--batch_size", type=int, default=None, help="the scorer's batch size (default: its own)")
     parser.add_argument(
@@ -287,6 +342,11 @@ def parse_args(argv=None):
     unknown = [s for s in args.settings.split(",") if s not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting {unknown[0]!r}; choose from {', '.join(SETTINGS)}")
+    wrong = [d for d in args.dtypes.split(",") if d not in DTYPES] if args.dtypes != "auto" else []
+    if wrong:
+        parser.error(f"unknown dtype {wrong[0]!r}; choose from auto or {', '.join(DTYPES)}")
+    if args.agreement_data != "none" and not Path(args.agreement_data).is_file():
+        parser.error(f"--agreement_data {args.agreement_data}: no such file")
     return args
 
 
@@ -295,80 +355,97 @@ def main(argv=None) -> int:
     cli.setup_logging("warning")
     import torch
 
+    from ipo.assets import smollm2_dir
     from ipo.judges.yes_no import YesNoJudge
-    from ipo.modeling import load_model, load_tokenizer, resolve_device
+    from ipo.modeling import load_model, load_tokenizer, random_causal_lm, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.random_qwen_0_5b:
-        from ipo.assets import smollm2_dir
-
-        tokenizer = load_tokenizer(args.tokenizer or str(smollm2_dir()))
-        if args.dtype not in (None, "bfloat16"):
-            raise IpoError("--random_qwen_0_5b runs in bf16")
-        model, dtype, model_label = random_qwen_0_5b(device), torch.bfloat16, "random Qwen2.5-0.5B-sized"
-    else:
-        from ipo.assets import smollm2_dir
-
-        model_name = args.model_name or str(smollm2_dir())
-        tokenizer = load_tokenizer(args.tokenizer or model_name)
-        model, device, dtype = load_model(model_name, dtype=args.dtype or "float32", device=device)
-        model_label = cli.model_short_name(model_name)
+    dtypes = dtypes_to_run(args.dtypes, device)
+    model_name = None if args.random_model else args.model_name or str(smollm2_dir())
+    tokenizer = load_tokenizer(args.tokenizer or model_name or str(smollm2_dir()))
+    label = f"random {args.random_model}-sized" if args.random_model else cli.model_short_name(model_name)
+    models = {}
+    for dtype in dtypes:
+        if args.random_model:
+            models[dtype] = random_causal_lm(args.random_model, device, dtype, tokenizer)
+        else:
+            models[dtype] = load_model(model_name, dtype=dtype, device=device)[0]
     judge_options = {k: getattr(args, k) for k in ("batch_size", "max_batch_tokens") if getattr(args, k)}
-    judge = YesNoJudge(model, tokenizer, scoring="upstream", max_length=UPSTREAM_MAX_LENGTH, **judge_options)
+    judges = {
+        dtype: YesNoJudge(model, tokenizer, scoring="upstream", max_length=UPSTREAM_MAX_LENGTH, **judge_options)
+        for dtype, model in models.items()
+    }
     clock = make_clock(device)
-    matmul_flops = matmul_flops_per_second(device, dtype) if args.flop_floor or args.random_qwen_0_5b else None
+    peaks = {dtype: matmul_flops_per_second(device, getattr(torch, dtype)) for dtype in dtypes} if args.floor else {}
+    demo = load_demo_pairs(args.agreement_data) if args.agreement_data != "none" else []
+    demo_scores = {dtype: project_scores(judge, demo) for dtype, judge in judges.items()} if demo else {}
 
     for setting in args.settings.split(","):
         examples = synthetic_pairs(tokenizer, setting, args.n_pairs or SETTINGS[setting]["n_pairs"], args.seed)
         lengths = [prompt_length(tokenizer, e.subset, e.prompt, r) for e in examples for r in e.responses]
-        # Warm-up, not timed: the scorer over every pair, so each batch shape it will run has been run once
-        # (allocator and kernel choices settle per shape); the upstream loop runs one sequence at a time.
-        upstream_style_scores(model, tokenizer, examples[: min(2, len(examples))])
-        project_scores(judge, examples)
-        judge.stats = dict.fromkeys(judge.stats, 0)
-        seconds, scores = interleaved_minimum(
-            {
-                "upstream": lambda examples=examples: upstream_style_scores(model, tokenizer, examples),
-                "project": lambda examples=examples: project_scores(judge, examples),
-            },
-            args.rounds,
-            clock,
-        )
+        functions = {}
+        for dtype in dtypes:
+            model, judge = models[dtype], judges[dtype]
+            # Warm-up, not timed: the scorer over every pair, so each batch shape it will run has been run once
+            # (allocator and kernel choices settle per shape); the upstream loop runs one sequence at a time.
+            upstream_style_scores(model, tokenizer, examples[: min(2, len(examples))])
+            project_scores(judge, examples)
+            judge.stats = dict.fromkeys(judge.stats, 0)
+            functions[f"upstream/{dtype}"] = lambda m=model, e=examples: upstream_style_scores(m, tokenizer, e)
+            functions[f"project/{dtype}"] = lambda j=judge, e=examples: project_scores(j, e)
+        seconds, scores = interleaved_minimum(functions, args.rounds, clock)
         n_sequences = len(lengths)
-        line = {
-            "setting": setting,
-            "model": model_label,
-            "device": device,
-            "dtype": str(dtype).replace("torch.", ""),
-            "threads": args.threads if device == "cpu" else None,
-            "n_pairs": len(examples),
-            "n_sequences": n_sequences,
-            "tokens_mean": round(sum(lengths) / n_sequences, 1),
-            "tokens_min": min(lengths),
-            "tokens_max": max(lengths),
-            # Tokens run through the model per pass over the pairs: the upstream loop runs every token with
-            # the full-vocabulary head; the project runs padded tokens, shared prefixes once, head at the end.
-            "upstream_forward_tokens": sum(lengths),
-            "project_forward_tokens": judge.stats["forward_tokens"] // args.rounds,
-            "upstream_seq_per_s": round(n_sequences / seconds["upstream"], 3),
-            "project_seq_per_s": round(n_sequences / seconds["project"], 3),
-            "ratio": round(seconds["upstream"] / seconds["project"], 3),
-            "max_abs_diff": max(abs(a - b) for a, b in zip(scores["upstream"], scores["project"])),
-            "target_ratio": SETTINGS[setting]["target_ratio"],
-            "timer": "wall (synchronised)" if device.startswith("cuda") else "process CPU time",
-            "judge": {"batch_size": judge.batch_size, "max_batch_tokens": judge.max_batch_tokens},
-        }
-        if matmul_flops:
-            line["matmul_tflops"] = round(matmul_flops / 1e12, 3)
-            line["floor_tokens"] = line["project_forward_tokens"]
-            line["flop_floor_fraction"] = round(
-                flop_floor_fraction(
-                    non_embedding_parameters(model), line["floor_tokens"], matmul_flops, seconds["project"]
+        for dtype in dtypes:
+            upstream, project = seconds[f"upstream/{dtype}"], seconds[f"project/{dtype}"]
+            line = {
+                "setting": setting,
+                "dtype": dtype,
+                "model": label,
+                "device": device,
+                "threads": args.threads if device == "cpu" else None,
+                "n_pairs": len(examples),
+                "n_sequences": n_sequences,
+                "tokens_mean": round(sum(lengths) / n_sequences, 1),
+                "tokens_min": min(lengths),
+                "tokens_max": max(lengths),
+                # Tokens run through the model per pass over the pairs: the upstream loop runs every token with
+                # the full-vocabulary head; the project runs padded tokens, shared prefixes once, head at the end.
+                "upstream_forward_tokens": sum(lengths),
+                "project_forward_tokens": judges[dtype].stats["forward_tokens"] // args.rounds,
+                "upstream_float32_seq_per_s": round(n_sequences / seconds["upstream/float32"], 3),
+                "upstream_seq_per_s": round(n_sequences / upstream, 3),
+                "project_seq_per_s": round(n_sequences / project, 3),
+                # ratio: against the float32 upstream-style loop (the reference of every row); the second
+                # against that loop run in this row's dtype (what the scorer's design gains, the dtype aside).
+                "ratio": round(seconds["upstream/float32"] / project, 3),
+                "ratio_vs_upstream_same_dtype": round(upstream / project, 3),
+                "target_ratio": SETTINGS[setting]["target_ratio"],
+                # Agreement with the float32 upstream-style loop on the same synthetic pairs.
+                **agreement(scores["upstream/float32"], scores[f"project/{dtype}"]),
+                "max_abs_diff_vs_upstream_same_dtype": max(
+                    abs(a - b) for a, b in zip(scores[f"upstream/{dtype}"], scores[f"project/{dtype}"])
                 ),
-                3,
-            )
-        print(json.dumps(line), flush=True)
+                "timer": "wall (synchronised)" if device.startswith("cuda") else "process CPU time",
+                "judge": {"batch_size": judges[dtype].batch_size, "max_batch_tokens": judges[dtype].max_batch_tokens},
+            }
+            if demo_scores:
+                # Real pairs: this dtype's scorer against the float32 scorer (same batches, only the dtype differs).
+                found = agreement(demo_scores["float32"], demo_scores[dtype])
+                line.update({f"demo_{k}": v for k, v in found.items()})
+                line["demo_n_pairs"] = len(demo)
+            if peaks:
+                n_parameters = non_embedding_parameters(models[dtype])
+                line["matmul_tflops"] = round(peaks[dtype] / 1e12, 3)
+                line["floor_tokens"] = line["project_forward_tokens"]
+                line["floor_fraction"] = round(
+                    flop_floor_fraction(n_parameters, line["floor_tokens"], peaks[dtype], project), 3
+                )
+                line["upstream_floor_fraction"] = round(
+                    flop_floor_fraction(n_parameters, line["upstream_forward_tokens"], peaks[dtype], upstream), 3
+                )
+                line["target_floor_fraction"] = SETTINGS[setting]["target_floor_fraction"]
+            print(json.dumps(line), flush=True)
     return 0
 
 

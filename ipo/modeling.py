@@ -258,3 +258,66 @@ def check_finite(values, dtype, what: str) -> None:
 
     if not bool(torch.isfinite(values).all()):
         raise non_finite_error(dtype, what)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX tiles; oneDNN then runs bf16
+    matmuls at 2-4x float32's rate). ``torch.backends.cpu.get_cpu_capability()`` names only the vector
+    width ("AVX512" here, also on CPUs without bf16), so torch.cpu's feature checks decide."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+# Shapes of random-weight models for speed checks: speed does not depend on the weights, so no download is
+# needed. "qwen2.5-0.5b" is Qwen/Qwen2.5-0.5B-Instruct's config.json; "tiny" is for CPU dry runs of the
+# same code. Vocabularies cover the embedded SmolLM2 tokenizer's 49,152 ids, whose text the checks feed in.
+RANDOM_SHAPES = {
+    "qwen2.5-0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def random_causal_lm(shape: str, device: str = "cpu", dtype: str = "bfloat16", tokenizer=None, seed: int = 0):
+    """A Qwen2 model with random weights (seeded) and the shape RANDOM_SHAPES[shape], on ``device`` in ``dtype``.
+
+    ``tokenizer``: its EOS and pad ids go into the config (so that generation stops where the text's
+    tokenizer says) and its ids must fit the vocabulary."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if shape not in RANDOM_SHAPES:
+        raise IpoError(f"unknown random model shape {shape!r}; choose from {', '.join(RANDOM_SHAPES)}")
+    special = {}
+    if tokenizer is not None:
+        if len(tokenizer) > RANDOM_SHAPES[shape]["vocab_size"]:
+            raise IpoError(f"the tokenizer's {len(tokenizer)} ids do not fit the {shape} vocabulary")
+        special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    config = Qwen2Config(**RANDOM_SHAPES[shape], **special)
+    torch.manual_seed(seed)
+    with torch.device(resolve_device(device)):
+        model = Qwen2ForCausalLM(config).to(resolve_dtype(dtype, resolve_device(device)))
+    return model.eval()
