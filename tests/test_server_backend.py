@@ -78,6 +78,14 @@ def test_server_p_yes_equals_the_in_process_judge(server, tiny_model, tiny_model
     )
     assert max(abs(a - b) for i in local for a, b in zip(local[i], scores(wide)[i])) < TOLERANCE
     assert wide.stats["missing_ids"] == 0
+    # Text prompts (for servers that take no token ids): the same numbers where the text round trip holds
+    text = make_yes_no_judge(
+        connect(str(tiny_model_dir), settings(server, p_yes_method="approx", top_logprobs=600, prompt_as="text")),
+        tokenizer,
+        scoring=scoring,
+    )
+    assert max(abs(a - b) for i in local for a, b in zip(local[i], scores(text)[i])) < TOLERANCE
+    assert isinstance(server.bodies[-1]["prompt"], str) and text.describe()["prompt_as"] == "text"
     narrow = make_yes_no_judge(
         connect(str(tiny_model_dir), settings(server, p_yes_method="approx", top_logprobs=3)),
         tokenizer,
@@ -202,6 +210,9 @@ def test_bad_backend_settings_stop_in_one_line(server, tiny_model_dir, tmp_path,
     server_args = ["--backend", "server", "--base_url", server.base_url, *FAST_RETRY]
     assert run_script(script, [*base, *server_args, "--served_model", "other", "--run_name", "a"]) == 1
     assert "not --served_model 'other'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_script(script, [*base, *server_args, "--server_prompt", "text"])
+    assert "use --server_p_yes approx" in capsys.readouterr().err
     assert not (tmp_path / "a" / "config.json").exists()
 
     # exact P(Yes) from a server without prompt_logprobs (not vLLM): refused before the run starts

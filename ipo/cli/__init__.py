@@ -21,6 +21,7 @@ from ipo.judges.server import (
     DEFAULT_SERVER_KEY_ENV,
     DEFAULT_TOP_LOGPROBS,
     P_YES_METHODS,
+    PROMPT_AS,
     ServerSettings,
     ServerYesNoJudge,
     check_server_settings,
@@ -210,6 +211,13 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
         "--max-logprobs)",
     )
     group.add_argument(
+        "--server_prompt",
+        choices=list(PROMPT_AS),
+        default="tokens",
+        help="tokens: send the exact token ids (vLLM, SGLang); text: their decoded text, for servers that take "
+        "only text (llama-cpp-python), approximate P(Yes) only",
+    )
+    group.add_argument(
         "--server_api_key_env",
         default=DEFAULT_SERVER_KEY_ENV,
         help="environment variable holding the server's API key (unset: none is sent)",
@@ -241,6 +249,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings | None:
         max_retries=args.server_max_retries,
         retry_base_delay=args.server_retry_base_delay,
         max_concurrency=args.server_concurrency,
+        prompt_as=args.server_prompt,
     )
 
 

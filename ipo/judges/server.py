@@ -46,6 +46,7 @@ logger = logging.getLogger("ipo")
 
 BACKENDS = ("hf", "server")
 P_YES_METHODS = {"exact": "exact_prompt_logprobs", "approx": "approx_top_logprobs"}
+PROMPT_AS = ("tokens", "text")
 DEFAULT_SERVER_KEY_ENV = "VLLM_API_KEY"  # vLLM's server reads its --api-key from the same variable
 NO_KEY = "EMPTY"  # what the openai SDK sends to a server started without a key (it needs some value)
 DEFAULT_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs: the most a stock server returns
@@ -67,6 +68,7 @@ class ServerSettings:
     max_retries: int = 5
     retry_base_delay: float = 1.0  # seconds before the first retry, doubled each time (ipo.judges.api_client)
     max_concurrency: int = 32  # requests in flight: enough to fill a continuous-batching engine's batch
+    prompt_as: str = "tokens"  # "text": the ids decoded, for servers that take only text (llama-cpp-python)
 
 
 @dataclass
@@ -87,7 +89,18 @@ class ServedModel:
             "served_model": s.served_model,
             "api_key_env": s.key_env,
             "tokenizer_from": self.path,
+            "prompt_as": s.prompt_as,
         }
+
+    def prompt(self, tokenizer, ids: Sequence[int]):
+        """What a request sends as its prompt: the token ids, or (``prompt_as="text"``) their text, special
+        tokens written out, which the server tokenises again (the same ids only where that round trip holds); a
+        leading BOS is left to the server, which adds its own as the model's tokenizer does."""
+        if self.settings.prompt_as != "text":
+            return list(ids)
+        bos = getattr(tokenizer, "bos_token_id", None)
+        ids = list(ids)[1:] if bos is not None and ids and ids[0] == bos else list(ids)
+        return tokenizer.decode(ids, skip_special_tokens=False)
 
     @property
     def generation_config(self):
@@ -143,6 +156,13 @@ def check_server_settings(settings: ServerSettings) -> None:
         raise IpoError("--backend server needs --served_model: the model id the server serves (GET /v1/models)")
     if settings.p_yes_method not in P_YES_METHODS:
         raise IpoError(f"unknown P(Yes) method {settings.p_yes_method!r}; choose from {', '.join(P_YES_METHODS)}")
+    if settings.prompt_as not in PROMPT_AS:
+        raise IpoError(f"unknown prompt form {settings.prompt_as!r}; choose from {', '.join(PROMPT_AS)}")
+    if settings.prompt_as == "text" and settings.p_yes_method == "exact":
+        raise IpoError(
+            "--server_prompt text cannot give the exact P(Yes): the server re-tokenises the text, so prompt + candidate "
+            "is not the sequence the judge scores; use --server_p_yes approx"
+        )
     if settings.top_logprobs < 1 or settings.max_concurrency < 1 or settings.max_retries < 0 or settings.timeout <= 0:
         raise IpoError("--server_top_logprobs, --server_concurrency and --server_timeout must be positive")
 
@@ -254,7 +274,7 @@ class ServerYesNoJudge(YesNoJudge):
                 "extra_body": {"prompt_logprobs": 0},
             }
         return {
-            "prompt": list(ids),
+            "prompt": self.served.prompt(self.tokenizer, ids),
             "max_tokens": 1,
             "temperature": 0.0,
             "logprobs": self.settings.top_logprobs,
@@ -369,7 +389,7 @@ class ServerSelfRewardScorer(SelfRewardScorer):
     def generate(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
         bodies = [
             {
-                "prompt": list(ids),
+                "prompt": self.served.prompt(self.tokenizer, ids),
                 "max_tokens": self.max_new_tokens,
                 "temperature": 0.0,
                 "extra_body": {"stop_token_ids": sorted(self.eos_ids), "return_token_ids": True},

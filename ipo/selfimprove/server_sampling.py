@@ -97,7 +97,7 @@ class ServerSampler:
         if self.repetition_penalty:
             extra["repetition_penalty"] = self.repetition_penalty
         return {
-            "prompt": list(ids),
+            "prompt": self.served.prompt(self.tokenizer, ids),
             "max_tokens": s.max_new_tokens,
             "temperature": s.temperature,
             "top_p": self.top_p,
