@@ -22,6 +22,13 @@ On a serving engine (docs/serving.md; --model_name still gives the local tokeniz
 
 The server samples and judges round 1; training, merging and later rounds run locally.
 
+Another beta, loss or learning rate on a finished run's pairs, without sampling and judging again: --pairs_from
+takes the source run's model, prompts, format, held-out split and judge, trains on its training pairs only and
+judges the held-out prompts after (DPO/README.md "Train again on a run's pairs"), e.g. on the offline run above:
+
+    python DPO/ours.py --pairs_from outputs/dpo-SmolLM2-135M-Instruct-chat --beta 0.3 --max_steps 2 \
+        --per_device_train_batch_size 2 --lora_r 16 --lora_alpha 32 --warmup_ratio 0 --judge_after
+
 The run folder <output_dir>/<run_name>/ holds config.json, metrics.json, results.md and one folder per round
 (responses.jsonl -> scored.jsonl -> pairs.jsonl -> adapter/ -> merged/). Re-running the same command resumes:
 each stage redoes only what its file lacks, and training restarts from its last checkpoint. Every flag is

@@ -9,8 +9,11 @@ self-improvement run's round_<k>/pairs.jsonl (DPO/ours.py, DPO/self_reward.py): 
 trained on, its held-out (test) split is the evaluation data unless --eval_dataset says otherwise, and the
 rows are built in the run's --prompt_format, read from the run's config.json (ipo/training/run_pairs.py):
 
+    python DPO/ours.py --model_id "$(python -m ipo.assets smollm2)" --dataset_name data/demo_prompts.jsonl \\
+        --prompt_format chat --max_new_tokens 32 --test_fraction 0.25 --stop_after pairs --run_name demo-pairs
     python DPO/train_preferences.py --model_name_or_path "$(python -m ipo.assets smollm2)" \\
-        --dataset outputs/dpo-smollm2-chat/round_1/pairs.jsonl --beta 0.3 --max_steps 2 --lora_r 8 --lora_alpha 16
+        --dataset outputs/demo-pairs/round_1/pairs.jsonl --beta 0.3 --max_steps 2 --warmup_ratio 0 \\
+        --per_device_train_batch_size 2 --lora_r 8 --lora_alpha 16
 
 RPO on the embedded SmolLM2-135M-Instruct and 64 Anthropic HH pairs (a minute on a CPU, offline once the data
 file is here: harmless-base/test.jsonl.gz of the Hub dataset Anthropic/hh-rlhf, downloaded to the current folder):
