@@ -11,7 +11,10 @@ from ipo.training.losses import LOSS_TYPES
 from ipo.training.recipes import RECIPE_KEYS, expand_grid, load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-TRAINING_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
+# recipes/paper/ holds grids of benchmark runs (Preference_Comparison/grid.py, tested in test_grid.py), not training.
+TRAINING_RECIPES = sorted(
+    p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts and "paper" not in p.parts
+)
 SCAN_BETAS = [0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
