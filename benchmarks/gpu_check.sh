@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (issue 13 item 5): on a CUDA machine, one JSON line per check, from the repository root:
 #
-#     bash benchmarks/gpu_check.sh                 # needs a CUDA GPU; about 5-10 minutes on one H100
-#     bash benchmarks/gpu_check.sh --dry_run       # the same steps on the CPU, tiny shapes, no 4-bit (checks the script)
+#     bash benchmarks/gpu_check.sh                 # needs a CUDA GPU (not yet run on one: none was lent so far)
+#     bash benchmarks/gpu_check.sh --dry_run       # the same steps on the CPU, tiny shapes, no 4-bit: 0 failed here
 #
 # Checks, each one line {"check": ..., "ok": ..., ...}:
 #   gpu           the device(s) seen by torch
