@@ -281,8 +281,8 @@ def test_each_process_loads_its_model_on_its_own_gpu(monkeypatch):
 def test_a_killed_runs_part_files_are_merged_at_the_next_start(tmp_path):
     """A part file (another process's share) left by a killed run joins the log before the stage looks at what
     is missing, also when the run resumes as one process; no record is written twice."""
-    from ipo.runs import RecordLog
     from ipo.parallel import Ranks, part_path, run_sharded
+    from ipo.runs import RecordLog
 
     log_path = tmp_path / "responses.jsonl"
     write_jsonl(log_path, [{"id": "a", "n": 1}])
