@@ -104,6 +104,25 @@ def test_approximate_p_yes_reading():
     assert p_yes_from_logprobs([-1.0, -2.0], [-0.5]) == pytest.approx(expected / (expected + math.exp(-0.5)))
 
 
+def test_text_prompt_keeps_a_bos_the_tokenizer_does_not_add():
+    """SmolLM2's BOS is <|im_start|>, which its chat template writes and its tokenizer never adds: kept in the text."""
+    from helpers import build_tokenizer
+
+    from ipo.judges.server import ServedModel
+
+    tokenizer = build_tokenizer()
+    tokenizer.bos_token = "<|im_start|>"
+    ids = tokenizer(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Yes?"}], tokenize=False, add_generation_prompt=True
+        ),
+        add_special_tokens=False,
+    ).input_ids
+    assert ids[0] == tokenizer.bos_token_id and tokenizer("a").input_ids[0] != tokenizer.bos_token_id
+    served = ServedModel("m", ServerSettings("http://h/v1", "m", p_yes_method="approx", prompt_as="text"), None)
+    assert tokenizer(served.prompt(tokenizer, ids), add_special_tokens=False).input_ids == ids
+
+
 def run_rewardbench(tiny_model_dir, data, out, name, *extra):
     argv = [
         "--model_name",

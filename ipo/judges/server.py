@@ -94,12 +94,14 @@ class ServedModel:
 
     def prompt(self, tokenizer, ids: Sequence[int]):
         """What a request sends as its prompt: the token ids, or (``prompt_as="text"``) their text, special
-        tokens written out, which the server tokenises again (the same ids only where that round trip holds); a
-        leading BOS is left to the server, which adds its own as the model's tokenizer does."""
+        tokens written out, which the server tokenises again (the same ids only where that round trip holds). A
+        leading BOS that the tokenizer adds to any text is left to the server, which adds its own likewise; one
+        the prompt itself holds (a chat template's first token, e.g. SmolLM2's <|im_start|>) stays."""
         if self.settings.prompt_as != "text":
             return list(ids)
         bos = getattr(tokenizer, "bos_token_id", None)
-        ids = list(ids)[1:] if bos is not None and ids and ids[0] == bos else list(ids)
+        adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+        ids = list(ids)[1:] if adds_bos and ids and ids[0] == bos else list(ids)
         return tokenizer.decode(ids, skip_special_tokens=False)
 
     @property
