@@ -30,6 +30,7 @@ from ipo.judges.server import (
 from ipo.judges.yes_no import load_judge
 from ipo.modeling import ModelSpec
 from ipo.prompts import PROMPT_FORMATS
+from ipo.run_info import model_short_name  # noqa: F401 (the scripts call cli.model_short_name)
 from ipo.runs import SECRET_ARGS, RunDir, release_locks
 
 logger = logging.getLogger("ipo")
@@ -521,9 +522,3 @@ def consume_secrets(args: argparse.Namespace) -> None:
 def public_args(args: argparse.Namespace) -> dict:
     """The arguments as a dict, without anything that may hold a secret."""
     return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
-
-
-def model_short_name(model_name: str) -> str:
-    """Upstream's `model_name.split('/')[-1]`, also dropping a .gguf suffix and trailing slashes."""
-    name = model_name.rstrip("/").split("/")[-1]
-    return name[: -len(".gguf")] if name.endswith(".gguf") else name
