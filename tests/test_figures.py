@@ -83,8 +83,11 @@ def test_rmbench_matrices_in_one_figure_with_the_model_named(tmp_path, saved):
     assert all("(n=3)" in ax.get_title() for ax in panels)
     # Every cell of both 3x3 matrices is written: chosen always scores higher, so 100.0 everywhere.
     assert [t.get_text() for ax in panels for t in ax.texts] == ["100.0"] * 18
-    # The per-domain figures are still written beside it.
-    assert (run.path / "style_matrix_chat.png").is_file()
+    # The per-domain figures are still written beside it, each titled with the model and its n too.
+    (chat_path, chat_fig) = next((p, f) for p, f in saved if p.name == "style_matrix_chat.png")
+    assert chat_path.is_file()
+    chat_title = chat_fig.axes[0].get_title()
+    assert chat_title.startswith("RM-Bench: Tiny-1B ipo upstream\nchat (n=3): hard 100.0")
 
 
 def test_comparison_plot_with_and_without_points(tmp_path):

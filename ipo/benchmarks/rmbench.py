@@ -381,11 +381,16 @@ def upstream_accuracy(metrics: dict, percent: bool = True, key: str = "level_{k}
     return out
 
 
+def run_label(metrics: dict) -> str:
+    """ "<model_short> <method> <scoring>" from metrics["run"] (empty when the writer added none)."""
+    run = metrics.get("run") or {}
+    return " ".join(str(v) for v in (run.get("model_short"), run.get("method"), run.get("scoring")) if v)
+
+
 def style_matrices_figure(metrics: dict, path) -> None:
     """The 3x3 style matrices of every scored domain of a run in one figure, titled with the model, method
     and the overall hard / normal / easy / average (from metrics["run"] when the writer added it)."""
-    run = metrics.get("run") or {}
-    who = " ".join(str(v) for v in (run.get("model_short"), run.get("method"), run.get("scoring")) if v)
+    who = run_label(metrics)
     title = (
         f"RM-Bench{': ' + who if who else ''} - hard {pct(metrics['hard'], 1)}, normal {pct(metrics['normal'], 1)}, "
         f"easy {pct(metrics['easy'], 1)}, average {pct(metrics['average'], 1)}"
@@ -481,8 +486,10 @@ def write_outputs(
     atomic_write_text(run.file("results.md"), markdown)
     atomic_write_json(run.file(upstream_file), upstream_accuracy(metrics, upstream_percent, upstream_key))
     style_matrices_figure(metrics, run.file("style_matrices.png"))
+    who = run_label(metrics)
     for name, d in metrics["domains"].items():
-        title = f"{name}: hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
+        title = f"{name} (n={d['n']}): hard {pct(d['hard'], 1)}, normal {pct(d['normal'], 1)}, easy {pct(d['easy'], 1)}"
+        title = f"RM-Bench: {who}\n{title}" if who else title
         heatmap(
             d["matrix"],
             run.file(f"style_matrix_{name}.png"),
