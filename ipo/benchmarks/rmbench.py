@@ -382,7 +382,7 @@ def upstream_accuracy(metrics: dict, percent: bool = True, key: str = "level_{k}
 
 
 def run_label(metrics: dict) -> str:
-    """ "<model_short> <method> <scoring>" from metrics["run"] (empty when the writer added none)."""
+    """The run named as "<model_short> <method> <scoring>", from metrics["run"] (empty when it is missing)."""
     run = metrics.get("run") or {}
     return " ".join(str(v) for v in (run.get("model_short"), run.get("method"), run.get("scoring")) if v)
 
