@@ -124,6 +124,19 @@ def test_argument_errors_are_one_line(capsys):
     assert err.count("\n") == 1 and "invalid choice: 'train'" in err
 
 
+def test_help_shows_set_defaults_only():
+    parser = cli.ArgumentParser(prog="grid.py")
+    parser.add_argument("--output_dir", help="parent folder (default: the file's)")
+    parser.add_argument("--slurm", action="store_true", help="write a script")
+    parser.add_argument("--option", action="append", default=[], help="repeatable")
+    parser.add_argument("--batch_size", type=int, default=8, help="rows per batch")
+    parser.add_argument("--retries", type=int, default=0, help="retries")
+    text = " ".join(parser.format_help().split())
+    assert "(default: the file's) --slurm" in text and "write a script --option" in text
+    assert "repeatable --batch_size" in text and "rows per batch (default: 8)" in text
+    assert "retries (default: 0)" in text and "default: None" not in text and "default: False" not in text
+
+
 def test_install_files_pin_every_package_and_agree_on_torch():
     """requirements.txt pins everything (an unpinned torch pulls a multi-GB CUDA build); the conda spec is valid
     YAML whose pip section installs the same torch and then requirements.txt."""

@@ -66,12 +66,24 @@ def scrub_secrets(text: str, argv: Sequence[str] = ()) -> str:
     return TOKEN_PATTERN.sub("***", text)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help appends each option's default, except an unset one (None, a flag's False, an empty list): those
+    say nothing, or their help already says what happens ("default: the file's ..."), which a trailing
+    "(default: None)" would contradict."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or (isinstance(default, list) and not default):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: `prog: error: message` on stderr, exit status 2, secrets scrubbed
     (argparse echoes what it did not recognise, e.g. `--hf_key hf_...` given to a script without that flag)."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self._argv: list[str] = []
 
