@@ -40,7 +40,7 @@ from ipo.judges.batching import (
     plan_batches,
     require_chat_template,
 )
-from ipo.modeling import apply_rows, check_finite, close_in_dtype, decoder_of, linear_rows
+from ipo.modeling import apply_rows, check_finite, close_in_dtype, decoder_of, linear_rows, load_tokenizer
 from ipo.prompts import render_reward_model_upstream
 
 logger = logging.getLogger("ipo")
@@ -87,6 +87,44 @@ def reward_head(model, pad_id: int):
     return rows, ""
 
 
+def check_reward_model_config(config, tokenizer, input_format: str, max_length: int, flag: str = "--max_length"):
+    """One line (IpoError) unless ``config`` is a one-label sequence classifier that ``tokenizer`` can feed in
+    ``input_format`` (chat: the tokenizer has a chat template); ``flag`` names max_length in the message."""
+    check_prompt_format(input_format, "input format")
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise IpoError(
+            f"the checkpoint is a {architectures[0]}, not a sequence-classification reward model "
+            "(its reward head would be freshly initialised, i.e. random)"
+        )
+    num_labels = getattr(config, "num_labels", None)
+    if num_labels != 1:
+        raise IpoError(
+            f"the reward model has a {num_labels}-label head; a reward model needs exactly one label "
+            "(one scalar reward per response)"
+        )
+    if input_format == "chat":
+        require_chat_template(tokenizer, "--input_format", whose="the reward model's tokenizer")
+    if max_length < 8:
+        raise IpoError(f"{flag} {max_length} is too small")
+
+
+def check_reward_model(
+    name_or_path: str, input_format: str, max_length: int, trust_remote_code: bool = False, flag: str = "--max_length"
+) -> None:
+    """RewardModelScorer's checks on a reward model's config and tokenizer, without loading its weights: a run
+    that loads the reward model only after hours of sampling (DPO/reward_model.py) fails in one line first."""
+    from transformers import AutoConfig
+
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise IpoError(f"could not load the config of reward model {name_or_path!r}: {first}")
+    check_reward_model_config(config, tokenizer, input_format, max_length, flag)
+
+
 class RewardModelScorer:
     """Scores every response of each Example with a reward model; ``.score(examples)`` yields lists of
     ``(example, rewards, extra)`` per batch, like ipo.judges.yes_no.YesNoScorer; extra = {"truncated": ...}."""
@@ -102,23 +140,7 @@ class RewardModelScorer:
     ):
         import torch
 
-        check_prompt_format(input_format, "input format")
-        architectures = getattr(model.config, "architectures", None) or []
-        if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise IpoError(
-                f"the checkpoint is a {architectures[0]}, not a sequence-classification reward model "
-                "(its reward head would be freshly initialised, i.e. random)"
-            )
-        num_labels = getattr(model.config, "num_labels", None)
-        if num_labels != 1:
-            raise IpoError(
-                f"the reward model has a {num_labels}-label head; a reward model needs exactly one label "
-                "(one scalar reward per response)"
-            )
-        if input_format == "chat":
-            require_chat_template(tokenizer, "--input_format", whose="the reward model's tokenizer")
-        if max_length < 8:
-            raise IpoError(f"--max_length {max_length} is too small")
+        check_reward_model_config(model.config, tokenizer, input_format, max_length)
         self.model = model
         self.tokenizer = tokenizer
         self.input_format = input_format

@@ -1,9 +1,11 @@
-"""How a round judges its own samples: the judge specs of the two self-improvement arms, the judging
+"""How a round judges its own samples: the judge specs of the three self-improvement arms, the judging
 stage's record log, and the summary of the scores that metrics.json keeps.
 
 ``yes_no_judge_spec`` is the paper's judge, P(Yes) under the category's question (DPO/ours.py);
 ``self_reward_judge_spec`` is the 5-point Self-Rewarding judge (DPO/self_reward.py). Both are the same
 model as the policy; only the scorer, what scored.jsonl keeps and the tie-break rule differ.
+``reward_model_judge_spec`` is the paper's external-RM arm (DPO/reward_model.py): a sequence-classification
+reward model of its own (``JudgeSpec.load``), loaded once the policy is freed.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from dataclasses import dataclass, field
 
 from ipo.data import Example
 from ipo.judges.batching import DEFAULT_BATCH_SIZE
+from ipo.judges.reward_model import RewardModelScorer
 from ipo.judges.server import ServerYesNoJudge, make_self_reward_scorer, make_yes_no_judge
 from ipo.judges.yes_no import YesNoScorer
+from ipo.modeling import ModelSpec, load_model_and_tokenizer
 from ipo.prompts import DPO_CATEGORY_PROMPTS, REWARDBENCH_LAYOUT
 from ipo.report import mean
 from ipo.runs import RecordLog, score_into_log
@@ -36,6 +40,8 @@ class JudgeSpec:
     record_fields: Callable[[list, dict], dict] | None = None  # (scores, extra) -> scored.jsonl fields
     uses_category: bool = True  # the judge's question depends on the prompt's category (the column is required)
     resolved: dict = field(default_factory=dict)  # filled by build(): token ids etc., for config.json
+    model: str | None = None  # the judge's own model (a reward model); None: the round's policy judges
+    load: Callable | None = None  # load(device) -> (model, tokenizer) of ``model``, for build()
 
     def fields(self, scores: Sequence, extra: dict) -> dict:
         """What scored.jsonl keeps of one prompt's judgement (default: the scores as floats, and ``extra``)."""
@@ -148,6 +154,65 @@ def self_reward_judge_spec(
     return spec
 
 
+def reward_model_judge_spec(
+    reward_model: str,
+    prompt_format: str,
+    input_format: str = "chat",
+    max_length: int = 1024,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_tokens: int | None = None,
+    dtype: str = "auto",
+    quantized: bool = False,
+    trust_remote_code: bool = False,
+) -> JudgeSpec:
+    """An external reward model judges (the paper's "Reward (Skywork RM)" arm): each response's reward is the
+    raw logit of its one-label head (ipo/judges/reward_model.py, the RewardBench baseline's scorer), on
+    ``input_format`` (chat: the reward model's chat template, a user and an assistant turn; upstream: the
+    RewardBench scripts' raw text). The same reward model judges every round and the samples after DPO.
+
+    Ties follow ``prompt_format`` as the Yes/No judge's do (upstream: sample order; chat: at random).
+    """
+    spec = JudgeSpec(
+        "reward_model",
+        "reward",
+        "generation_order" if prompt_format == "upstream" else "random",
+        build=None,
+        uses_category=False,
+        model=reward_model,
+    )
+
+    def load(device: str):
+        model, tokenizer, _, torch_dtype = load_model_and_tokenizer(
+            ModelSpec(
+                reward_model, dtype=dtype, device=device, quantized=quantized, trust_remote_code=trust_remote_code
+            ),
+            kind="sequence_classification",
+        )
+        spec.resolved.update(dtype=str(torch_dtype).replace("torch.", ""), quantized=quantized)
+        return model, tokenizer
+
+    def build(model, tokenizer):
+        scorer = RewardModelScorer(
+            model,
+            tokenizer,
+            input_format=input_format,
+            max_length=max_length,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+        )
+        spec.resolved.update(
+            reward_model=reward_model,
+            input_format=input_format,
+            max_length=max_length,
+            pad_token_id=scorer.pad_id,
+            reward="raw logit of the one-label head, float32",
+        )
+        return scorer
+
+    spec.load, spec.build = load, build
+    return spec
+
+
 def score_responses_into_log(
     scorer, responses: Sequence[dict], log: RecordLog, judge: JudgeSpec, desc: str = "judging"
 ) -> int:
@@ -206,7 +271,7 @@ def held_out_change(before: dict, after: dict) -> dict | None:
     after the round's DPO, from two judge_summary results; None without held-out prompts (--test_fraction 0).
 
     {"before", "after", "change" (after - before), "n_prompts", "n_responses"}: the same judge (the round's
-    policy), the same prompts and the same sampling streams before and after, so the change is the training's.
+    policy, or the reward model), the same prompts and the same sampling streams before and after, so the change is the training's.
     """
     before_part, after_part = (before or {}).get("test") or {}, (after or {}).get("test") or {}
     if not before_part.get("n_prompts") or not after_part.get("n_prompts"):

@@ -13,8 +13,9 @@ holds, so re-running a killed command redoes only what is missing:
     metrics.json      what the round did
 
 Round k samples and judges with the merged model of round k-1 (round 1: the base model). The judge is
-pluggable (ipo.selfimprove.judging.JudgeSpec): the IPO Yes/No judge (DPO/ours.py) or the 5-point
-Self-Rewarding judge (DPO/self_reward.py); only the scorer, what scored.jsonl keeps and the tie-break rule
+pluggable (ipo.selfimprove.judging.JudgeSpec): the IPO Yes/No judge (DPO/ours.py), the 5-point
+Self-Rewarding judge (DPO/self_reward.py) or an external reward model (DPO/reward_model.py, a model of its
+own, loaded after the policy is freed); only the scorer, what scored.jsonl keeps and the tie-break rule
 change. A response without a score (the 5-point judge's chat-mode parse failure) is never chosen or
 rejected; a prompt with fewer than two scored responses gives no pair.
 
@@ -294,6 +295,13 @@ class Loop:
         )
         return model, tokenizer
 
+    def load_judge(self):
+        """Model and tokenizer of the judge: its own model where it has one (a reward model, on this process's
+        device), else the round's policy (``load``)."""
+        if self.judge.load is None:
+            return self.load(self.policy)
+        return self.judge.load(self.ranks.device(self.settings.device))
+
 
 class Round:
     """One round's stages, in the order the scripts call them; each saves metrics.json when it is done."""
@@ -357,7 +365,8 @@ class Round:
         return work
 
     def sample(self) -> None:
-        """responses.jsonl: N responses per prompt from this round's policy, which stays loaded for judging.
+        """responses.jsonl: N responses per prompt from this round's policy, which stays loaded for judging
+        where it is the judge.
 
         Nothing is loaded once scored.jsonl is complete (an earlier run sampled and judged this round), nor with
         --pairs_from (the source run did)."""
@@ -371,7 +380,11 @@ class Round:
         sampler = make_sampler(model, tokenizer, s.sampling, batch_size=s.sample_batch_size, salt=self.salt)
         run_sharded(loop.ranks, rd.responses, loop.prompts, self._sampling(sampler, tokenizer, "sampling"))
         self.metrics["sampling"] = sampler.resolved()
-        self.policy_model = model, tokenizer
+        if loop.judge.load is None:  # the policy judges: it stays loaded for judge()
+            self.policy_model = model, tokenizer
+        else:  # a judge of its own (a reward model): the policy is freed before it loads
+            del model, sampler
+            free_memory()
 
     def judge(self) -> None:
         """scored.jsonl: the policy judges its own samples (one score per response, ``JudgeSpec.fields``)."""
@@ -379,7 +392,7 @@ class Round:
         if loop.settings.source:
             return
         if not rd.complete(rd.scored, loop.prompts):
-            model, tokenizer = self.policy_model or loop.load(loop.policy)
+            model, tokenizer = self.policy_model or loop.load_judge()
             self.policy_model = None
             responses = RecordLog(rd.responses).ordered(loop.order)
             scorer = judge.build(model, tokenizer)
@@ -476,7 +489,7 @@ class Round:
             del model, sampler
             free_memory()
         if not rd.complete(rd.after_scored, loop.after_prompts):
-            model, tokenizer = loop.load(loop.policy)
+            model, tokenizer = loop.load_judge()
             scorer = judge.build(model, tokenizer)
             run_sharded(
                 loop.ranks,
@@ -493,7 +506,8 @@ class Round:
             loop.test_ids,
             judge.failure_field,
         )
-        self.metrics["after"] = {"judge": "this round's policy", "before": self.metrics["judge"], "after": after}
+        who = judge.model or "this round's policy"
+        self.metrics["after"] = {"judge": who, "before": self.metrics["judge"], "after": after}
         self.metrics["held_out"] = held_out_change(self.metrics["judge"], after)
         self.save()
 

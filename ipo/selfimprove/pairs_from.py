@@ -1,5 +1,5 @@
-"""Train again on a finished run's pairs (DPO/ours.py and DPO/self_reward.py --pairs_from RUN): another beta,
-loss or learning rate without sampling and judging again (hours at 7B).
+"""Train again on a finished run's pairs (DPO/ours.py, DPO/self_reward.py and DPO/reward_model.py --pairs_from
+RUN): another beta, loss or learning rate without sampling and judging again (hours at 7B).
 
 The new run is a run folder of its own. Its round takes the source round's ``pairs.jsonl`` (copied, so the run
 is whole on its own) and the source round's judge summary, skips Sample, Judge and Pair, then trains, merges
@@ -46,6 +46,10 @@ SOURCE_ARGS = (
     "judge_max_length",
     "max_new_tokens_judge",
     "prefix_sharing",
+    "reward_model",  # DPO/reward_model.py's judge: the held-out after-scores need the source's reward model
+    "input_format",
+    "reward_dtype",
+    "reward_quantized",
 )
 
 
@@ -104,7 +108,8 @@ def find_source(path: str) -> PairsSource:
     else:
         raise IpoError(
             f"--pairs_from {path}: not a self-improvement run folder (no config.json in it or above it); give the "
-            "<output_dir>/<run_name> of a DPO/ours.py or DPO/self_reward.py run, or its round_<k> folder"
+            "<output_dir>/<run_name> of a DPO/ours.py, DPO/self_reward.py or DPO/reward_model.py run, or its "
+            "round_<k> folder"
         )
     try:
         config = json.loads((run / "config.json").read_text(encoding="utf-8"))
