@@ -1,9 +1,9 @@
 """The command line of the self-improvement scripts.
 
-DPO/ours.py and DPO/self_reward.py share every flag but their judge's (``add_loop_args``); the sampling
-flags are also DPO/sample_responses.py's and DPO/Evals/sample_mmlu.py's (``add_sampling_args``). The flags
-become values here (``sampling_settings_from_args``, ``loop_settings``), and ``start_run`` opens the run
-folder both loop scripts write. Every flag is checked (``check_loop_args``, ``check_sampling_args``) before
+DPO/ours.py, DPO/self_reward.py and DPO/reward_model.py share every flag but their judge's (``add_loop_args``);
+the sampling flags are also DPO/sample_responses.py's and DPO/Evals/sample_mmlu.py's (``add_sampling_args``).
+The flags become values here (``sampling_settings_from_args``, ``loop_settings``), and ``start_run`` opens the
+run folder the loop scripts write. Every flag is checked (``check_loop_args``, ``check_sampling_args``) before
 anything is loaded or written.
 """
 

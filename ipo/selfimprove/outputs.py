@@ -40,7 +40,7 @@ def held_out_headline(rounds: Sequence[dict]) -> dict | None:
 
 def write_outputs(run_path: Path, result: LoopResult, title: str, method: str) -> str:
     """The run's metrics.json (every round), results.md and figures; returns the markdown. ``method``: the
-    metrics' method id ("dpo_loop_ipo", "dpo_loop_self_rewarding")."""
+    metrics' method id ("dpo_loop_ipo", "dpo_loop_self_rewarding", "dpo_loop_reward_model")."""
     run_path = Path(run_path)
     n_prompts = result.rounds[0].get("n_prompts") if result.rounds else None
     summary = {
