@@ -190,3 +190,24 @@ def test_pairs_from_another_arm_is_refused(tiny_model_dir, tiny_reward_model_dir
     argv = ["--pairs_from", str(source), "--reward_model", str(tiny_reward_model_dir), "--output_dir", str(tmp_path)]
     assert run_script(SCRIPT, [*argv, *EXACT, *SMOKE]) == 1
     assert "judged by yes_no" in last_error_line(capsys)
+
+
+def test_samples_through_a_server_and_the_local_reward_model_judges(
+    openai_server, monkeypatch, tiny_model_dir, tiny_reward_model_dir, prompts_file, tmp_path
+):
+    """--backend server: the served policy samples (the same responses as in-process), the reward model judges
+    locally (the same rewards)."""
+    monkeypatch.setenv("VLLM_API_KEY", openai_server.api_key)
+    common = ["--model_id", str(tiny_model_dir), "--reward_model", str(tiny_reward_model_dir), "--dataset_name"]
+    common += [str(prompts_file), "--max_new_tokens", "6", "--stop_after", "pairs", "--output_dir", str(tmp_path)]
+    common += ["--log_level", "warning", "--reward_dtype", "float32", "--device", "cpu"]
+    assert run_script(SCRIPT, [*common, "--run_name", "hf", "--dtype", "float32"]) == 0
+    served = ["--backend", "server", "--base_url", openai_server.base_url, "--served_model", openai_server.model_id]
+    assert run_script(SCRIPT, [*common, "--run_name", "server", *served, "--server_retry_base_delay", "0.001"]) == 0
+    assert openai_server.completions == 40  # one request per (prompt, sample): the server sampled
+    local, remote = (by_id(tmp_path / name / "round_1" / "scored.jsonl") for name in ("hf", "server"))
+    assert local.keys() == remote.keys() and len(local) == 10
+    for key in local:
+        assert local[key]["responses"] == remote[key]["responses"]
+        assert local[key]["reward"] == pytest.approx(remote[key]["reward"], abs=1e-5)
+    assert by_id(tmp_path / "hf" / "round_1" / "pairs.jsonl") == by_id(tmp_path / "server" / "round_1" / "pairs.jsonl")
