@@ -12,7 +12,8 @@ import pytest
 from ipo import report
 from ipo.benchmarks import rewardbench, rmbench
 from ipo.data import Coverage
-from ipo.runs import RunDir
+from ipo.runs import RunDir, atomic_write_jsonl
+from ipo.training import figures as training_figures
 
 
 @pytest.fixture
@@ -94,3 +95,17 @@ def test_comparison_plot_with_and_without_points(tmp_path):
     report.comparison_plot([("a", 50.0, 55.0, True), ("b", 70.0, 60.0, False)], tmp_path / "c.png", "t")
     report.comparison_plot([], tmp_path / "empty.png", "t")
     assert (tmp_path / "c.png").stat().st_size > 10_000 and (tmp_path / "empty.png").stat().st_size > 5_000
+
+
+def test_training_curves_tick_whole_optimizer_steps(tmp_path, monkeypatch):
+    """Two logged steps must not be ticked 1.0, 1.2, ..., 2.0: an optimizer step is a whole number."""
+    saved = []
+    monkeypatch.setattr(training_figures, "save_figure", lambda fig, path: saved.append(fig))
+    log = [{"loss": 0.69, "rewards/margins": 0.01 * s, "learning_rate": 5e-5 / s, "step": s} for s in (1, 2)]
+    atomic_write_jsonl(tmp_path / "train_log.jsonl", log)
+    assert training_figures.training_curves(tmp_path / "train_log.jsonl", tmp_path / "curves.png", title="t")
+    ax = saved[0].axes[-1]
+    ax.figure.canvas.draw()
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks == [1.0, 2.0]

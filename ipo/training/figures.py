@@ -40,6 +40,12 @@ def _pyplot():
     return plt
 
 
+def _integer_locator():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -69,6 +75,7 @@ def training_curves(train_log_path: str | os.PathLike, out_png: str | os.PathLik
             ax.legend(fontsize=7)
     for ax in axes[1]:
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(_integer_locator())  # steps are whole numbers: no 1.2, 1.4 ... ticks
     fig.suptitle(title or f"training curves: {os.path.basename(os.path.dirname(os.path.abspath(train_log_path)))}")
     fig.tight_layout()
     save_figure(fig, out_png)
