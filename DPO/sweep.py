@@ -13,7 +13,10 @@ own (e.g. --model_name_or_path, --max_steps) go to every point and override the 
         --accelerate_config recipes/accelerate_configs/zero3.yaml --gpus_per_task 8 --mem 512G --time 2-00:00:00
     python DPO/sweep.py --config recipes/pref_align_scan/zephyr.yaml --summary_only   # once the jobs are done
 
-    # offline smoke test: a 2 x 2 grid on the embedded SmolLM2 (--dry_run prints the commands)
+    # offline smoke test: a 2 x 2 grid on the embedded SmolLM2 (--dry_run prints the commands); my_grid.yaml
+    # holds e.g. `dataset: outputs/demo-pairs/round_1/pairs.jsonl` (DPO/train_preferences.py's docstring
+    # makes it), `per_device_train_batch_size: 2`, `warmup_ratio: 0` and
+    # `sweep: {loss_type: [sigmoid, ipo], beta: [0.1, 0.5]}`
     python DPO/sweep.py --config my_grid.yaml --model_name_or_path "$(python -m ipo.assets smollm2)" --max_steps 1
 
 sweep_summary.md and sweep_summary.json in <output_dir>/<sweep_name>/ list every point with its final loss,
@@ -105,11 +108,18 @@ def plan(args, passthrough: list[str]) -> tuple[Path, list[dict]]:
             name,
         ]
         try:
-            parse_preference_args(argv)  # train_preferences.py's parser: a bad flag stops the sweep here
+            parsed = parse_preference_args(argv)  # train_preferences.py's parser: a bad flag stops the sweep here
         except SystemExit as exit:
             raise IpoError(f"point {name}: train_preferences.py rejects its arguments (exit {exit.code}; see above)")
         points.append(
-            {"name": name, "settings": point, "grid": {k: point[k] for k in grid}, "folder": root / name, "argv": argv}
+            {
+                "name": name,
+                "settings": point,
+                "grid": {k: point[k] for k in grid},
+                "folder": root / name,
+                "argv": argv,
+                "model": parsed.model_name,
+            }
         )
     return root, points
 
@@ -177,7 +187,9 @@ def summarize(root: Path, points: list[dict], status: dict[str, str]) -> list[di
     table = [[_cell(row[c]) for c in columns] for row in rows]
     markdown = f"# Sweep {root.name}\n\n" + markdown_table(columns, table) + "\n"
     atomic_write_text(root / "sweep_summary.md", markdown)
-    sweep_figure(rows, root / "sweep_summary.png")  # final loss and reward margin vs beta, per loss
+    models = ", ".join(dict.fromkeys(cli.model_short_name(p["model"]) for p in points if p.get("model")))
+    title = f"sweep {root.name}" + (f": {models}" if models else "")
+    sweep_figure(rows, root / "sweep_summary.png", title)  # final loss and reward margin vs beta, per loss
     return rows
 
 

@@ -109,3 +109,17 @@ def test_training_curves_tick_whole_optimizer_steps(tmp_path, monkeypatch):
     low, high = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if low <= t <= high]
     assert ticks == [1.0, 2.0]
+
+
+def test_sweep_figure_ticks_the_betas_and_keeps_the_title(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(training_figures, "save_figure", lambda fig, path: saved.append(fig))
+    rows = [{"loss_type": "sigmoid", "beta": b, "final_loss": 0.69, "reward_margin": 0.0} for b in (0.1, 0.5)]
+    rows.append({"loss_type": "sigmoid", "beta": 0.9, "final_loss": None, "reward_margin": None})
+    assert training_figures.sweep_figure(rows, tmp_path / "s.png", "sweep my_grid: SmolLM2-135M-Instruct")
+    fig = saved[0]
+    assert fig._suptitle.get_text() == "sweep my_grid: SmolLM2-135M-Instruct: 2 of 3 points"
+    for ax in fig.axes:
+        fig.canvas.draw()
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.5"]  # no 2x10^-1, 3x10^-1 ... ticks
+        assert list(ax.get_xticks(minor=True)) == []

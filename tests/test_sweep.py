@@ -33,7 +33,7 @@ def grid(tmp_path_factory):
     return folder, recipe
 
 
-def test_local_two_by_two(grid, tiny_model_dir, capsys):
+def test_local_two_by_two(grid, tiny_model_dir, capsys, monkeypatch):
     folder, recipe = grid
     argv = [
         "--config",
@@ -66,7 +66,13 @@ def test_local_two_by_two(grid, tiny_model_dir, capsys):
     # re-run: every point is finished, nothing is trained again
     stamps = {p: (root / p / "train_summary.json").stat().st_mtime_ns for p in POINTS}
     capsys.readouterr()
+    from ipo.training import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
     assert run_script(SCRIPT, argv) == 0
+    # sweep_summary.png names the sweep and its model
+    assert drawn[0]._suptitle.get_text() == f"sweep grid: {tiny_model_dir.name}: 4 of 4 points"
     assert capsys.readouterr().err.count("already done") == 4
     assert {p: (root / p / "train_summary.json").stat().st_mtime_ns for p in POINTS} == stamps
 

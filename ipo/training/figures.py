@@ -123,7 +123,8 @@ def before_after_figure(
 def sweep_figure(rows: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> bool:
     """Final training loss and reward margin vs beta (log scale), one line per loss_type, from DPO/sweep.py's
     sweep_summary.json rows ({"loss_type", "beta", "final_loss", "reward_margin", ...}); points that did not
-    finish are left out. Returns False (no file) when no point has a value to draw."""
+    finish are left out. ``title`` (e.g. the sweep and its model) is followed by the number of points drawn.
+    Returns False (no file) when no point has a value to draw."""
     done = [
         r for r in rows if _finite(r.get("beta")) and (_finite(r.get("final_loss")) or _finite(r.get("reward_margin")))
     ]
@@ -140,11 +141,14 @@ def sweep_figure(rows: Sequence[dict], path: str | os.PathLike, title: str | Non
             if points:
                 ax.plot(*zip(*points), marker="o", label=loss)
         ax.set_xscale("log")
+        betas = sorted({r["beta"] for r in done})  # ticked where the points are, in plain numbers
+        ax.set_xticks(betas, [f"{b:g}" for b in betas], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("beta")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(title="loss_type", fontsize=8)
-    fig.suptitle(title or f"sweep: {len(done)} of {len(rows)} points")
+    fig.suptitle(f"{title or 'sweep'}: {len(done)} of {len(rows)} points")
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
