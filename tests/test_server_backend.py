@@ -248,6 +248,19 @@ def test_bad_backend_settings_stop_in_one_line(server, tiny_model_dir, tmp_path,
     assert not (tmp_path / "b" / "config.json").exists()
 
 
+def test_a_refused_key_names_the_server_backends_flag(server, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The server backend's key variable is chosen by --server_api_key_env: the error names that flag, not the
+    API scripts' --api_key_env (which these scripts do not have)."""
+    monkeypatch.setenv("VLLM_API_KEY", "not-the-key")
+    data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows(2))
+    argv = ["--model_name", str(tiny_model_dir), "--dataset", str(data), "--output_dir", str(tmp_path)]
+    argv += ["--backend", "server", "--base_url", server.base_url, "--served_model", server.model_id, *FAST_RETRY]
+    assert run_script("Preference_Comparison/Reward_Bench/ours.py", argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "refused the API key from $VLLM_API_KEY" in error
+    assert "use --server_api_key_env to pick" in error and "--api_key_env" not in error.replace("--server_api", "")
+
+
 PROMPTS = [Prompt(id=f"p{i}", instruction=f"What is {i} plus {i}?", category="chat") for i in range(5)]
 
 

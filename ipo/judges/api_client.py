@@ -219,6 +219,7 @@ class ApiClient:
         cache: ResponseCache | None = None,
         key_env: str = DEFAULT_KEY_ENV,
         endpoint: str = "chat",
+        flag_names: dict[str, str] | None = None,
     ):
         try:
             import openai
@@ -238,6 +239,9 @@ class ApiClient:
         self.retry_base_delay = retry_base_delay
         self.cache = cache
         self.key_env = key_env
+        # the calling script's names for the flags an error tells the user to check (the server backend's
+        # --served_model, --server_api_key_env, --server_timeout), by the API scripts' names
+        self.flag_names = dict(flag_names or {})
         self._api_key = api_key
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=timeout)
         self._lock = threading.Lock()
@@ -421,6 +425,12 @@ class ApiClient:
             return Result(None, kind, message)
 
     def _fatal_message(self, kind: str, message: str, attempts: int = 1) -> str:
+        text = self._fatal_text(kind, message, attempts)
+        for flag, own in self.flag_names.items():
+            text = re.sub(rf"{re.escape(flag)}(?![\w-])", own, text)
+        return text
+
+    def _fatal_text(self, kind: str, message: str, attempts: int) -> str:
         where = f"{self.base_url} (model {self.model!r})"
         return {
             "unauthorized": f"{where} refused the API key from ${self.key_env} ({message}); check the key, or "

@@ -128,6 +128,10 @@ def read_generation_config(model_name_or_path: str, trust_remote_code: bool = Fa
             return None
 
 
+# the server backend's flags for what the API scripts call --model, --api_key_env, --timeout (ipo.cli)
+SERVER_FLAGS = {"--model": "--served_model", "--api_key_env": "--server_api_key_env", "--timeout": "--server_timeout"}
+
+
 def server_client(settings: ServerSettings) -> ApiClient:
     """A completions client for the server; the key from ``settings.key_env`` (unset: NO_KEY)."""
     key = os.environ.get(settings.key_env, "").strip()
@@ -145,6 +149,7 @@ def server_client(settings: ServerSettings) -> ApiClient:
         max_concurrency=settings.max_concurrency,
         key_env=settings.key_env,
         endpoint="completions",
+        flag_names=SERVER_FLAGS,
     )
 
 
