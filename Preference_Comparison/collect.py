@@ -17,6 +17,7 @@ import sys
 
 from ipo import cli
 from ipo.benchmarks.collect import collect, markdown
+from ipo.runs import check_output_dir
 
 
 def parse_args(argv=None):
@@ -34,6 +35,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.log_level)
+    check_output_dir(args.output_dir)
     print(markdown(collect(args.paths, args.output_dir)))
     return 0
 

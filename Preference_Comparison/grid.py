@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ipo import IpoError, cli, grid, slurm
 from ipo.cli.slurm import add_slurm_args, slurm_options
-from ipo.runs import atomic_write_text
+from ipo.runs import atomic_write_text, check_output_dir
 
 logger = cli.logger
 COLLECT = os.path.relpath(Path(__file__).resolve().parent / "collect.py")  # printed for the user to run next
@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     args, passthrough = parse_args(argv)
     cli.setup_logging(args.log_level)
     root, points = grid.expand(grid.load_grid(args.config), args.config, args.output_dir, args.name, passthrough)
+    if not args.dry_run:
+        check_output_dir(root, "the grid folder")  # one line, before any point runs
     options = slurm_options(args, job_name=root.name, log_dir=str(root / "logs")) if args.slurm else None
     limits = grid.check_points(points)  # every point's own parser, before anything runs
     done = {p.name: grid.point_done(p, limits[p.name]) for p in points}

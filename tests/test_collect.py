@@ -257,6 +257,15 @@ def test_the_script_and_its_one_line_errors(runs, tmp_path, capsys):
     assert err.startswith("error: ") and "no run folder" in err and "\n" not in err
     assert run_script("Preference_Comparison/collect.py", [str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert (
+        run_script(
+            "Preference_Comparison/collect.py", [str(runs / "rm"), "--output_dir", str(tmp_path / "a_file" / "o")]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output_dir ") and "which is a file, not a folder" in err and "\n" not in err
 
 
 def test_repo_ships_the_paper_file():

@@ -114,6 +114,15 @@ def test_a_point_its_script_rejects_stops_the_grid_before_anything_runs(tmp_path
     assert "--run_name is set per point by the grid" in capsys.readouterr().err
 
 
+def test_an_output_dir_under_a_file_is_one_line(tmp_path, capsys):
+    path = write_grid(tmp_path / "g.yaml", "models: [m]\njudges: [ipo]\nbenchmarks: [rewardbench]\n")
+    (tmp_path / "a_file").write_text("x")
+    for extra in ([], ["--slurm"]):
+        assert run_script(GRID, ["--config", str(path), "--output_dir", str(tmp_path / "a_file"), *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: the grid folder ") and "which is a file, not a folder" in err, err
+
+
 def test_point_done_needs_finished_metrics_of_these_arguments(tmp_path):
     point = Point("p", "rewardbench", "ipo", "chat", "m", RB / "ours.py", ("--model_name", "m"), tmp_path / "p")
     point.folder.mkdir()
