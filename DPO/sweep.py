@@ -107,10 +107,13 @@ def plan(args, passthrough: list[str]) -> tuple[Path, list[dict]]:
             "--run_name",
             name,
         ]
+        argv0, sys.argv[0] = sys.argv[0], str(TRAIN_SCRIPT)  # its parser's errors start with its own name
         try:
             parsed = parse_preference_args(argv)  # train_preferences.py's parser: a bad flag stops the sweep here
         except SystemExit as exit:
             raise IpoError(f"point {name}: train_preferences.py rejects its arguments (exit {exit.code}; see above)")
+        finally:
+            sys.argv[0] = argv0
         points.append(
             {
                 "name": name,

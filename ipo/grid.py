@@ -242,12 +242,15 @@ def check_points(points: Sequence[Point]) -> dict[str, int | None]:
     for point in points:
         if point.script not in modules:
             modules[point.script] = _load_script(point.script)
+        argv0, sys.argv[0] = sys.argv[0], str(point.script)  # its parser's errors start with its own name
         try:
             parsed = modules[point.script].parse_args(list(point.argv))
         except SystemExit as exit:
             raise IpoError(
                 f"point {point.name}: {point.script.relative_to(REPO)} rejects its arguments (exit {exit.code}; see above)"
             )
+        finally:
+            sys.argv[0] = argv0
         limits[point.name] = getattr(parsed, "limit", None)
     return limits
 

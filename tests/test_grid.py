@@ -110,6 +110,7 @@ def test_a_point_its_script_rejects_stops_the_grid_before_anything_runs(tmp_path
     err = capsys.readouterr().err
     assert "point rewardbench__m__ipo-upstream: Preference_Comparison/Reward_Bench/ours.py rejects its arguments" in err
     assert "max_new_tokens" in err and not (tmp_path / "g").exists()
+    assert err.startswith("ours.py: error: ")  # the point's script's parser, named as such (not grid.py)
     assert run_script(GRID, ["--config", str(path), "--output_dir", str(tmp_path), "--run_name", "x"]) == 1
     assert "--run_name is set per point by the grid" in capsys.readouterr().err
 

@@ -144,6 +144,7 @@ def test_dry_run_and_bad_flags(grid, tmp_path, capsys):
         assert run_script(SCRIPT, base + bad) == 1
         err = capsys.readouterr().err
         assert "rejects its arguments" in err and ("max_stepz" in err or "'dpo'" in err)
+        assert err.startswith("train_preferences.py: error: ")  # named as the parser that refused it
     with pytest.raises(SystemExit):
         run_script(SCRIPT, base + ["--run_name", "x"])  # set per point by the sweep
     no_grid = tmp_path / "single.yaml"
