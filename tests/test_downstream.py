@@ -335,3 +335,19 @@ def test_win_rate_on_generated_answers(tiny_model_dir, openai_server, tmp_path):
     assert win["n_judged"] == 3 and win["n_position_ties"] == 3 and openai_server.requests == 6
     assert len(read_json(run / "alpaca_eval" / "model_outputs.json")) == 3
     assert read_json(run / "config.json")["resolved"]["sampling"]["temperature"] == 0.0
+
+
+def test_default_names_of_a_self_improvement_runs_models(tmp_path):
+    """Every DPO run holds round_<k>/merged and round_<k>/adapter: the default run name says whose they are, so
+    two arms evaluated into one --output_dir do not share the folder downstream-merged."""
+    from helpers import load_script
+
+    label = load_script(SCRIPT).model_label
+    merged = tmp_path / "ipo-m" / "round_1" / "merged"
+    merged.mkdir(parents=True)
+    assert label(str(merged), None) == "ipo-m-round_1-merged"
+    assert label(str(tmp_path / "ipo-m" / "round_2" / "adapter"), str(tmp_path / "ipo-m" / "round_2" / "adapter")) == (
+        "ipo-m-round_2-adapter"
+    )
+    assert label(str(tmp_path / "dpo-run" / "adapter"), str(tmp_path / "dpo-run" / "adapter")) == "dpo-run-adapter"
+    assert label("mistralai/Mistral-7B-Instruct-v0.1", None) == "Mistral-7B-Instruct-v0.1"

@@ -29,6 +29,7 @@ are skipped, outputs and judgements already made are kept, failed judgements are
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -120,6 +121,18 @@ def parse_args(argv=None):
     if not args.task_list and not args.reference_outputs:
         parser.error("nothing to do: --tasks none and no --reference_outputs")
     return args
+
+
+def model_label(model_name: str, adapter: str | None) -> str:
+    """The model's name in the default run name and results.md. A self-improvement run's model folders are all
+    called round_<k>/merged or round_<k>/adapter, so those are named by the run that holds them
+    (outputs/ipo-m/round_1/merged -> ipo-m-round_1-merged), and any adapter by its parent folder."""
+    path = Path(model_name)
+    if not (adapter or (path.name == "merged" and path.is_dir())):
+        return cli.model_short_name(model_name)
+    parent = path.resolve().parent
+    holder = f"{parent.parent.name}-{parent.name}" if re.fullmatch(r"round_\d+", parent.name) else parent.name
+    return f"{holder}-{path.name}"
 
 
 def adapter_and_base(args) -> tuple[str | None, str]:
@@ -222,9 +235,7 @@ def main(argv=None) -> int:
         check_can_generate(base, args.trust_remote_code)
     elif args.task_list:  # a wrong model path or id: one line now, not after the run folder is made
         load_tokenizer(base, trust_remote_code=args.trust_remote_code)
-    name = cli.model_short_name(args.model_name)
-    if adapter:  # adapters are folders named "adapter": name them by the run folder that holds them
-        name = f"{Path(adapter).resolve().parent.name}-adapter"
+    name = model_label(args.model_name, adapter)
     inputs = {args.model_name: "model", base: "model"}  # an adapter's base too: a changed base changes the scores
     inputs.update({path: "dataset" for path in (args.reference_outputs, args.model_outputs) if path})
     run = RunDir(
