@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,10 @@ def resolve_dtype(dtype: str, device: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+# what the Hub accepts as a model id: `name` or `org/name` (no leading '.', '/', '~' or more parts)
+HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
+
+
 def split_gguf(name_or_path: str) -> tuple[str, str | None]:
     """('folder', 'file.gguf') for a local .gguf file, else (name_or_path, None)."""
     if name_or_path.endswith(".gguf"):
@@ -70,6 +75,9 @@ def split_gguf(name_or_path: str) -> tuple[str, str | None]:
 
 
 def _load_error(kind: str, name: str, err: Exception) -> IpoError:
+    if not os.path.exists(os.path.expanduser(name)) and not HUB_ID.fullmatch(name):
+        # no Hub id (org/name) either: a local folder that is not there; the Hub's repo-id rules would confuse
+        return IpoError(f"could not load {kind} {name!r}: no such folder")
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     hint = ""
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.path.exists(name):

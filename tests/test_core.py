@@ -137,6 +137,17 @@ def test_help_shows_set_defaults_only():
     assert "retries (default: 0)" in text and "default: None" not in text and "default: False" not in text
 
 
+def test_a_missing_local_model_folder_is_named_as_such(tmp_path):
+    from ipo.modeling import HUB_ID, load_tokenizer
+
+    for missing in (str(tmp_path / "nope"), "./outputs/nope", "outputs/run/round_1/merged", "~/nope"):
+        with pytest.raises(IpoError) as info:
+            load_tokenizer(missing)
+        assert str(info.value) == f"could not load the tokenizer of {missing!r}: no such folder"  # not Hub rules
+    assert HUB_ID.fullmatch("Qwen/Qwen2.5-7B-Instruct") and HUB_ID.fullmatch("gpt2")
+    assert not any(HUB_ID.fullmatch(p) for p in ("/abs", "./rel", "a/b/c", "~/x", "../up"))
+
+
 def test_install_files_pin_every_package_and_agree_on_torch():
     """requirements.txt pins everything (an unpinned torch pulls a multi-GB CUDA build); the conda spec is valid
     YAML whose pip section installs the same torch and then requirements.txt."""
