@@ -12,6 +12,8 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
+# where `make demo` writes its run folders (e.g. make demo-dpo DEMO_DIR=/tmp/demo)
+DEMO_DIR ?= outputs/demo
 
 .PHONY: install lint format test test-fast test-engine demo demo-rewardbench demo-dpo bench clean
 
@@ -61,7 +63,7 @@ demo: install demo-rewardbench demo-dpo
 demo-rewardbench:
 	for scoring in upstream chat; do \
 		$(PY) Preference_Comparison/Reward_Bench/ours.py --model_name "$$($(PY) -m ipo.assets smollm2)" \
-			--dataset data/demo_rewardbench.jsonl --scoring $$scoring --output_dir outputs/demo --overwrite \
+			--dataset data/demo_rewardbench.jsonl --scoring $$scoring --output_dir $(DEMO_DIR) --overwrite \
 			|| exit 1; \
 	done
 
@@ -71,7 +73,7 @@ demo-dpo:
 	$(PY) DPO/ours.py --model_id "$$($(PY) -m ipo.assets smollm2)" --dataset_name data/demo_prompts.jsonl \
 		--prompt_format chat --max_new_tokens 32 --test_fraction 0.25 \
 		--max_steps 2 --per_device_train_batch_size 2 --lora_r 16 --lora_alpha 32 --warmup_ratio 0 --logging_steps 1 \
-		--merge_adapters --judge_after --output_dir outputs/demo --run_name dpo-smollm2-chat --overwrite
+		--merge_adapters --judge_after --output_dir $(DEMO_DIR) --run_name dpo-smollm2-chat --overwrite
 
 bench: install
 	$(PY) benchmarks/bench_scoring.py
