@@ -29,7 +29,7 @@ Requests per prompt: 3 (diagonal) or 9 (all), twice with --both_orders. A compar
 order asked picks the chosen response and a tie when the orders disagree; a failed comparison is wrong.
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (3x3 verdicts and judge texts, None
 where not compared), metrics.json (levels, hard/normal/easy with --pairs all, per-order accuracy and
-agreement, failures, the metrics over answered prompts), results.md, style_matrix_<domain>.png and
+agreement, failures, the metrics over answered prompts), results.md, style_matrices.png, style_matrix_<domain>.png and
 accuracy-rm-bench-<model>-comparative.json (the levels upstream printed). Answers are cached in
 <output_dir>/api_cache/; re-running the same command resumes and pays for nothing twice.
 """

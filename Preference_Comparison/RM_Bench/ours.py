@@ -20,7 +20,7 @@ On a serving engine (docs/serving.md; --model_name still gives the local tokeniz
 
 
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json, results.md,
-style_matrix_<domain>.png and upstream's accuracy-rm-bench-<model>-yesno.json. Re-running the same
+style_matrices.png, style_matrix_<domain>.png and upstream's accuracy-rm-bench-<model>-yesno.json. Re-running the same
 command resumes an interrupted run.
 """
 

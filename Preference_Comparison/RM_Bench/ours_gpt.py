@@ -23,7 +23,7 @@ A local vLLM server, on the data files of a THU-KEG/RM-Bench checkout, 10 prompt
         --model Qwen/Qwen2.5-7B-Instruct --dataset RM-Bench/data/*_filtered.json --limit 10
 
 Six requests per prompt. Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl, metrics.json
-(with failures and the metrics over answered prompts), results.md, style_matrix_<domain>.png and
+(with failures and the metrics over answered prompts), results.md, style_matrices.png, style_matrix_<domain>.png and
 upstream's accuracy-rm-bench-<model>-yesno.json. Answers are cached in <output_dir>/api_cache/; re-running
 the same command resumes, pays for nothing twice and tries failed prompts again.
 """

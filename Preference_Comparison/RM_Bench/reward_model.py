@@ -19,8 +19,8 @@ The reward is the raw logit of the one-label head (upstream took the pipeline's 
 the reward model's chat template with a user and an assistant turn.
 
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (reward_chosen / reward_rejected, 3
-each), metrics.json, results.md, style_matrix_<domain>.png and upstream's level file under upstream's
-name, accuracy_RM-Bench-<last data domain>_norm_<model>.json (safety-refuse with the default data, as
+each), metrics.json, results.md, style_matrices.png, style_matrix_<domain>.png and upstream's level file
+under upstream's name, accuracy_RM-Bench-<last data domain>_norm_<model>.json (safety-refuse with the default data, as
 upstream named it after the last dataset of its loop although it holds all of them), with upstream's keys
 level_<k>_accuracy in percent (upstream wrote fractions here and percent everywhere else). Re-running the
 same command resumes an interrupted run.

@@ -23,8 +23,8 @@ counted per domain. Decoding is greedy (upstream's temperature=0.1 without do_sa
 
 Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (score_chosen / score_rejected,
 parse_failed_* and the judge's generated texts, 3 each), metrics.json, results.md,
-style_matrix_<domain>.png and upstream's accuracy-rm-bench-<model>-scores-<set>.json. Re-running the same
-command resumes.
+style_matrices.png, style_matrix_<domain>.png and upstream's accuracy-rm-bench-<model>-scores-<set>.json.
+Re-running the same command resumes.
 """
 
 from __future__ import annotations

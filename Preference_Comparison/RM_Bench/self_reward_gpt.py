@@ -28,7 +28,7 @@ scored it 0, and -1 when the request failed), never a score; it loses every comp
 
 Six requests per prompt. Outputs in <output_dir>/<run_name>/: config.json, predictions.jsonl (scores, judge
 texts, failures), metrics.json (official hard/normal/easy, upstream's levels, ties, parse and API failures,
-the metrics over answered prompts), results.md, style_matrix_<domain>.png and upstream's
+the metrics over answered prompts), results.md, style_matrices.png, style_matrix_<domain>.png and upstream's
 accuracy-rm-bench-<model>-scores.json. Answers are cached in <output_dir>/api_cache/; re-running the same
 command resumes and pays for nothing twice.
 """
