@@ -10,6 +10,7 @@ matches, so lm-eval's fallback "[invalid]" is compared with the targets.
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -351,3 +352,14 @@ def test_default_names_of_a_self_improvement_runs_models(tmp_path):
     )
     assert label(str(tmp_path / "dpo-run" / "adapter"), str(tmp_path / "dpo-run" / "adapter")) == "dpo-run-adapter"
     assert label("mistralai/Mistral-7B-Instruct-v0.1", None) == "Mistral-7B-Instruct-v0.1"
+
+
+def test_hflm_on_a_loaded_model_without_its_misleading_warnings(tiny_model, caplog):
+    """HFLM warns "do not launch via accelerate" whenever it is given a loaded model, as this project always
+    does; those two lines are dropped, the model is still wrapped."""
+    model, tokenizer = tiny_model
+    with caplog.at_level(logging.WARNING, logger="lm_eval.models.huggingface"):
+        lm = downstream.lm_eval_model(model, tokenizer, batch_size=1)
+    assert lm.model is model
+    assert not [r for r in caplog.records if "pretrained" in r.getMessage()], caplog.text
+    assert not logging.getLogger("lm_eval.models.huggingface").filters  # removed again

@@ -188,12 +188,30 @@ def task_summary(task: str, results: dict, limit: int | None) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------------
+class _LoadedModelWarnings(logging.Filter):
+    """Drops HFLM's two warnings about being given a loaded model, which this project does on purpose (one
+    process, one load shared with the win rate); their advice ("do not launch via accelerate") misleads here."""
+
+    PREFIXES = (
+        "`pretrained` model kwarg is not of type `str`",
+        "Passed an already-initialized model through `pretrained`",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.PREFIXES)
+
+
 def lm_eval_model(model, tokenizer, batch_size: int | str, max_length: int | None = None):
     """lm-eval's HFLM around a model already loaded (PEFT adapters included); ``batch_size`` an int or
     "auto" (lm-eval finds the largest that fits)."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    hflm_logger, quiet = logging.getLogger("lm_eval.models.huggingface"), _LoadedModelWarnings()
+    hflm_logger.addFilter(quiet)
+    try:
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    finally:
+        hflm_logger.removeFilter(quiet)
 
 
 def run_task(
