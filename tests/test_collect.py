@@ -321,3 +321,29 @@ def test_upstreams_three_self_reward_sets_are_one_row(tmp_path):
     assert {c: float(r["difference"]) for c, r in combined.items()} == expected
     assert "combined from 3 runs" in combined["Chat"]["coverage"] and combined["Chat"]["comparable"] == "true"
     assert len({r["run"] for r in find(rows, table="rewardbench_sections")}) == 2
+
+
+def test_other_tasks_labels_and_backend_show_in_the_markdown(tmp_path):
+    """A downstream task the paper did not run gets its own column (not dropped), rows the paper lacks name their
+    method in words, and every run row says which backend judged it."""
+    from ipo.benchmarks.collect import collect
+
+    root = tmp_path / "outputs"
+    folder = root / "own-task"
+    folder.mkdir(parents=True)
+    tasks = {"my_arith": {"score": 83.33, "n": 6, "n_in_data": 6, "limit": None}}
+    atomic_write_json(
+        folder / "metrics.json", {"run": run_description("downstream", "downstream", "some/model"), "tasks": tasks}
+    )
+    served = run_description("rewardbench", "api_binary", "gpt-x", backend="server")
+    atomic_write_json(root / "api" / "metrics.json", {"run": served, "categories": {"chat": 0.5}, "subsets": {}})
+    tables = collect([root], tmp_path / "o")
+    row = next(r for r in tables["downstream"] if r.run is not None)
+    assert row.reproduced == {"my_arith": 83.33}
+    md = (tmp_path / "o" / "paper_tables.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model | method") and "my_arith" in line)
+    assert header.split(" | ")[3] == "backend"
+    assert "| model | untrained |" in md  # the untrained model (short name), its method in words
+    assert "| Pairwise (API) |" in md and "| server |" in md
+    assert "83.33" in md and "my_arith 6/6" in md
+    assert "my_arith" in {r["column"] for r in read_csv(tmp_path / "o" / "paper_tables.csv")}

@@ -58,6 +58,19 @@ DOWNSTREAM_TASKS = {
     "mmlu": "MMLU",
     "ifeval": "IFEval",
 }
+# The method column of rows the paper lacks (paper rows take their label from ipo/paper_results.csv).
+METHOD_LABELS = {
+    "ipo": "IPO",
+    "self_rewarding": "Self-Rewarding",
+    "reward_model": "Reward model",
+    "api_ipo": "IPO (API)",
+    "api_self_rewarding": "Self-Rewarding (API)",
+    "api_binary": "Pairwise (API)",
+    "dpo_loop_ipo": "Ours (IPO)",
+    "dpo_loop_self_rewarding": "Self-Rewarding",
+    "dpo_loop_reward_model": "Reward model",
+    "downstream": "untrained",  # a downstream run of a model no collected self-improvement run trained
+}
 TABLE_TITLES = {
     "rewardbench": "RewardBench: the paper's categories (accuracy %)",
     "rewardbench_sections": "RewardBench: official sections (accuracy %)",
@@ -317,6 +330,13 @@ def downstream_values(metrics: dict) -> tuple[dict, bool, str]:
         partial = bool(entry.get("limit")) or (n is not None and total is not None and n < total)
         full = full and not partial
         parts.append(f"{column} {n}" + (f"/{total}" if total else "") + (" (partial)" if partial else ""))
+    for task, entry in sorted(tasks.items()):  # tasks the paper did not run get columns of their own
+        if task in DOWNSTREAM_TASKS or not isinstance(entry, dict) or entry.get("score") is None:
+            continue
+        values[task] = round(float(entry["score"]), 2)
+        n, total = entry.get("n"), entry.get("n_in_data")
+        partial = bool(entry.get("limit")) or (n is not None and total is not None and n < total)
+        parts.append(f"{task} {n}" + (f"/{total}" if total else "") + (" (partial)" if partial else ""))
     five = [values.get(column) for column in DOWNSTREAM_TASKS.values()]
     if None not in five:  # the paper's Avg: the mean of its five columns
         values["Avg"] = round(sum(five) / len(five), 2)
@@ -409,14 +429,21 @@ def _place(rows: list[Row], row: Row) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------
-def columns_of(table: str) -> tuple[str, ...]:
-    return {
+def columns_of(table: str, rows: list[Row] = ()) -> tuple[str, ...]:
+    """The table's columns: the paper's, then (downstream) any task of ``rows`` the paper did not run."""
+    fixed = {
         "rewardbench": COLUMNS["rewardbench"],
         "rewardbench_sections": (*RB_SECTIONS, "Score"),
         "rmbench": RM_COLUMNS,
         "selfimprove": SI_COLUMNS,
         "downstream": COLUMNS["downstream"],
     }[table]
+    extra = sorted({column for row in rows for column in row.reproduced} - set(fixed))
+    return (*fixed, *extra)
+
+
+def method_label(row: Row) -> str:
+    return row.label or METHOD_LABELS.get(row.method, row.method)
 
 
 def _num(value, digits: int = 2) -> str:
@@ -448,19 +475,20 @@ def markdown(tables: dict[str, list[Row]]) -> str:
         if not rows:
             continue
         out.append(f"## {TABLE_TITLES[table]}\n")
-        columns = columns_of(table)
+        columns = columns_of(table, rows)
         body = [
             [
                 row.model,
-                row.label or row.method,
+                method_label(row),
                 (row.run.info.get("scoring") or "") if row.run else "",
+                (row.run.info.get("backend") or "hf") if row.run else "",
                 *(cell(row, c) for c in columns),
                 row.coverage.replace("partial:", "**partial:**") if row.run else "no run yet",
                 str(row.run.path) if row.run else "",
             ]
             for row in rows
         ]
-        out.append(markdown_table(["model", "method", "scoring", *columns, "data", "run"], body))
+        out.append(markdown_table(["model", "method", "scoring", "backend", *columns, "data", "run"], body))
         if table == "rmbench":
             out.append("\nThe paper's RM-Bench numbers are not in ipo/paper_results.csv: reproduced values only.\n")
         if table == "selfimprove":
@@ -472,9 +500,21 @@ def markdown(tables: dict[str, list[Row]]) -> str:
 
 
 CSV_FIELDS = (
-    "table", "model", "paper_model", "method", "scoring", "backend", "column", "reproduced", "published",
-    "difference", "comparable", "coverage", "transcription", "run",
-)  # fmt: skip
+    "table",
+    "model",
+    "paper_model",
+    "method",
+    "scoring",
+    "backend",
+    "column",
+    "reproduced",
+    "published",
+    "difference",
+    "comparable",
+    "coverage",
+    "transcription",
+    "run",
+)
 
 
 def csv_text(tables: dict[str, list[Row]]) -> str:
@@ -483,20 +523,29 @@ def csv_text(tables: dict[str, list[Row]]) -> str:
     writer.writerow(CSV_FIELDS)
     for table, rows in tables.items():
         for row in rows:
-            for column in columns_of(table):
+            for column in columns_of(table, rows):
                 mine, theirs = row.reproduced.get(column), row.published.get(column)
                 if mine is None and theirs is None:
                     continue
                 info = row.run.info if row.run else {}
                 writer.writerow(
                     [
-                        table, row.model, row.paper_model or "", row.method, info.get("scoring") or "",
-                        info.get("backend") or "", column, "" if mine is None else mine,
-                        "" if theirs is None else theirs.value, _num(row.difference(column)),
-                        str(row.comparable).lower() if row.run else "", row.coverage,
-                        theirs.transcription if theirs else "", str(row.run.path) if row.run else "",
+                        table,
+                        row.model,
+                        row.paper_model or "",
+                        row.method,
+                        info.get("scoring") or "",
+                        info.get("backend") or "",
+                        column,
+                        "" if mine is None else mine,
+                        "" if theirs is None else theirs.value,
+                        _num(row.difference(column)),
+                        str(row.comparable).lower() if row.run else "",
+                        row.coverage,
+                        theirs.transcription if theirs else "",
+                        str(row.run.path) if row.run else "",
                     ]
-                )  # fmt: skip
+                )
     return handle.getvalue()
 
 
