@@ -65,9 +65,18 @@ GRID_KEYS = ("name", "output_dir", "models", "judges", "scoring", "benchmarks", 
 MODEL_KEYS = ("model", "name", "judges", "settings")
 # Flags the grid sets itself: the run folder, the model, the scoring (METHOD:SCORING), the data (benchmarks, data:)
 SET_PER_POINT = (
-    "--output_dir", "--run_name", "--model_name", "--model_name_or_path", "--model", "--config",
-    "--prompt_format", "--scoring", "--input_format", "--split", "--dataset",
-)  # fmt: skip
+    "--output_dir",
+    "--run_name",
+    "--model_name",
+    "--model_name_or_path",
+    "--model",
+    "--config",
+    "--prompt_format",
+    "--scoring",
+    "--input_format",
+    "--split",
+    "--dataset",
+)
 DEFAULT_OUTPUT_DIR = "outputs/grids"  # beside outputs/sweeps of DPO/sweep.py
 
 

@@ -200,8 +200,13 @@ def test_collect_fills_the_papers_tables(runs, tmp_path):
 
     # The full Qwen run: reproduced beside published, differences by hand.
     qwen = {r["column"]: r for r in find(rows, table="rewardbench", paper_model="Qwen-2.5-7B-Instruct", method="ipo")}
-    expected = {"Chat": (75.0, 78.26, -3.26), "Code": (50.0, 83.13, -33.13), "Math": (100.0, 56.24, 43.76),
-                "Safety": (25.0, 93.24, -68.24), "Avg": (62.5, 77.71, -15.21)}  # fmt: skip
+    expected = {
+        "Chat": (75.0, 78.26, -3.26),
+        "Code": (50.0, 83.13, -33.13),
+        "Math": (100.0, 56.24, 43.76),
+        "Safety": (25.0, 93.24, -68.24),
+        "Avg": (62.5, 77.71, -15.21),
+    }
     for column, (mine, theirs, diff) in expected.items():
         row = qwen[column]
         assert (float(row["reproduced"]), float(row["published"]), float(row["difference"])) == (mine, theirs, diff)

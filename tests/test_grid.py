@@ -55,9 +55,23 @@ def test_expand_names_scripts_and_arguments(tmp_path):
     sr = by_name["rewardbench-filtered__judge-7b__self_rewarding-chat"]
     assert sr.script == RB / "self_reward.py" and sr.folder == root / sr.name
     assert sr.argv == (
-        "--model_name", "org/judge-7b", "--prompt_format", "chat", "--split", "filtered", "--limit", "3",
-        "--max_new_tokens", "50", "--seed", "1", "--output_dir", str(root), "--run_name", sr.name,
-    )  # fmt: skip
+        "--model_name",
+        "org/judge-7b",
+        "--prompt_format",
+        "chat",
+        "--split",
+        "filtered",
+        "--limit",
+        "3",
+        "--max_new_tokens",
+        "50",
+        "--seed",
+        "1",
+        "--output_dir",
+        str(root),
+        "--run_name",
+        sr.name,
+    )
     api = by_name["rmbench__judge-7b__api_ipo-upstream"]
     assert api.script == REPO / "Preference_Comparison" / "RM_Bench" / "ours_gpt.py"
     assert api.argv[:7] == ("--model", "org/judge-7b", "--prompt_format", "upstream", "--dataset", "a.json", "b.json")
@@ -103,9 +117,10 @@ def test_bad_grids_are_one_line(tmp_path, text, message):
 
 def test_a_point_its_script_rejects_stops_the_grid_before_anything_runs(tmp_path, capsys):
     path = write_grid(
-        tmp_path / "g.yaml", "models: [m]\njudges: [ipo, self_rewarding]\nbenchmarks: [rewardbench]\n"
+        tmp_path / "g.yaml",
+        "models: [m]\njudges: [ipo, self_rewarding]\nbenchmarks: [rewardbench]\n"
         "judge_settings: {ipo: {max_new_tokens: 5}}\n",
-    )  # fmt: skip
+    )
     assert run_script(GRID, ["--config", str(path), "--output_dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "point rewardbench__m__ipo-upstream: Preference_Comparison/Reward_Bench/ours.py rejects its arguments" in err

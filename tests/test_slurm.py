@@ -67,9 +67,17 @@ def test_environment_recorded_at_submit_time(tmp_path):
 
 def test_rendered_script(tmp_path):
     options = SlurmOptions(
-        job_name="g", log_dir=str(tmp_path / "logs"), time="1-00:00:00", mem="80g", gpus_per_task=4,
-        partition="gpu", account="proj", signal_seconds=120, max_parallel=2, extra=("--qos=high",),
-    )  # fmt: skip
+        job_name="g",
+        log_dir=str(tmp_path / "logs"),
+        time="1-00:00:00",
+        mem="80g",
+        gpus_per_task=4,
+        partition="gpu",
+        account="proj",
+        signal_seconds=120,
+        max_parallel=2,
+        extra=("--qos=high",),
+    )
     environment = SubmitEnvironment("/env/bin/python", ("source /env/bin/activate",), "/work dir")
     tasks = [Task("a", "train.py", ("--beta", "0.1")), Task("b b", "train.py", ("--name", "it's"))]
     script = array_script(options, environment, tasks, "accelerate", "recipes/accelerate_configs/ddp.yaml")
