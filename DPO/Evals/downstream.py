@@ -105,6 +105,13 @@ def parse_args(argv=None):
             "sample_batch_size": 8,
             "prompt_format": "chat",
         },
+        helps={
+            "prompt_format": "chat: the tokenizer's chat template (AlpacaEval's models answer in chat); upstream: "
+            "the raw instruction",
+            "num_return_sequences": "answers per instruction; the win rate compares one (1)",
+            "temperature": "0 = greedy, as AlpacaEval's leaderboard generates",
+            "max_new_tokens": "max tokens per answer (a cut answer is counted in metrics.json)",
+        },
     )
     add_api_args(parser, prompt_format_help=None, with_limit=False)
     cli.add_output_args(parser)

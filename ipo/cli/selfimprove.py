@@ -32,16 +32,24 @@ logger = logging.getLogger("ipo")
 # ---------------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------------
-def add_sampling_args(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    """Sampling flags of DPO/ours.py, DPO/self_reward.py, DPO/sample_responses.py and DPO/Evals/sample_mmlu.py."""
+def add_sampling_args(
+    parser: argparse.ArgumentParser, defaults: dict | None = None, helps: dict[str, str] | None = None
+) -> None:
+    """Sampling flags of DPO/ours.py, DPO/self_reward.py, DPO/sample_responses.py and DPO/Evals/sample_mmlu.py
+    (and DPO/Evals/downstream.py's answers). ``defaults`` and ``helps`` ({flag dest: text}) replace the
+    self-improvement loop's defaults and help texts for a script whose sampling serves another purpose."""
     d = {**vars(SamplingSettings()), **(defaults or {})}
+    text = {
+        "prompt_format": "upstream: the raw instruction, as the paper sampled (and [INST] DPO records); "
+        "chat: the tokenizer's chat template for sampling and training",
+        "num_return_sequences": "responses sampled per prompt (paper: 4)",
+        "temperature": "sampling temperature (paper: 0.7); 0 = greedy",
+        "max_new_tokens": "max tokens per response (paper: 256)",
+        **(helps or {}),
+    }
     group = parser.add_argument_group("sampling")
     cli.add_prompt_format_arg(
-        group,
-        "prompt_format",
-        default=d.get("prompt_format", "upstream"),
-        help="upstream: the raw instruction, as the paper sampled (and [INST] DPO records); "
-        "chat: the tokenizer's chat template for sampling and training",
+        group, "prompt_format", default=d.get("prompt_format", "upstream"), help=text["prompt_format"]
     )
     group.add_argument(
         "--num_return_sequences",
@@ -49,14 +57,10 @@ def add_sampling_args(parser: argparse.ArgumentParser, defaults: dict | None = N
         dest="num_return_sequences",
         type=int,
         default=d["num_return_sequences"],
-        help="responses sampled per prompt (paper: 4)",
+        help=text["num_return_sequences"],
     )
-    group.add_argument(
-        "--temperature", type=float, default=d["temperature"], help="sampling temperature (paper: 0.7); 0 = greedy"
-    )
-    group.add_argument(
-        "--max_new_tokens", type=int, default=d["max_new_tokens"], help="max tokens per response (paper: 256)"
-    )
+    group.add_argument("--temperature", type=float, default=d["temperature"], help=text["temperature"])
+    group.add_argument("--max_new_tokens", type=int, default=d["max_new_tokens"], help=text["max_new_tokens"])
     group.add_argument(
         "--top_k",
         type=int,
