@@ -120,6 +120,13 @@ def check_on_every_process(ranks: Ranks, check: Callable[[], object]):
     return result
 
 
+def start_on_main(ranks: Ranks, run, arguments: dict, **resolved) -> None:
+    """``run.start`` (an ipo.runs.RunDir) on the main process only, the run folder's one writer, with how many
+    processes do the work (``world_size``) among the resolved settings of its config.json."""
+    if ranks.main:
+        run.start(arguments, resolved={**resolved, "world_size": ranks.count})
+
+
 def part_path(log_path: str | Path, rank: int) -> Path:
     """The part file process ``rank`` (> 0) appends its share of a stage to: predictions.rank1.jsonl."""
     log_path = Path(log_path)

@@ -31,7 +31,7 @@ import sys
 from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.yes_no import YesNoScorer
-from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded, start_on_main
 from ipo.prompts import RMBENCH_LAYOUT
 from ipo.runs import seed_everything
 
@@ -72,11 +72,9 @@ def main(argv=None) -> int:
     run = cli.run_dir(args, f"rmbench-{model_short}-{args.scoring}", args.dataset, args.model_name)
     check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
     judge, resolved = cli.load_yes_no_judge(args, ranks.place(cli.model_spec(args)))
-    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
-        run.start(
-            cli.public_args(args),
-            resolved={**resolved, "world_size": ranks.count, "n_prompts": len(examples), "prompts_per_domain": counts},
-        )
+    start_on_main(  # the run folder's one writer (ipo/parallel.py)
+        ranks, run, cli.public_args(args), **resolved, n_prompts=len(examples), prompts_per_domain=counts
+    )
 
     ###############
     # Score: the six responses of a prompt share a batch (and their common token prefix)

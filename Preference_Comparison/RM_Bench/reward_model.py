@@ -34,7 +34,7 @@ from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.reward_model import RewardModelScorer
 from ipo.modeling import load_model_and_tokenizer
-from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded, start_on_main
 from ipo.runs import seed_everything
 
 logger = cli.logger
@@ -82,19 +82,17 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
     )
-    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
-        run.start(
-            cli.public_args(args),
-            resolved={
-                "device": device,
-                "world_size": ranks.count,
-                "dtype": str(dtype),
-                "n_prompts": len(examples),
-                "prompts_per_domain": counts,
-                "pad_token_id": scorer.pad_id,
-                "reward": "raw logit of the one-label head, float32",
-            },
-        )
+    start_on_main(  # the run folder's one writer (ipo/parallel.py)
+        ranks,
+        run,
+        cli.public_args(args),
+        device=device,
+        dtype=str(dtype),
+        n_prompts=len(examples),
+        prompts_per_domain=counts,
+        pad_token_id=scorer.pad_id,
+        reward="raw logit of the one-label head, float32",
+    )
 
     ###############
     # Score: the six responses of a prompt share a batch (appends per batch; resumes what is missing)

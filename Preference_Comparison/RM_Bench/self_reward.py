@@ -35,7 +35,7 @@ from ipo import cli, hub
 from ipo.benchmarks import rmbench
 from ipo.judges.self_reward import SelfRewardScorer, parse_failure_counts, parse_failure_note
 from ipo.modeling import load_model_and_tokenizer
-from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded, start_on_main
 from ipo.runs import seed_everything
 
 logger = cli.logger
@@ -85,20 +85,18 @@ def main(argv=None) -> int:
         max_batch_tokens=args.max_batch_tokens,
         regex_set="rmbench",
     )
-    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
-        run.start(
-            cli.public_args(args),
-            resolved={
-                "device": device,
-                "world_size": ranks.count,
-                "dtype": str(dtype),
-                "n_prompts": len(examples),
-                "prompts_per_domain": counts,
-                "decoding": "greedy",
-                "eos_token_ids": sorted(scorer.eos_ids),
-                "regex_set": scorer.regex_set,
-            },
-        )
+    start_on_main(  # the run folder's one writer (ipo/parallel.py)
+        ranks,
+        run,
+        cli.public_args(args),
+        device=device,
+        dtype=str(dtype),
+        n_prompts=len(examples),
+        prompts_per_domain=counts,
+        decoding="greedy",
+        eos_token_ids=sorted(scorer.eos_ids),
+        regex_set=scorer.regex_set,
+    )
 
     ###############
     # Judge all six responses of a prompt (appends per batch; resumes what is missing)

@@ -28,7 +28,7 @@ import sys
 from ipo import cli, hub
 from ipo.benchmarks import rewardbench
 from ipo.judges.yes_no import YesNoScorer
-from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded, start_on_main
 from ipo.prompts import REWARDBENCH_FALLBACK_SUBSET, REWARDBENCH_LAYOUT
 from ipo.runs import seed_everything
 
@@ -86,8 +86,7 @@ def main(argv=None) -> int:
     run = cli.run_dir(args, default_name, args.dataset, args.model_name)
     check_on_every_process(ranks, lambda: run.check(cli.public_args(args)))  # on every process, before loading
     judge, resolved = cli.load_yes_no_judge(args, ranks.place(cli.model_spec(args)))
-    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
-        run.start(cli.public_args(args), resolved={**resolved, "world_size": ranks.count, "n_pairs": len(examples)})
+    start_on_main(ranks, run, cli.public_args(args), **resolved, n_pairs=len(examples))  # the one writer
 
     ###############
     # Score (appends to predictions.jsonl batch by batch; resumes what is missing)

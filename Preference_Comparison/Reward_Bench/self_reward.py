@@ -36,7 +36,7 @@ from ipo.judges.self_reward import (
     parse_failure_note,
 )
 from ipo.modeling import load_model_and_tokenizer
-from ipo.parallel import check_on_every_process, current_ranks, score_sharded
+from ipo.parallel import check_on_every_process, current_ranks, score_sharded, start_on_main
 from ipo.report import pct
 from ipo.runs import seed_everything
 
@@ -88,18 +88,16 @@ def main(argv=None) -> int:
         max_batch_tokens=args.max_batch_tokens,
         regex_set="rewardbench",
     )
-    if ranks.main:  # the run folder's one writer (ipo/parallel.py)
-        run.start(
-            cli.public_args(args),
-            resolved={
-                "device": device,
-                "world_size": ranks.count,
-                "dtype": str(dtype),
-                "n_pairs": len(examples),
-                "decoding": "greedy",
-                "eos_token_ids": sorted(scorer.eos_ids),
-            },
-        )
+    start_on_main(  # the run folder's one writer (ipo/parallel.py)
+        ranks,
+        run,
+        cli.public_args(args),
+        device=device,
+        dtype=str(dtype),
+        n_pairs=len(examples),
+        decoding="greedy",
+        eos_token_ids=sorted(scorer.eos_ids),
+    )
 
     ###############
     # Judge (appends to predictions.jsonl batch by batch; resumes what is missing)

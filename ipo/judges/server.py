@@ -71,6 +71,16 @@ class ServerSettings:
     prompt_as: str = "tokens"  # "text": the ids decoded, for servers that take only text (llama-cpp-python)
 
 
+def request_failed(result, what: str, max_retries: int, saved: str = "") -> IpoError:
+    """The one-line error for a request the server failed after the client's retries. ``what``: "judge" or
+    "sampling"; ``saved``: what the run kept ("the finished prompts"), if anything."""
+    kept = f"{saved} are saved: " if saved else ""
+    return IpoError(
+        f"the server failed a {what} request ({result.failure}: {result.message}; retried up to {max_retries} "
+        f"times where a retry could help); {kept}re-run the same command to resume"
+    )
+
+
 @dataclass
 class ServedModel:
     """A model behind a server, standing where a loaded model would (``Loop.load`` returns it with the local
@@ -366,11 +376,7 @@ class ServerYesNoJudge(YesNoJudge):
         for batch in self.client.fetch_many([self.request(seq) for seq in sequences], accept=self.readable):
             for index, result in batch:
                 if result.response is None:
-                    raise IpoError(
-                        f"the server failed a judge request ({result.failure}: {result.message}; retried up to "
-                        f"{self.settings.max_retries} times where a retry could help); the finished windows are "
-                        "saved: re-run the same command to resume"
-                    )
+                    raise request_failed(result, "judge", self.settings.max_retries, "the finished windows")
                 if not self.readable(result.response):
                     raise IpoError(f"the server's answer has no usable log-probabilities: {str(result.response)[:200]}")
                 scores[index] = self.p_yes(result.response)
@@ -407,10 +413,7 @@ class ServerSelfRewardScorer(SelfRewardScorer):
         for batch in self.client.fetch_many(bodies):
             for index, result in batch:
                 if result.response is None:
-                    raise IpoError(
-                        f"the server failed a judge request ({result.failure}: {result.message}; retried up to "
-                        f"{self.served.settings.max_retries} times where a retry could help); re-run the same command to resume"
-                    )
+                    raise request_failed(result, "judge", self.served.settings.max_retries)
                 choice = first_choice(result.response) or {}
                 ids = choice.get("token_ids")
                 if not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):

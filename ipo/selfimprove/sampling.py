@@ -264,6 +264,17 @@ _GENERATE_ONLY_SETTINGS = {
 }
 
 
+def filter_settings(settings: SamplingSettings, generation_config) -> tuple[int, float, float | None]:
+    """(top_k, top_p, repetition_penalty) a sampler uses: the flags where set, else the model's generation
+    config, else transformers' defaults (50, 1.0); a penalty of 1.0 is none. One rule for the local sampler
+    and the server sampler, so the two draw from the same distribution."""
+    model_top_k = getattr(generation_config, "top_k", None) or DEFAULT_TOP_K
+    top_k = settings.top_k if settings.top_k is not None else model_top_k
+    top_p = settings.top_p if settings.top_p is not None else (getattr(generation_config, "top_p", None) or 1.0)
+    penalty = getattr(generation_config, "repetition_penalty", None)
+    return top_k, top_p, penalty if penalty not in (None, 1.0) else None
+
+
 def needs_generate(generation_config) -> list[str]:
     """The generation-config settings (other than repetition_penalty) that only model.generate applies."""
     if generation_config is None:
@@ -304,12 +315,8 @@ class Sampler:
         model_config = getattr(model, "generation_config", None)
         self.stop_ids = stop_token_ids(tokenizer, model_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        model_top_k = getattr(model_config, "top_k", None) or DEFAULT_TOP_K
-        self.top_k = settings.top_k if settings.top_k is not None else model_top_k
-        self.top_p = settings.top_p if settings.top_p is not None else (getattr(model_config, "top_p", None) or 1.0)
+        self.top_k, self.top_p, self.repetition_penalty = filter_settings(settings, model_config)
         self.generation_config = self._generation_config(model_config)
-        penalty = getattr(model_config, "repetition_penalty", None)
-        self.repetition_penalty = penalty if penalty not in (None, 1.0) else None
         self.generate_only = needs_generate(model_config)  # non-empty: use model.generate (no row pruning)
         self.stats = {"prompts": 0, "rows": 0, "new_tokens": 0, "generate_calls": 0, "row_steps": 0}
 

@@ -25,14 +25,14 @@ from collections.abc import Iterator, Sequence
 
 from ipo import IpoError
 from ipo.judges.api_client import first_choice
-from ipo.judges.server import WINDOW_REQUESTS_PER_WORKER, ServedModel, read_generation_config
+from ipo.judges.server import WINDOW_REQUESTS_PER_WORKER, ServedModel, read_generation_config, request_failed
 from ipo.selfimprove.sampling import (
-    DEFAULT_TOP_K,
     Sample,
     Sampler,
     SamplingSettings,
     check_sampling_settings,
     cut_at_stop,
+    filter_settings,
     needs_generate,
     row_seed,
     stop_token_ids,
@@ -52,11 +52,7 @@ class ServerSampler:
         self.batch_size, self.salt = batch_size, salt
         config = read_generation_config(served.path, served.trust_remote_code)
         self.stop_ids = stop_token_ids(tokenizer, config)
-        model_top_k = getattr(config, "top_k", None) or DEFAULT_TOP_K
-        self.top_k = settings.top_k if settings.top_k is not None else model_top_k
-        self.top_p = settings.top_p if settings.top_p is not None else (getattr(config, "top_p", None) or 1.0)
-        penalty = getattr(config, "repetition_penalty", None)
-        self.repetition_penalty = penalty if penalty not in (None, 1.0) else None
+        self.top_k, self.top_p, self.repetition_penalty = filter_settings(settings, config)
         unsent = needs_generate(config)
         if unsent:
             logger.warning(
@@ -136,11 +132,7 @@ class ServerSampler:
         for batch in self.client.fetch_many(bodies):
             for index, result in batch:
                 if result.response is None:
-                    raise IpoError(
-                        f"the server failed a sampling request ({result.failure}: {result.message}; retried up to "
-                        f"{self.served.settings.max_retries} times where a retry could help); the finished prompts are saved: re-run the same "
-                        "command to resume"
-                    )
+                    raise request_failed(result, "sampling", self.served.settings.max_retries, "the finished prompts")
                 rows[index] = self.response(result.response)
         samples = []
         for p, (prompt_id, _) in enumerate(prompts):
